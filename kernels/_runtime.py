@@ -1,0 +1,38 @@
+"""Where the Triton kernels can run: on CUDA, or on the CPU through TRITON_INTERPRET=1 (tests)."""
+import os
+
+import torch
+
+try:
+    import triton  # noqa: F401
+    TRITON_IMPORT_ERROR = None
+except ImportError as e:  # e.g. macOS, where no triton wheel exists
+    TRITON_IMPORT_ERROR = e
+
+
+def interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_status():
+    """(usable, reason): whether the Triton kernels can run on this machine, and why not."""
+    if TRITON_IMPORT_ERROR is not None:
+        return False, f"triton is not importable ({TRITON_IMPORT_ERROR})"
+    if torch.cuda.is_available():
+        return True, "CUDA device and triton available"
+    if interpreting():
+        return True, "TRITON_INTERPRET=1: kernels run in Triton's CPU interpreter"
+    return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
+
+
+def check_device(**tensors):
+    """Triton kernels need CUDA tensors, or CPU tensors under the interpreter."""
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device.type == "cuda" and not interpreting():
+            continue
+        if t.device.type == "cpu" and interpreting():
+            continue
+        where = "CPU tensors under TRITON_INTERPRET=1" if interpreting() else "CUDA tensors"
+        raise ValueError(f"{name} is on {t.device}, but the Triton kernels here take {where}")

@@ -1,0 +1,49 @@
+"""The tolerance rule shared by the tests and the benchmark suite.
+
+A low-precision result is judged against float64 ground truth relative to how far PyTorch's own op
+in the same dtype lands from it (flash-attention's scheme):
+
+    max|ours - truth| <= 2 * max|pytorch_same_dtype - truth| + floor(dtype)
+
+so a kernel may be as inexact as PyTorch, give or take rounding, and no more.
+"""
+import torch
+
+FLOORS = {torch.float64: 1e-9, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def floor_for(dtype):
+    return FLOORS[dtype]
+
+
+def max_error(actual, truth):
+    return (actual.detach().to(torch.float64) - truth.detach().to(torch.float64)).abs().max().item() \
+        if actual.numel() else 0.0
+
+
+def assert_close(actual, truth, baseline, *, name="output", floor=None, factor=2.0):
+    """Assert `actual` is within `factor` x baseline's error of `truth` (float64) plus a floor.
+
+    `baseline` is PyTorch's result in the same dtype as `actual` (or None to judge by the floor
+    alone). On failure the message gives max abs / rel error and the first bad indices.
+    """
+    if actual.shape != truth.shape:
+        raise AssertionError(f"{name}: shape {tuple(actual.shape)} != expected {tuple(truth.shape)}")
+    floor = floor_for(actual.dtype) if floor is None else floor
+    a = actual.detach().to(torch.float64).cpu()
+    t = truth.detach().to(torch.float64).cpu()
+    if not torch.isfinite(a).all() and torch.isfinite(t).all():
+        bad = (~torch.isfinite(a)).nonzero()[:5].tolist()
+        raise AssertionError(f"{name}: non-finite values at {bad}")
+    base_err = max_error(baseline, t) if baseline is not None else 0.0
+    allowed = factor * base_err + floor
+    diff = (a - t).abs()
+    err = diff.max().item() if diff.numel() else 0.0
+    if err > allowed:
+        bad = (diff > allowed).nonzero()[:5].tolist()
+        rel = (diff / t.abs().clamp_min(1e-12)).max().item()
+        raise AssertionError(
+            f"{name}: max abs error {err:.3e} > allowed {allowed:.3e} "
+            f"(= {factor} x PyTorch's {base_err:.3e} + floor {floor:.0e}); max rel error {rel:.3e}; "
+            f"first bad indices {bad}")
+    return err, allowed

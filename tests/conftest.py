@@ -1,0 +1,25 @@
+"""Run the Triton kernels in Triton's CPU interpreter when there is no GPU.
+
+TRITON_INTERPRET must be set before triton compiles anything, so it is set here, before any test
+module imports `kernels`.
+"""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # Fresh random inputs per case, reproducible per test id.
+    torch.manual_seed(hash(request.node.nodeid) % (2**31))
