@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One batched GPU session: `bash tools/gpu_run.sh SECTION...` with sections
+#   env tests attention norms ffn bench train
+# Each section has its own time limit and log under $OUT (or ./out); a failing section does not
+# stop the others. Liger-Kernel is installed from .whl/ when carried there.
+set -u
+OUT=${OUT:-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+section() {  # name, seconds, command...
+  local name=$1 secs=$2; shift 2
+  local t0=$(date +%s)
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: rc=$rc in $(( $(date +%s) - t0 ))s" | tee -a "$OUT/summary.txt"
+}
+for s in "$@"; do
+  case $s in
+    env) section env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"' ;;
+    tests) section tests "${TESTS_SECS:-240}" python3 -m pytest tests -q -x --durations=15 -p no:cacheprovider ${TESTS_ARGS:-} ;;
+    attention) section attention "${ATT_SECS:-240}" python3 tools/gpu_attention.py ;;
+    norms) section norms "${NORM_SECS:-180}" python3 tools/gpu_norms.py ;;
+    ffn) section ffn "${FFN_SECS:-240}" python3 tools/gpu_ffn.py ;;
+    bench) section bench "${BENCH_SECS:-420}" bash -c "python3 -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json $OUT/bench.json ${BENCH_ARGS:-} && python3 -m bench.report $OUT/bench.json --out $OUT" ;;
+    train) section train "${TRAIN_SECS:-150}" python3 train.py ${TRAIN_ARGS:---max-steps=200} ;;
+    *) echo "unknown section $s" ;;
+  esac
+done
+cat "$OUT/summary.txt"
