@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One batched GPU session: `bash tools/gpu_run.sh SECTION...` with sections
 #   env tests attention norms ffn bench train
-# Each section has its own time limit and log under $OUT (or ./out); a failing section does not
-# stop the others. Liger-Kernel is installed from .whl/ when carried there.
+# Each section has its own time limit and log; a failing section does not stop the others. Logs,
+# bench JSON and plots come back packed in $OUT/results.tgz (the device returns at most 8 files). Liger-Kernel is installed from .whl/ when carried there.
 set -u
-OUT=${OUT:-out}; mkdir -p "$OUT"
+FINAL=${OUT:-out}; OUT=/tmp/gpu_out; mkdir -p "$OUT" "$FINAL"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
@@ -29,4 +29,7 @@ for s in "$@"; do
     *) echo "unknown section $s" ;;
   esac
 done
+# Only 8 files come back from the device: pack everything into one archive.
+tar czf "$FINAL/results.tgz" -C "$OUT" .
+cp "$OUT/summary.txt" "$FINAL/"
 cat "$OUT/summary.txt"
