@@ -1,2 +1,199 @@
-"""Placeholder: points at the reference until the Triton kernel lands."""
-from .reference import attention  # noqa: F401
+"""Fused scaled-dot-product attention in Triton (FlashAttention-2 style), forward and backward.
+
+    out[b, h, i] = sum_j softmax_j(scale * q[b, h, i] . k[b, h // G, j]) v[b, h // G, j]
+
+q is (B, H, T, D); k and v are (B, H_kv, S, D) with G = H / H_kv (grouped-query / multi-query
+attention reads the shared kv head in place, never repeating it). Under `causal`, query i sits at key
+position S - T + i (bottom-right alignment, as when decoding against a KV cache) and sees keys
+0 .. S - T + i; a query with no key to see (T > S) outputs exactly 0 and gets zero gradients.
+
+- Any T, S (no multiple-of-block requirement), any B * H, head dims 16..256 in steps of 8 (padded
+  to a power of two inside the kernel with masks), fp16 / bf16 / fp32 in, fp32 accumulation, output
+  in the input dtype. fp32 inputs use IEEE fp32 dots, not tf32.
+- Any strides with a unit stride along D: q, k, v may be views of a fused (B, T, 3, H, D) QKV
+  projection; they are not copied.
+- The forward keeps a running max and sum per row (online softmax, exp2 with log2(e) folded into
+  the scale, so large logits cannot overflow) and saves only the output and the per-row
+  log-sum-exp (fp32, natural log; +inf for rows with no key). The backward (kernels/attention_bwd.py)
+  recomputes the probabilities.
+- Causal key loops are split into unmasked off-diagonal blocks and masked diagonal blocks; query
+  blocks are launched longest first.
+- Configs are autotuned per (next power of two of T, of S, padded D, causal, dtype) from a short
+  Hopper-pruned list; later calls in the same bucket reuse the choice. Under TRITON_INTERPRET=1 a
+  single small config runs (CPU tests). The interpreter's bf16 tl.dot is wrong, so bf16 is GPU-only
+  in tests.
+- `attention` goes through `AttentionFn` (autograd) whose forward and backward call the custom ops
+  `torch.ops.kernels.attention_fwd` / `attention_bwd` (with fake implementations), so
+  `torch.compile` traces through without graph breaks.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._checks import check_attention_args
+from ._runtime import check_device
+from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, _launch, attention_bwd, autotuned, launch_meta, \
+    load_tile, seq_bucket, unit_last_stride
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, lo, hi, seqlen_k, diag, qk_scale,
+                    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+                    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online softmax over key blocks [lo, hi); MASKED checks key bounds (and causality)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
+                      EVEN_D)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale   # log2 units
+        if MASKED:
+            keep = cols[None, :] < seqlen_k
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            qk = tl.where(keep, qk, float("-inf"))
+        # m_i starts at -1e30 (finite), so a fully masked row gives exp2(-inf) = 0, never inf - inf.
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        v = load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
+                      EVEN_D)
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(Q, K, V, Out, Lse,
+                     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                     stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
+                     n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, T_BUCKET, S_BUCKET,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest causal rows first
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // n_heads).to(tl.int64)
+    off_h = (pid_bh % n_heads).to(tl.int64)
+    off_kh = off_h // (n_heads // n_kv_heads)
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                  offs_m, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    diag = seqlen_k - seqlen_q  # query i sits at key position i + diag
+    if CAUSAL:
+        # Keys below n_full are visible to every row of this block; [n_full, hi) needs the mask.
+        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + diag)
+        n_full = tl.minimum(tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N, seqlen_k // BLOCK_N * BLOCK_N)
+    else:
+        hi = seqlen_k
+        n_full = seqlen_k // BLOCK_N * BLOCK_N
+    k_base = K + off_b * stride_kb + off_kh * stride_kh
+    v_base = V + off_b * stride_vb + off_kh * stride_vh
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, 0,
+                                    n_full, seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, False, CAUSAL,
+                                    DOT_PRECISION)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, n_full,
+                                    hi, seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, True, CAUSAL,
+                                    DOT_PRECISION)
+    dead = l_i == 0.0  # no key visible: output 0, L = +inf (so the backward's P is 0)
+    l_safe = tl.where(dead, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(dead, float("inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
+    row_mask = offs_m < seqlen_q
+    tl.store(Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=row_mask[:, None] & (offs_d < HEAD_DIM)[None, :])
+    tl.store(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, lse, mask=row_mask)
+
+
+_fwd_tuned = autotuned(_attn_fwd_kernel, FWD_TABLE, INTERPRET_FWD)
+
+
+def check_kernel_args(q, k, v, scale, device=True):
+    """The reference's checks plus what the kernels add: device, dtype, head dim range."""
+    check_attention_args(q, k, v, scale)
+    if device:
+        check_device(q=q, k=k, v=v)
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q must be float16, bfloat16 or float32 for the Triton attention, got {q.dtype}")
+    D = q.shape[-1]
+    if not (16 <= D <= 256 and D % 8 == 0):
+        raise ValueError(f"q's head dim must be a multiple of 8 in 16..256 for the Triton attention, got {D}")
+
+
+def attention_fwd(q, k, v, causal=True, scale=None, config=None):
+    """(out, lse): out (B, H, T, D) in q's dtype, lse (B, H, T) fp32 natural-log log-sum-exp per row.
+
+    config = (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (for benchmarking).
+    """
+    check_kernel_args(q, k, v, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    q, k, v = (unit_last_stride(t) for t in (q, k, v))
+    B, H, T, D = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    meta = launch_meta(q)
+    meta["CAUSAL"] = bool(causal)
+    args = (q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+            H, H_kv, T, S, scale * LOG2E, seq_bucket(T), seq_bucket(S))
+    _launch(_fwd_tuned, _attn_fwd_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config)
+    return out, lse
+
+
+@torch.library.custom_op("kernels::attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return attention_fwd(q, k, v, causal, scale)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, causal, scale):
+    B, H, T, _ = q.shape
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("kernels::attention_bwd", mutates_args=())
+def _attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                      lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return attention_bwd(dout, q, k, v, out, lse, causal, scale)
+
+
+@_attention_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, causal, scale):
+    return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+class AttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale):
+        out, lse = torch.ops.kernels.attention_fwd(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale = causal, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = torch.ops.kernels.attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def attention(q, k, v, causal=True, scale=None):
+    """softmax(q k^T * scale) v with the reference's contract (see kernels.reference.attention)."""
+    # Under torch.compile the device check (it reads the environment) runs inside the op instead.
+    check_kernel_args(q, k, v, scale, device=not torch.compiler.is_compiling())
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return AttentionFn.apply(q, k, v, bool(causal), scale)

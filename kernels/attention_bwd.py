@@ -1,0 +1,318 @@
+"""Backward of the fused attention (FlashAttention-2 style recomputation), and the autotune set-up
+shared with the forward in kernels/attention.py.
+
+With P = softmax(S), S = scale * Q K^T, and the saved per-row log-sum-exp L (natural log):
+
+    P    = exp(S - L)                    recomputed block by block, never stored
+    dV   = P^T dO
+    dP   = dO V^T
+    dS   = P * (dP - delta),  delta = rowsum(dO * O)      (the preprocess kernel)
+    dQ   = scale * dS K,      dK = scale * dS^T Q
+
+Three kernels: `_attn_bwd_preprocess_kernel` (delta), `_attn_bwd_dkdv_kernel` (one program per key
+block and kv head; it loops over the query heads of its GQA group, so the group's dK/dV is summed in
+registers, deterministically, without atomics), `_attn_bwd_dq_kernel` (one program per query block
+and head). Causal loops are split into masked diagonal blocks and unmasked off-diagonal blocks.
+Exponentials use exp2 with log2(e) folded into the scale. Rows with no key (causal, T > S) carry
+L = +inf, so their P, dQ and contributions to dK/dV are exactly 0.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._runtime import interpreting
+
+LOG2E = 1.4426950408889634
+
+
+def seq_bucket(n):
+    """Autotune key for a sequence length: the next power of two (at least 16)."""
+    return max(16, triton.next_power_of_2(max(int(n), 1)))
+
+
+def _configs(shapes):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) tuples -> triton.Config list.
+
+    Under the interpreter a single small config (unequal blocks, so the causal split is exercised
+    with BLOCK_M != BLOCK_N) keeps the CPU tests fast and skips tuning.
+    """
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+def _prune_by_head_dim(table):
+    """An early_config_prune hook choosing the config list by padded head dim (Hopper, 228 KB smem)."""
+    def prune(configs, named_args, **kwargs):
+        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
+        key = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+        wanted = set(table[key])
+        kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
+        return kept or configs[:1]
+    return prune
+
+
+# Hopper-pruned candidates per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages).
+FWD_TABLE = {
+    64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (64, 64, 4, 3)],
+    128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 2)],
+    256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
+}
+DKDV_TABLE = {
+    64: [(64, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+    128: [(64, 128, 8, 3), (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)],
+    256: [(64, 64, 4, 2), (64, 128, 8, 2), (64, 64, 8, 2)],
+}
+DQ_TABLE = {
+    64: [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
+    128: [(128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2)],
+    256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2)],
+}
+INTERPRET_FWD = [(32, 16, 4, 1)]
+INTERPRET_DKDV = [(16, 32, 4, 1)]
+INTERPRET_DQ = [(32, 16, 4, 1)]
+TUNE_KEY = ["T_BUCKET", "S_BUCKET", "BLOCK_D", "CAUSAL"]  # the autotuner adds the tensors' dtypes
+
+
+def autotuned(kernel, table, interpret_shapes):
+    """Wrap a jit kernel in triton.autotune over the table's configs (one fixed config when interpreting)."""
+    if interpreting():
+        return triton.autotune(configs=_configs(interpret_shapes), key=TUNE_KEY)(kernel)
+    shapes = sorted({s for rows in table.values() for s in rows})
+    return triton.autotune(configs=_configs(shapes), key=TUNE_KEY,
+                           prune_configs_by={"early_config_prune": _prune_by_head_dim(table)})(kernel)
+
+
+@triton.jit
+def load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, CHECK_ROWS: tl.constexpr,
+              EVEN_D: tl.constexpr):
+    """Load a (rows, BLOCK_D) tile, zero-filling rows >= n_rows (if CHECK_ROWS) and columns >= HEAD_DIM."""
+    if CHECK_ROWS:
+        if EVEN_D:
+            x = tl.load(ptrs, mask=(rows < n_rows)[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(rows < n_rows)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+    else:
+        if EVEN_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=(offs_d < HEAD_DIM)[None, :], other=0.0)
+    return x
+
+
+@triton.jit
+def _attn_bwd_preprocess_kernel(Out, DO, Delta, stride_ob, stride_oh, stride_ot, stride_dob, stride_doh,
+                                stride_dot, n_heads, seqlen_q,
+                                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // n_heads).to(tl.int64)
+    off_h = (pid_bh % n_heads).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    o = load_tile(Out + off_b * stride_ob + off_h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :],
+                  rows, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
+    do = load_tile(DO + off_b * stride_dob + off_h * stride_doh + rows[:, None] * stride_dot + offs_d[None, :],
+                   rows, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + pid_bh.to(tl.int64) * seqlen_q + rows, delta, mask=rows < seqlen_q)
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_n, offs_d, lo, hi,
+                         seqlen_q, diag, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                         EVEN_D: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dK, dV (BLOCK_N, BLOCK_D) over query blocks [lo, hi); MASKED applies the causal mask."""
+    offs_m = tl.arange(0, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        rows = start_m + offs_m
+        q = load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
+        # Rows past the end get L = +inf, hence P = 0.
+        lse2 = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale      # (BLOCK_N, BLOCK_M)
+        p_t = tl.exp2(qk_t - lse2[None, :])
+        if MASKED:
+            p_t = tl.where(rows[None, :] + diag >= offs_n[:, None], p_t, 0.0)
+        do = load_tile(DO + rows[:, None] * stride_dot + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM, True,
+                       EVEN_D)
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV,
+                          stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                          stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                          stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
+                          n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, sm_scale, T_BUCKET, S_BUCKET,
+                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                          DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bkv = tl.program_id(1)
+    off_b = (pid_bkv // n_kv_heads).to(tl.int64)
+    off_kh = pid_bkv % n_kv_heads
+    group = n_heads // n_kv_heads
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_h = off_kh.to(tl.int64)
+    k = load_tile(K + off_b * stride_kb + kv_h * stride_kh + offs_n[:, None] * stride_kt + offs_d[None, :],
+                  offs_n, seqlen_k, offs_d, HEAD_DIM, True, EVEN_D)
+    v = load_tile(V + off_b * stride_vb + kv_h * stride_vh + offs_n[:, None] * stride_vt + offs_d[None, :],
+                  offs_n, seqlen_k, offs_d, HEAD_DIM, True, EVEN_D)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    diag = seqlen_k - seqlen_q  # query i sits at key position i + diag
+    if CAUSAL:
+        # Queries before m_lo see none of these keys; from m_full on they see all of them.
+        m_lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
+        m_full = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - diag, 0), BLOCK_M) * BLOCK_M
+        m_mid = tl.minimum(m_full, seqlen_q)
+    else:
+        m_lo = 0
+        m_mid = 0
+        m_full = 0
+    for g in range(0, group):
+        off_h = (off_kh * group + g).to(tl.int64)
+        q_base = Q + off_b * stride_qb + off_h * stride_qh
+        do_base = DO + off_b * stride_dob + off_h * stride_doh
+        row_base = (off_b * n_heads + off_h) * seqlen_q
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+                                      stride_qt, stride_dot, offs_n, offs_d, m_lo, m_mid, seqlen_q, diag, qk_scale,
+                                      HEAD_DIM, BLOCK_M, EVEN_D, True, DOT_PRECISION)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
+                                      stride_qt, stride_dot, offs_n, offs_d, m_full, seqlen_q, seqlen_q, diag,
+                                      qk_scale, HEAD_DIM, BLOCK_M, EVEN_D, False, DOT_PRECISION)
+    mask = (offs_n < seqlen_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tl.store(DK + off_b * stride_dkb + kv_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
+             (dk * sm_scale).to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + off_b * stride_dvb + kv_h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, offs_m, offs_d, lo, hi, seqlen_k,
+                       diag, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr,
+                       MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dQ (BLOCK_M, BLOCK_D) over key blocks [lo, hi); MASKED checks key bounds (and causality)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        cols = start_n + offs_n
+        k = load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
+                      EVEN_D)
+        v = load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
+                      EVEN_D)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        p = tl.exp2(qk - lse2[:, None])
+        if MASKED:
+            keep = cols[None, :] < seqlen_k
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(Q, K, V, DO, Lse, Delta, DQ,
+                        stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
+                        stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
+                        stride_dqb, stride_dqh, stride_dqt,
+                        n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, sm_scale, T_BUCKET, S_BUCKET,
+                        HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+                        DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest causal rows first
+    pid_bh = tl.program_id(1)
+    off_b = (pid_bh // n_heads).to(tl.int64)
+    off_h = (pid_bh % n_heads).to(tl.int64)
+    off_kh = off_h // (n_heads // n_kv_heads)
+    EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
+                  offs_m, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
+    do = load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
+                   offs_m, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
+    row_mask = offs_m < seqlen_q
+    row_base = pid_bh.to(tl.int64) * seqlen_q
+    lse2 = tl.load(Lse + row_base + offs_m, mask=row_mask, other=float("inf")) * 1.4426950408889634
+    delta = tl.load(Delta + row_base + offs_m, mask=row_mask, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    diag = seqlen_k - seqlen_q
+    if CAUSAL:
+        hi = tl.minimum(seqlen_k, start_m + BLOCK_M + diag)
+        n_full = tl.minimum(tl.maximum(start_m + diag + 1, 0) // BLOCK_N * BLOCK_N, seqlen_k // BLOCK_N * BLOCK_N)
+    else:
+        hi = seqlen_k
+        n_full = seqlen_k // BLOCK_N * BLOCK_N
+    k_base = K + off_b * stride_kb + off_kh * stride_kh
+    v_base = V + off_b * stride_vb + off_kh * stride_vh
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, 0, n_full,
+                            seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, False, CAUSAL, DOT_PRECISION)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, n_full, hi,
+                            seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, True, CAUSAL, DOT_PRECISION)
+    mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask)
+
+
+_dkdv_tuned = autotuned(_attn_bwd_dkdv_kernel, DKDV_TABLE, INTERPRET_DKDV)
+_dq_tuned = autotuned(_attn_bwd_dq_kernel, DQ_TABLE, INTERPRET_DQ)
+
+
+def unit_last_stride(t):
+    """The kernels take any strides but a unit stride along the head dim; copy the rare other case."""
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def launch_meta(q):
+    """Constexprs shared by every attention kernel: padded head dim and the dot precision."""
+    D = q.shape[-1]
+    # fp32 inputs keep IEEE fp32 dots (tf32 would lose ~1e-3 and miss the fp32 tolerance).
+    return dict(HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
+                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+
+
+def _launch(tuned, raw, grid, args, meta, config):
+    """Launch the autotuned kernel, or the raw one with config = (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
+    if config is None:
+        tuned[grid](*args, **meta)
+    else:
+        bm, bn, w, s = config
+        raw[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+
+
+def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None):
+    """(dq, dk, dv) from the saved output and log-sum-exp; config = {"dkdv": tuple, "dq": tuple} forces blocks."""
+    B, H, T, D = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+    if dq.numel() == 0 or dk.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    dout, q, k, v, out = (unit_last_stride(t) for t in (dout, q, k, v, out))
+    lse = lse.contiguous()
+    meta = launch_meta(q)
+    delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    _attn_bwd_preprocess_kernel[(triton.cdiv(T, 64), B * H)](
+        out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
+        dout.stride(2), H, T, HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
+    meta["CAUSAL"] = bool(causal)
+    scale = float(scale)
+    common = (H, H_kv, T, S, scale * LOG2E, scale, seq_bucket(T), seq_bucket(S))
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
+    config = config or {}
+    _launch(_dkdv_tuned, _attn_bwd_dkdv_kernel, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
+            (q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
+            meta, config.get("dkdv"))
+    _launch(_dq_tuned, _attn_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
+            (q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"))
+    return dq, dk, dv
