@@ -1,2 +1,181 @@
-"""Placeholder: points at the reference until the Triton kernel lands."""
-from .reference import ffn, linear_act  # noqa: F401
+"""The transformer MLP with its activation fused into Triton GEMMs: `ffn` and its block `linear_act`.
+
+    linear_act(x, w, b, act) = act(x @ w.T + b)                     (kernels/matmul.py, one GEMM)
+    ffn(x, w_in, b_in, w_out, b_out, act) = linear_act(x, w_in, b_in, act) @ w_out.T + b_out
+
+Same contract as kernels.reference: weights as nn.Linear stores them, (out, in); gated activations
+(swiglu, geglu) take w_in = cat([w_gate, w_up]) of shape (2H, D). x may have any leading shape.
+
+Forward: the first GEMM applies bias and activation in its epilogue (the pre-activation never makes
+an extra trip through memory); the second GEMM has no epilogue to fuse and is cuBLAS (F.linear).
+Backward, with d = dy (M, D_out):
+    d_pre   = (d @ w_out) * act'(pre)       one Triton GEMM, the derivative in its epilogue, which
+                                            also re-forms a = act(pre) and sums db_in (fp32 atomics)
+    dw_out  = d.T @ a,  db_out = d.sum(0)   cuBLAS / torch reduction
+    dx      = d_pre @ w_in, dw_in = d_pre.T @ x     cuBLAS: plain GEMMs, nothing to fuse
+Saved for backward: x, w_in, w_out and the pre-activation x @ w_in.T + b_in ((M, H), or (M, 2H) =
+gate then up when gated) in the compute dtype. The hidden activation a is not saved: the backward
+GEMM's epilogue recomputes it from pre for free while it reads pre anyway. linear_act saves x, w
+and pre; its backward has no GEMM producing the upstream gradient, so d_pre comes from one fused
+elementwise Triton pass (with the bias sums), then cuBLAS for dx and dw.
+The pre-activation is only written when autograd will need it (grad enabled and an input
+requires grad).
+
+Dtypes: fp16, bf16 (fp32 accumulation) and fp32 (no TF32). Output dtype = compute dtype = x's
+dtype, or the autocast dtype when autocast is on for x's device. Weights and biases of another
+dtype (fp32 master weights with bf16 x) are cast to the compute dtype before the kernels, like
+autocast does for F.linear; the cast is differentiable, so their gradients come back in their own
+dtype. float64 is not supported by the Triton path (TypeError; use kernels.reference).
+Registered as torch custom ops (kernels::ffn_fwd, ffn_bwd, linear_act_fwd, linear_act_bwd) with
+fake implementations and autograd, so torch.compile(fullgraph=True) traces ffn and linear_act.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._checks import GATED_ACTIVATIONS, check_ffn_args, check_linear_args
+from ._runtime import check_device
+from .matmul import act_bwd, linear_act_fwd
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _pre_shape(x, w, save_pre):
+    return (x.shape[0], w.shape[0]) if save_pre else (0,)
+
+
+def _hidden(w, activation):
+    return w.shape[0] // 2 if activation in GATED_ACTIVATIONS else w.shape[0]
+
+
+def _check_saved(pre):
+    if pre.dim() != 2:
+        raise RuntimeError("backward through a Triton FFN forward that ran without saving its pre-activation "
+                           "(it was called with grad disabled or no input requiring grad)")
+
+
+# ---- linear_act: one fused GEMM -------------------------------------------------------------------
+
+@torch.library.custom_op("kernels::linear_act_fwd", mutates_args=())
+def _linear_act_fwd_op(x: Tensor, w: Tensor, b: Optional[Tensor], activation: str,
+                       save_pre: bool) -> tuple[Tensor, Tensor]:
+    return linear_act_fwd(x, w, b, activation, save_pre)
+
+
+@_linear_act_fwd_op.register_fake
+def _(x, w, b, activation, save_pre):
+    return x.new_empty(x.shape[0], _hidden(w, activation)), x.new_empty(_pre_shape(x, w, save_pre))
+
+
+@torch.library.custom_op("kernels::linear_act_bwd", mutates_args=())
+def _linear_act_bwd_op(grad: Tensor, x: Tensor, w: Tensor, pre: Tensor, activation: str,
+                       has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
+    d_pre, _, db = act_bwd(grad, None, pre, activation, store_act=False, bias_grad=has_bias)
+    db = db.to(x.dtype) if has_bias else x.new_empty(0)
+    return d_pre @ w, d_pre.t() @ x, db
+
+
+@_linear_act_bwd_op.register_fake
+def _(grad, x, w, pre, activation, has_bias):
+    return torch.empty_like(x), torch.empty_like(w), x.new_empty(w.shape[0] if has_bias else 0)
+
+
+def _linear_act_setup(ctx, inputs, output):
+    x, w, b, activation, _ = inputs
+    ctx.save_for_backward(x, w, output[1])
+    ctx.activation, ctx.has_bias = activation, b is not None
+
+
+def _linear_act_backward(ctx, grad, _grad_pre):
+    x, w, pre = ctx.saved_tensors
+    _check_saved(pre)
+    dx, dw, db = torch.ops.kernels.linear_act_bwd(grad, x, w, pre, ctx.activation, ctx.has_bias)
+    return dx, dw, db if ctx.has_bias else None, None, None
+
+
+_linear_act_fwd_op.register_autograd(_linear_act_backward, setup_context=_linear_act_setup)
+
+
+# ---- ffn: fused GEMM, then cuBLAS --------------------------------------------------------------------
+
+@torch.library.custom_op("kernels::ffn_fwd", mutates_args=())
+def _ffn_fwd_op(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor],
+                activation: str, save_pre: bool) -> tuple[Tensor, Tensor]:
+    a, pre = linear_act_fwd(x, w_in, b_in, activation, save_pre)
+    return F.linear(a, w_out, b_out), pre
+
+
+@_ffn_fwd_op.register_fake
+def _(x, w_in, b_in, w_out, b_out, activation, save_pre):
+    return x.new_empty(x.shape[0], w_out.shape[0]), x.new_empty(_pre_shape(x, w_in, save_pre))
+
+
+@torch.library.custom_op("kernels::ffn_bwd", mutates_args=())
+def _ffn_bwd_op(dy: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, pre: Tensor, activation: str,
+                has_b_in: bool, has_b_out: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    d_pre, a, db_in = act_bwd(dy, w_out, pre, activation, store_act=True, bias_grad=has_b_in)
+    db_in = db_in.to(x.dtype) if has_b_in else x.new_empty(0)
+    db_out = dy.sum(0) if has_b_out else x.new_empty(0)
+    return d_pre @ w_in, d_pre.t() @ x, db_in, dy.t() @ a, db_out
+
+
+@_ffn_bwd_op.register_fake
+def _(dy, x, w_in, w_out, pre, activation, has_b_in, has_b_out):
+    return (torch.empty_like(x), torch.empty_like(w_in), x.new_empty(w_in.shape[0] if has_b_in else 0),
+            torch.empty_like(w_out), x.new_empty(w_out.shape[0] if has_b_out else 0))
+
+
+def _ffn_setup(ctx, inputs, output):
+    x, w_in, b_in, w_out, b_out, activation, _ = inputs
+    ctx.save_for_backward(x, w_in, w_out, output[1])
+    ctx.activation, ctx.has_b_in, ctx.has_b_out = activation, b_in is not None, b_out is not None
+
+
+def _ffn_backward(ctx, dy, _grad_pre):
+    x, w_in, w_out, pre = ctx.saved_tensors
+    _check_saved(pre)
+    dx, dw_in, db_in, dw_out, db_out = torch.ops.kernels.ffn_bwd(
+        dy, x, w_in, w_out, pre, ctx.activation, ctx.has_b_in, ctx.has_b_out)
+    return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,
+            None, None)
+
+
+_ffn_fwd_op.register_autograd(_ffn_backward, setup_context=_ffn_setup)
+
+
+# ---- public functions --------------------------------------------------------------------------------
+
+def _cast(x, *params):
+    """x and the parameters in the compute dtype: x's, or autocast's when autocast is on."""
+    kind = x.device.type
+    dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else x.dtype
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"the Triton FFN computes in float16, bfloat16 or float32, got {dtype} "
+                        "(use kernels.reference for float64)")
+    return [None if t is None else t.to(dtype) for t in (x, *params)]
+
+
+def _needs_pre(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def linear_act(x, w, b=None, activation="gelu"):
+    """activation(x @ w.T + b) in one Triton GEMM; gated activations halve the width (w stacks gate; up)."""
+    check_linear_args(x, w, b, activation)
+    check_device(x=x, w=w, b=b)
+    x, w, b = _cast(x, w, b)
+    out, _ = torch.ops.kernels.linear_act_fwd(x.reshape(-1, x.shape[-1]), w, b, activation,
+                                              _needs_pre(x, w, b))
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def ffn(x, w_in, b_in, w_out, b_out, activation):
+    """linear_act(x, w_in, b_in, activation) @ w_out.T + b_out, forward and backward fused as above."""
+    check_ffn_args(x, w_in, b_in, w_out, b_out, activation)
+    check_device(x=x, w_in=w_in, b_in=b_in, w_out=w_out, b_out=b_out)
+    x, w_in, b_in, w_out, b_out = _cast(x, w_in, b_in, w_out, b_out)
+    y, _ = torch.ops.kernels.ffn_fwd(x.reshape(-1, x.shape[-1]), w_in, b_in, w_out, b_out, activation,
+                                     _needs_pre(x, w_in, b_in, w_out, b_out))
+    return y.reshape(*x.shape[:-1], y.shape[-1])

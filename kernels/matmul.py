@@ -1,0 +1,295 @@
+"""Triton GEMMs with the FFN's activation fused into the epilogue, forward and backward.
+
+Forward (`linear_act_fwd`):   pre = x @ w.T + b       (M, N) , x (M, K), w (N, K) as nn.Linear stores it
+                              out = act(pre)           (M, N)
+  gated (swiglu, geglu):      w = cat([w_gate, w_up]) of shape (2H, K); each program computes the gate
+                              tile (rows n of w) and the matching up tile (rows H + n) with two
+                              accumulators over the same x tile, and writes out = f(gate) * up, (M, H).
+                              f = silu (swiglu) or tanh-GELU (geglu).
+  The pre-activation is written (in x's dtype) only when a backward will need it.
+
+Backward (`act_bwd`):         d_act = dy @ w_out        (M, H) , the GEMM that produces the hidden
+                                                                 gradient inside the FFN, or a given
+                                                                 d_act (linear_act alone: no GEMM)
+                              d_pre = d_act * act'(pre)           (M, N), in the same epilogue
+  gated:                      d_gate = d_act * up * f'(gate),  d_up = d_act * f(gate)   -> d_pre (M, 2H)
+  Optionally the same epilogue re-forms act(pre) (the FFN's dW_out needs it, so the forward need not
+  keep it) and adds d_pre's column sums into an fp32 bias-gradient buffer with atomics (so the
+  bias gradient is not one more pass over d_pre; the atomics make it order-nondeterministic).
+
+Activations: relu, gelu (tanh approximation), silu, relu2 = relu(x)^2, and the gated two above.
+Dtypes: fp16 and bf16 (fp32 accumulation, fp32 epilogue, output in the input dtype) and fp32
+(tl.dot with input_precision="ieee": no TF32, so fp32 matches PyTorch's fp32 matmul, whose TF32 is
+off by default). Any M, N, K: tile rows and columns past the edge read wrapped-around indices and are
+masked on store; K is masked only when it is not a multiple of BLOCK_K. Operands take any strides.
+Tiles are visited in grouped (swizzled) order so consecutive programs share A rows and B columns in
+L2. Autotuned per (M bucket, N, K, dtype, activation) over a short pruned list; under the CPU
+interpreter a single small config.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._runtime import interpreting
+
+RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
+# activation name -> (code of the elementwise function, gated?)
+ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False), "relu2": (RELU2, False),
+             "swiglu": (SILU, True), "geglu": (GELU, True)}
+GROUP_M = 8
+SMALL_M = 512  # at or below this many rows one small tile config is used, no autotuning
+
+
+def _config(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+if interpreting():
+    _CONFIGS = [_config(64, 32, 32, 4, 1)]
+    _GATED_CONFIGS = _CONFIGS
+    _SMALL = _CONFIGS
+else:
+    # Hopper: tl.dot lowers to wgmma; 128-row tiles, 8 warps (two warpgroups), 3-4 smem stages.
+    _CONFIGS = [_config(128, 256, 64, 8, 3), _config(128, 128, 64, 8, 4),
+                _config(256, 128, 64, 8, 3), _config(128, 128, 64, 4, 4)]
+    # Gated: BLOCK_N is the width of each of the two accumulators (gate and up).
+    _GATED_CONFIGS = [_config(128, 128, 64, 8, 3), _config(128, 128, 64, 8, 4),
+                      _config(128, 64, 64, 8, 4), _config(128, 64, 64, 4, 4)]
+    _SMALL = [_config(64, 128, 64, 4, 3)]
+
+
+def _prune(configs, named_args, **kwargs):
+    m = named_args["M"]
+    gated = kwargs.get("GATED", named_args.get("GATED", False))
+    if m <= SMALL_M:
+        return _SMALL
+    return [c for c in (_GATED_CONFIGS if gated else _CONFIGS)
+            if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
+
+
+_AUTOTUNE = dict(configs=_CONFIGS + [c for c in _GATED_CONFIGS + _SMALL if c not in _CONFIGS],
+                 key=["M_BUCKET", "N", "K", "ACT", "GATED"], prune_configs_by={"early_config_prune": _prune})
+
+
+def _m_bucket(m):
+    return min(triton.next_power_of_2(max(m, 1)), 1 << 16)
+
+
+@triton.jit
+def _tanh(x):
+    # tanh via sigmoid: exact identity, and tl.sigmoid exists on every backend and in the interpreter.
+    return 2.0 * tl.sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _act(h, ACT: tl.constexpr):
+    if ACT == 0:
+        return tl.maximum(h, 0.0)
+    elif ACT == 1:
+        return 0.5 * h * (1.0 + _tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)))
+    elif ACT == 2:
+        return h * tl.sigmoid(h)
+    else:
+        r = tl.maximum(h, 0.0)
+        return r * r
+
+
+@triton.jit
+def _act_and_grad(h, ACT: tl.constexpr):
+    """(act(h), act'(h))."""
+    if ACT == 0:
+        return tl.maximum(h, 0.0), tl.where(h > 0.0, 1.0, 0.0)
+    elif ACT == 1:
+        inner = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+        t = _tanh(inner)
+        d_inner = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * h * h)
+        return 0.5 * h * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * d_inner
+    elif ACT == 2:
+        s = tl.sigmoid(h)
+        return h * s, s * (1.0 + h * (1.0 - s))
+    else:
+        r = tl.maximum(h, 0.0)
+        return r * r, 2.0 * r
+
+
+@triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """Grouped ordering: GROUP row-tiles share each column sweep, so their B tiles stay in L2."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP * num_pid_n
+    first_m = (pid // per_group) * GROUP
+    group_m = min(num_pid_m - first_m, GROUP)
+    pid_m = first_m + (pid % per_group) % group_m
+    pid_n = (pid % per_group) // group_m
+    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _mainloop(A, B, M, N, K, offs_m, offs_n, up_offset, stride_am, stride_ak, stride_bk, stride_bn,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr,
+              EVEN_K: tl.constexpr, PRECISION: tl.constexpr):
+    """acc[m, n] = sum_k A[m, k] B[k, n] (and acc_up with B's columns shifted by up_offset), fp32."""
+    # Wrap edge rows/columns around instead of masking every load; the store masks them out.
+    rm = tl.max_contiguous(tl.multiple_of(offs_m % M, BLOCK_M), BLOCK_M)
+    rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    a_ptrs = A + rm[:, None] * stride_am + rk[None, :] * stride_ak
+    b_ptrs = B + rk[:, None] * stride_bk + rn[None, :] * stride_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            k_left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=rk[None, :] < k_left, other=0.0)
+            b = tl.load(b_ptrs, mask=rk[:, None] < k_left, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if GATED:
+            if EVEN_K:
+                b_up = tl.load(b_ptrs + up_offset)
+            else:
+                b_up = tl.load(b_ptrs + up_offset, mask=rk[:, None] < k_left, other=0.0)
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    return acc, acc_up
+
+
+@triton.autotune(**_AUTOTUNE)
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _linear_act_fwd_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
+                           stride_pm, stride_om, M_BUCKET,
+                           ACT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
+                           STORE_PRE: tl.constexpr, PRECISION: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                           EVEN_K: tl.constexpr):
+    # N is the output width (H when gated; W then has 2N rows, the up rows starting at row N).
+    offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
+    acc, acc_up = _mainloop(X, W, M, N, K, offs_m, offs_n, N * stride_wn, stride_xm, stride_xk,
+                            stride_wk, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, GATED, EVEN_K, PRECISION)
+    mask_n = offs_n < N
+    if HAS_BIAS:
+        acc += tl.load(Bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if GATED:
+            acc_up += tl.load(Bias + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    mask = (offs_m[:, None] < M) & mask_n[None, :]
+    if STORE_PRE:
+        pre_ptrs = Pre + offs_m[:, None] * stride_pm + offs_n[None, :]
+        tl.store(pre_ptrs, acc.to(Pre.dtype.element_ty), mask=mask)
+        if GATED:
+            tl.store(pre_ptrs + N, acc_up.to(Pre.dtype.element_ty), mask=mask)
+    out = _act(acc, ACT)
+    if GATED:
+        out = out * acc_up
+    tl.store(Out + offs_m[:, None] * stride_om + offs_n[None, :], out.to(Out.dtype.element_ty), mask=mask)
+
+
+# reset_to_zero: the bias-gradient buffer is accumulated with atomics, so autotuning reruns zero it.
+@triton.autotune(**_AUTOTUNE, reset_to_zero=["DBias"])
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
+@triton.jit
+def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, stride_wk, stride_wn,
+                    stride_pm, stride_dm, stride_am, M_BUCKET,
+                    ACT: tl.constexpr, GATED: tl.constexpr, FROM_GEMM: tl.constexpr,
+                    STORE_ACT: tl.constexpr, HAS_DBIAS: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                    EVEN_K: tl.constexpr):
+    # N is the hidden width H; Pre and DPre are (M, 2N) when gated (gate columns, then up columns).
+    offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
+    mask_n = offs_n < N
+    mask = (offs_m[:, None] < M) & mask_n[None, :]
+    if FROM_GEMM:
+        # d_act = dy @ w_out: G is dy (M, K), W[k, n] is w_out (K, N).
+        d_act, _unused = _mainloop(G, W, M, N, K, offs_m, offs_n, 0, stride_gm, stride_gk, stride_wk,
+                                   stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, False, EVEN_K, PRECISION)
+    else:
+        # d_act given: G is (M, N) with column stride stride_gk.
+        d_act = tl.load(G + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gk, mask=mask,
+                        other=0.0).to(tl.float32)
+    pre_ptrs = Pre + offs_m[:, None] * stride_pm + offs_n[None, :]
+    d_ptrs = DPre + offs_m[:, None] * stride_dm + offs_n[None, :]
+    h = tl.load(pre_ptrs, mask=mask, other=0.0).to(tl.float32)
+    f, df = _act_and_grad(h, ACT)
+    if GATED:
+        up = tl.load(pre_ptrs + N, mask=mask, other=0.0).to(tl.float32)
+        d_h = d_act * up * df
+        d_up = d_act * f
+        tl.store(d_ptrs, d_h.to(DPre.dtype.element_ty), mask=mask)
+        tl.store(d_ptrs + N, d_up.to(DPre.dtype.element_ty), mask=mask)
+        if STORE_ACT:
+            tl.store(Act + offs_m[:, None] * stride_am + offs_n[None, :], (f * up).to(Act.dtype.element_ty),
+                     mask=mask)
+        if HAS_DBIAS:
+            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h, 0.0), axis=0), mask=mask_n)
+            tl.atomic_add(DBias + N + offs_n, tl.sum(tl.where(mask, d_up, 0.0), axis=0), mask=mask_n)
+    else:
+        d_h = d_act * df
+        tl.store(d_ptrs, d_h.to(DPre.dtype.element_ty), mask=mask)
+        if STORE_ACT:
+            tl.store(Act + offs_m[:, None] * stride_am + offs_n[None, :], f.to(Act.dtype.element_ty), mask=mask)
+        if HAS_DBIAS:
+            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h, 0.0), axis=0), mask=mask_n)
+
+
+def _precision(dtype):
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _grid(M, N):
+    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
+
+def linear_act_fwd(x, w, b, activation, store_pre):
+    """(act(x @ w.T + b), pre or an empty tensor) for 2-D x (M, K) and w (N or 2H, K) of x's dtype."""
+    code, gated = ACT_CODES[activation]
+    M, K = x.shape
+    n_pre = w.shape[0]
+    N = n_pre // 2 if gated else n_pre
+    out = torch.empty((M, N), device=x.device, dtype=x.dtype)
+    pre = torch.empty((M, n_pre) if store_pre else (0,), device=x.device, dtype=x.dtype)
+    if M == 0 or N == 0:
+        return out, pre
+    if K == 0:  # an empty sum: pre is the bias (or zero)
+        full = (b if b is not None else x.new_zeros(n_pre)).expand(M, n_pre).to(x.dtype)
+        from .reference import activate
+        out.copy_(activate(full, activation))
+        if store_pre:
+            pre.copy_(full)
+        return out, pre
+    _linear_act_fwd_kernel[_grid(M, N)](
+        x, w, b if b is not None else x, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+        pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M),
+        ACT=code, GATED=gated, HAS_BIAS=b is not None, STORE_PRE=store_pre, PRECISION=_precision(x.dtype))
+    return out, pre
+
+
+def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
+    """d_pre = (grad @ w_out, or grad itself when w_out is None) * act'(pre), fused.
+
+    Returns (d_pre like pre, act(pre) (M, H) or None, fp32 column sums of d_pre or None).
+    """
+    code, gated = ACT_CODES[activation]
+    M = pre.shape[0]
+    N = pre.shape[1] // 2 if gated else pre.shape[1]
+    d_pre = torch.empty_like(pre)
+    act = torch.empty((M, N), device=pre.device, dtype=pre.dtype) if store_act else None
+    dbias = torch.zeros(pre.shape[1] if bias_grad else 0, device=pre.device, dtype=torch.float32)
+    from_gemm = w_out is not None
+    K = w_out.shape[0] if from_gemm else 1
+    if M == 0 or N == 0:
+        return d_pre, act, dbias if bias_grad else None
+    if from_gemm and K == 0:  # grad @ w_out is an empty sum
+        grad, from_gemm = pre.new_zeros(M, N), False
+    w = w_out if from_gemm else pre
+    _act_bwd_kernel[_grid(M, N)](
+        grad, w, pre, d_pre, act if store_act else pre, dbias, M, N, K,
+        grad.stride(0), grad.stride(1), w.stride(0), w.stride(1), pre.stride(0), d_pre.stride(0),
+        act.stride(0) if store_act else 0, _m_bucket(M),
+        ACT=code, GATED=gated, FROM_GEMM=from_gemm, STORE_ACT=store_act, HAS_DBIAS=bias_grad,
+        PRECISION=_precision(pre.dtype))
+    return d_pre, act, dbias if bias_grad else None
