@@ -36,7 +36,7 @@ def unwrap_model(model):
 def init_weights(model, scheme="normal"):
     """GPT-2 init: Linear/Embedding weights ~ N(0, 0.02), residual projections (c_proj) scaled by
     1/sqrt(2 * n_layer), biases 0, norm weights 1. "xavier": Xavier-uniform Linear weights (c_proj
-    scaled the same way); embeddings keep N(0, 0.02)."""
+    scaled the same way); embeddings and the LM head keep N(0, 0.02), so the loss at init is ~ln(vocab)."""
     if scheme not in ("normal", "xavier"):
         raise ValueError(f"scheme must be 'normal' or 'xavier', got {scheme!r}")
     model = unwrap_model(model)
@@ -47,7 +47,7 @@ def init_weights(model, scheme="normal"):
             if p.dim() == 1:
                 p.fill_(0.0 if name.endswith("bias") else 1.0)
                 continue
-            if scheme == "normal" or id(p) in embeddings:
+            if scheme == "normal" or id(p) in embeddings or name == "lm_head.weight":
                 nn.init.normal_(p, mean=0.0, std=0.02)
             else:
                 nn.init.xavier_uniform_(p)
