@@ -129,9 +129,9 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot,
         # Rows past the end get L = +inf, hence P = 0.
         lse2 = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
         qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale      # (BLOCK_N, BLOCK_M)
-        p_t = tl.exp2(qk_t - lse2[None, :])
         if MASKED:
-            p_t = tl.where(rows[None, :] + diag >= offs_n[:, None], p_t, 0.0)
+            qk_t = tl.where(rows[None, :] + diag >= offs_n[:, None], qk_t, float("-inf"))
+        p_t = tl.exp2(qk_t - lse2[None, :])
         do = load_tile(DO + rows[:, None] * stride_dot + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM, True,
                        EVEN_D)
         dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
@@ -207,12 +207,12 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, offs_
         v = load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
                       EVEN_D)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
-        p = tl.exp2(qk - lse2[:, None])
         if MASKED:
             keep = cols[None, :] < seqlen_k
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            p = tl.where(keep, p, 0.0)
+            qk = tl.where(keep, qk, float("-inf"))
+        p = tl.exp2(qk - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)

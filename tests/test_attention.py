@@ -1,0 +1,316 @@
+"""kernels.attention (Triton) against a float64 softmax(q k^T) v computed here, output and dq/dk/dv.
+
+Tolerance: the house rule (kernels.testing.assert_close), PyTorch's reference in the same dtype as the
+baseline. On the CPU the kernels run in Triton's interpreter (fp32/fp16, small odd shapes); bf16,
+long sequences, D=256 at length and torch.compile run only on CUDA (the interpreter's bf16 tl.dot
+is wrong, and compile cannot trace interpreter kernels).
+"""
+import importlib
+import math
+
+import pytest
+import torch
+
+import kernels
+from kernels import reference
+from kernels.attention import attention
+from kernels.testing import assert_close
+
+attention_mod = importlib.import_module("kernels.attention")  # the module (kernels.attention is the function)
+
+CUDA = torch.cuda.is_available()
+gpu_only = pytest.mark.skipif(not CUDA, reason="needs CUDA (bf16 tl.dot is wrong in the interpreter; speed)")
+CPU_DTYPES = (torch.float32, torch.float16)
+
+
+def truth64(q, k, v, causal, scale=None):
+    """float64 softmax(q k^T * scale) v, bottom-right causal, GQA by index; rows with no key give 0."""
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    T, S, D = q.shape[2], k.shape[2], q.shape[3]
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    logits = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(D) if scale is None else scale)
+    if causal:
+        i = torch.arange(T, device=q.device)[:, None]
+        j = torch.arange(S, device=q.device)[None, :]
+        logits = logits.masked_fill(j > i + (S - T), float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all -inf rows -> 0
+    return probs @ v
+
+
+def make_qkv(B, H, H_kv, T, S, D, dtype, device, std=0.5):
+    q = (torch.randn(B, H, T, D, device=device) * std).to(dtype)
+    k = (torch.randn(B, H_kv, S, D, device=device) * std).to(dtype)
+    v = torch.randn(B, H_kv, S, D, device=device).to(dtype)
+    return q, k, v
+
+
+def fwd_bwd(fn, q, k, v, dout, **kw):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, **kw)
+    out.backward(dout)
+    return out, q.grad, k.grad, v.grad
+
+
+def check(q, k, v, causal=True, scale=None, dout=None, fused_views=None):
+    """Run ours, the fp64 truth and the same-dtype reference; compare output and all three grads."""
+    B, H, T, D = q.shape
+    dout = torch.randn(B, H, T, D, device=q.device).to(q.dtype) if dout is None else dout
+    if fused_views is not None:
+        # Gradients flow back into one fused tensor; check them per slice against the truth.
+        qkv, to_views = fused_views
+        qkv = qkv.detach().requires_grad_()
+        out = attention(*to_views(qkv), causal=causal, scale=scale)
+        out.backward(dout)
+        ours = (out, *(g for g in to_views(qkv.grad)))
+    else:
+        ours = fwd_bwd(attention, q, k, v, dout, causal=causal, scale=scale)
+    truth = fwd_bwd(truth64, q.double(), k.double(), v.double(), dout.double(), causal=causal, scale=scale)
+    base = fwd_bwd(reference.attention, q, k, v, dout, causal=causal, scale=scale)
+    for name, a, t, b in zip(("out", "dq", "dk", "dv"), ours, truth, base):
+        assert a.dtype == q.dtype, f"{name} dtype {a.dtype} != input dtype {q.dtype}"
+        assert_close(a, t, b, name=name)
+    return ours
+
+
+# ---- lengths, head dims, masks ------------------------------------------------------------------
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("T", [1, 17, 100])
+def test_lengths(T, causal, device):
+    check(*make_qkv(1, 2, 2, T, T, 40, torch.float32, device), causal=causal)
+
+
+@pytest.mark.parametrize("D", [16, 40, 64, 96, 128, 256])
+def test_head_dims(D, device):
+    check(*make_qkv(1, 1, 1, 19, 19, D, torch.float32, device), causal=True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("D", [24, 64])
+def test_fp16(D, causal, device):
+    check(*make_qkv(2, 2, 1, 37, 37, D, torch.float16, device), causal=causal)
+
+
+@pytest.mark.parametrize("H,H_kv", [(4, 4), (4, 2), (8, 2), (4, 1)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gqa_mqa(H, H_kv, causal, device):
+    check(*make_qkv(1, H, H_kv, 21, 21, 32, torch.float32, device), causal=causal)
+
+
+@pytest.mark.parametrize("T,S", [(1, 37), (20, 53), (33, 34)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_fewer_queries_than_keys(T, S, causal, device):
+    check(*make_qkv(2, 2, 1, T, S, 32, torch.float32, device), causal=causal)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_rows_with_no_key_are_zero(dtype, device):
+    # T > S, causal: the first T - S queries sit before every key.
+    T, S = 40, 9
+    q, k, v = make_qkv(1, 2, 1, T, S, 32, dtype, device, std=3.0)
+    out, dq, dk, dv = check(q, k, v, causal=True)
+    assert torch.isfinite(out).all() and torch.isfinite(dq).all()
+    assert (out[:, :, :T - S] == 0).all() and (dq[:, :, :T - S] == 0).all()
+
+
+def test_single_key(device):
+    check(*make_qkv(1, 1, 1, 1, 1, 16, torch.float32, device), causal=True)
+
+
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_large_logits(dtype, device):
+    # Logits of several hundred: a naive exp overflows; the online softmax must not.
+    q, k, v = make_qkv(1, 2, 2, 45, 45, 64, dtype, device, std=6.0)
+    out, dq, dk, dv = check(q, k, v, causal=True)
+    for g in (out, dq, dk, dv):
+        assert torch.isfinite(g).all()
+
+
+def test_custom_scale(device):
+    check(*make_qkv(1, 2, 1, 30, 30, 48, torch.float32, device), causal=True, scale=0.3)
+
+
+def test_fused_qkv_views_are_not_copied(device, monkeypatch):
+    B, T, H, D = 2, 23, 3, 40
+    qkv = (torch.randn(B, T, 3, H, D, device=device) * 0.5)
+
+    def to_views(t):  # (B, T, 3, H, D) -> three (B, H, T, D) strided views
+        return tuple(t[:, :, i].transpose(1, 2) for i in range(3))
+
+    q, k, v = to_views(qkv)
+    assert not q.is_contiguous()
+    seen = []
+    real = attention_mod.attention_fwd
+
+    def spy(q_, k_, v_, *args, **kw):
+        seen.append(q_.data_ptr() == qkv.data_ptr() and q_.stride() == q.stride())
+        return real(q_, k_, v_, *args, **kw)
+
+    monkeypatch.setattr(attention_mod, "attention_fwd", spy)
+    check(q, k, v, causal=True, fused_views=(qkv, to_views))
+    assert seen == [True], "the launcher must receive the strided view itself"
+
+
+def test_noncontiguous_grad_output(device):
+    q, k, v = make_qkv(1, 2, 2, 18, 18, 32, torch.float32, device)
+    dout = torch.randn(1, 18, 2, 32, device=device).transpose(1, 2)  # (B, H, T, D) view
+    check(q, k, v, causal=True, dout=dout)
+
+
+# ---- the Triton path really runs, and the autograd / op plumbing ---------------------------------
+
+class _LaunchSpy:
+    """Stands in for a (possibly autotuned) kernel object and counts grid launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+def test_triton_path_executes(device, monkeypatch):
+    bwd_mod = importlib.import_module("kernels.attention_bwd")
+    assert kernels.IMPLEMENTATION["attention"] == "triton"
+    assert kernels.attention is attention
+    spies = {}
+    for mod, name in ((attention_mod, "_fwd_tuned"), (bwd_mod, "_dkdv_tuned"), (bwd_mod, "_dq_tuned")):
+        spies[name] = _LaunchSpy(getattr(mod, name))
+        monkeypatch.setattr(mod, name, spies[name])
+
+    def boom(*a, **kw):
+        raise AssertionError("the reference SDPA ran")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", boom)
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 1, 1, 9, 9, 16, torch.float32, device))
+    attention(q, k, v).sum().backward()
+    assert {n: s.launches for n, s in spies.items()} == {"_fwd_tuned": 1, "_dkdv_tuned": 1, "_dq_tuned": 1}
+
+
+def test_custom_ops_registered(device):
+    q, k, v = make_qkv(1, 2, 1, 11, 11, 16, torch.float32, device)
+    out, lse = torch.ops.kernels.attention_fwd(q, k, v, True, 0.25)
+    assert lse.dtype == torch.float32 and lse.shape == (1, 2, 11)
+    logits = (q.double() @ k.double().repeat_interleave(2, 1).transpose(-1, -2)) * 0.25
+    logits = logits.masked_fill(torch.ones(11, 11, dtype=torch.bool, device=device).triu(1), float("-inf"))
+    assert torch.allclose(lse.double(), torch.logsumexp(logits, -1), atol=1e-5)
+    torch.library.opcheck(torch.ops.kernels.attention_fwd.default, (q, k, v, True, 0.25),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+# ---- bad input -----------------------------------------------------------------------------------
+
+def _bad_cases(device):
+    q, k, v = make_qkv(1, 4, 2, 8, 8, 16, torch.float32, device)
+    return [
+        ((q[0], k, v), ValueError, "q"),                                           # rank
+        ((q, k[:, :, :, None], v), ValueError, "k"),                                # rank
+        ((q, torch.cat([k, k]), torch.cat([v, v])), ValueError, "batch"),           # batch
+        ((q, k[..., :8], v[..., :8]), ValueError, "head dim"),                       # head dim mismatch
+        ((q, k[:, :1].repeat(1, 3, 1, 1), v[:, :1].repeat(1, 3, 1, 1)), ValueError, "head count"),
+        ((q, k, v[:, :, :5]), ValueError, "same shape"),
+        ((q.half(), k, v), TypeError, "dtype"),
+        ((q.int(), k.int(), v.int()), TypeError, "q"),
+        ((q.double(), k.double(), v.double()), TypeError, "q"),                    # no fp64 kernel
+        ((q[..., :12], k[..., :12], v[..., :12]), ValueError, "q's head dim"),      # D < 16
+        ((q[..., :12].repeat(1, 1, 1, 22), k[..., :12].repeat(1, 1, 1, 22), v[..., :12].repeat(1, 1, 1, 22)),
+         ValueError, "q's head dim"),                                              # D = 264 > 256
+        ((q.repeat(1, 1, 1, 2)[..., :20], k.repeat(1, 1, 1, 2)[..., :20], v.repeat(1, 1, 1, 2)[..., :20]),
+         ValueError, "q's head dim"),                                              # D = 20, not multiple of 8
+        ((q, k.to("meta"), v), ValueError, "device"),                               # different devices
+        (("q", k, v), TypeError, "q"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(14))
+def test_bad_input(case, device):
+    args, exc, words = _bad_cases(device)[case]
+    with pytest.raises(exc, match=words):
+        attention(*args)
+
+
+def test_bad_scale(device):
+    q, k, v = make_qkv(1, 1, 1, 4, 4, 16, torch.float32, device)
+    with pytest.raises(ValueError, match="scale"):
+        attention(q, k, v, scale=-1.0)
+
+
+def test_wrong_device_for_kernels(device):
+    q, k, v = make_qkv(1, 1, 1, 4, 4, 16, torch.float32, "meta")
+    with pytest.raises(ValueError, match="q is on meta"):
+        attention(q, k, v)
+
+
+# ---- GPU only: bf16, long sequences, compile, tuning cache ----------------------------------------
+
+@gpu_only
+@pytest.mark.parametrize("T,S,D,H,H_kv,causal", [
+    (1000, 1000, 64, 4, 4, True), (4097, 4097, 128, 2, 1, True), (17, 17, 256, 2, 2, False),
+    (1000, 1000, 256, 2, 2, True), (513, 1500, 96, 4, 2, True), (1, 4097, 128, 8, 2, True),
+    (1000, 1000, 40, 4, 1, False), (300, 100, 64, 2, 2, True),
+])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_long_and_bf16(T, S, D, H, H_kv, causal, dtype, device):
+    check(*make_qkv(2, H, H_kv, T, S, D, dtype, device), causal=causal)
+
+
+@gpu_only
+def test_gpu_fp32_long(device):
+    check(*make_qkv(1, 2, 2, 1000, 1000, 128, torch.float32, device), causal=True)
+
+
+@gpu_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_large_logits(dtype, device):
+    q, k, v = make_qkv(2, 4, 2, 777, 777, 128, dtype, device, std=4.0)
+    for g in check(q, k, v, causal=True):
+        assert torch.isfinite(g).all()
+
+
+@gpu_only
+def test_gpu_fused_qkv_bf16(device):
+    B, T, H, D = 2, 1000, 4, 64
+    qkv = (torch.randn(B, T, 3, H, D, device=device) * 0.5).bfloat16()
+
+    def to_views(t):
+        return tuple(t[:, :, i].transpose(1, 2) for i in range(3))
+
+    check(*to_views(qkv), causal=True, fused_views=(qkv, to_views))
+
+
+@gpu_only
+def test_gpu_gqa_grads_deterministic(device):
+    q, k, v = make_qkv(2, 8, 2, 1000, 1000, 64, torch.bfloat16, device)
+    dout = torch.randn_like(q)
+    a = fwd_bwd(attention, q, k, v, dout)
+    b = fwd_bwd(attention, q, k, v, dout)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+@gpu_only
+def test_gpu_torch_compile_fullgraph(device):
+    q, k, v = make_qkv(2, 4, 2, 257, 257, 64, torch.bfloat16, device)
+    dout = torch.randn_like(q)
+
+    def fn(q, k, v):
+        return attention(q, k, v, causal=True) * 2.0
+
+    compiled = torch.compile(fn, fullgraph=True)
+    got = fwd_bwd(compiled, q, k, v, dout)
+    want = fwd_bwd(fn, q, k, v, dout)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+
+
+@gpu_only
+def test_gpu_autotune_does_not_retune(device):
+    q, k, v = make_qkv(1, 2, 2, 700, 700, 64, torch.bfloat16, device)
+    attention(q, k, v)
+    tuned = attention_mod._fwd_tuned
+    cached = dict(tuned.cache)
+    q2, k2, v2 = make_qkv(1, 2, 2, 900, 900, 64, torch.bfloat16, device)  # same power-of-two bucket
+    attention(q2, k2, v2)
+    assert dict(tuned.cache) == cached
