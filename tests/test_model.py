@@ -36,7 +36,7 @@ def small(**overrides):
 
 def tiniest(**overrides):
     """Tiny enough for the Triton interpreter."""
-    d = dict(vocab_size=23, block_size=12, n_layer=1, n_head=2, n_kv_head=1, n_embd=16, mlp_hidden=24)
+    d = dict(vocab_size=23, block_size=12, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, mlp_hidden=40)
     return GPTConfig(**{**d, **overrides})
 
 
