@@ -1,0 +1,79 @@
+"""Options, session-wide measurements and the JSON post-processing of the benchmark suite.
+
+- TRITON_INTERPRET=1 is set here when there is no CUDA device, before any module imports `kernels`.
+- `--bench-size small|full`: on CUDA, `small` (the default) is the reduced grid that runs in about
+  10 minutes on one H100 and `full` is every shape of the kernel issues and PEERS.md (about 25-30
+  minutes; run it file by file, see bench/README in the report). On the CPU the shapes are tiny
+  whatever is asked, and only correctness runs (with --benchmark-disable).
+- `--bench-dtype bf16[,fp16,...]`: dtypes to run on CUDA (default bf16; the CPU runs fp32, because
+  the interpreter's bf16 `tl.dot` is wrong).
+- The card's ceilings are measured once per session (bf16 8192^3 matmul, device copy) and written
+  to the JSON's machine_info; each benchmark's ratio to the best peer in its group is written to
+  its extra_info, and a summary of ours against the best peer is printed at the end.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from bench import common  # noqa: E402
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("slm bench")
+    group.addoption("--bench-size", choices=("small", "full"), default="small",
+                    help="grid size on CUDA: small (default, a few minutes on one H100) or full")
+    group.addoption("--bench-dtype", default="bf16",
+                    help="comma-separated dtypes to benchmark on CUDA: bf16, fp16, fp32 (default bf16)")
+
+
+def pytest_configure(config):
+    # With --benchmark-disable (or no CUDA) the fixture only gates timing; that is not a mistake.
+    config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used")
+    if common.ON_CUDA:
+        import torch._dynamo
+        # Every shape and mode compiles its own graph (dynamic=False); without a larger cache
+        # Dynamo would silently fall back to eager after 8 recompilations.
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 4096)
+        torch.backends.cuda.matmul.allow_tf32 = False   # fp32 truth must be fp32
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def pytest_report_header(config):
+    size = common.bench_size(config)
+    where = common.device_name()
+    return [f"slm bench: size={size}, dtypes={[common.DTYPE_NAMES[d] for d in common.bench_dtypes(config)]}, "
+            f"device={where}, {common.versions()}"]
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["slm_bench"] = {"device": common.device_name(), **common.versions(),
+                                 "ceilings": common.ceilings(), "bench_size": common.bench_size(config)}
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    common.add_peer_ratios(output_json.get("benchmarks", []))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not common.RECORDS:
+        return
+    groups = common.add_peer_ratios([{"group": r["group"], "extra_info": r} for r in common.RECORDS])
+    tr = terminalreporter
+    ceil = common.ceilings()
+    tr.write_sep("=", "slm bench: ours vs the best peer (do_bench medians)")
+    if ceil:
+        tr.write_line(f"ceilings on {common.device_name()}: bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s, "
+                      f"copy {ceil['copy_gbps']:.0f} GB/s")
+    for group, infos in groups.items():
+        ours = [i for i in infos if i["provider"] == common.OURS]
+        best = infos[0]["best_peer"]
+        if ours and best:
+            o = ours[0]
+            tr.write_line(f"{group:58s} ours {o['median_ms']:8.3f} ms  best peer {best:16s} "
+                          f"{o['best_peer_ms']:8.3f} ms  speed-up {o['ratio_to_best_peer']:5.2f}x")
