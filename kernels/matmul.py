@@ -37,7 +37,7 @@ RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
 ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False), "relu2": (RELU2, False),
              "swiglu": (SILU, True), "geglu": (GELU, True)}
 GROUP_M = 8
-SMALL_M = 512  # at or below this many rows one small tile config is used, no autotuning
+SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
 
 
 def _config(bm, bn, bk, warps, stages):
@@ -59,12 +59,11 @@ else:
 
 
 def _prune(configs, named_args, **kwargs):
-    m = named_args["M"]
-    gated = kwargs.get("GATED", named_args.get("GATED", False))
-    if m <= SMALL_M:
+    if named_args["M"] <= SMALL_M:
         return _SMALL
-    return [c for c in (_GATED_CONFIGS if gated else _CONFIGS)
-            if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
+    # Only the forward kernel's gated variant carries two accumulators.
+    two_acc = kwargs.get("GATED", False) and "X" in named_args
+    return _GATED_CONFIGS if two_acc else _CONFIGS
 
 
 _AUTOTUNE = dict(configs=_CONFIGS + [c for c in _GATED_CONFIGS + _SMALL if c not in _CONFIGS],
