@@ -179,7 +179,9 @@ def save_checkpoint(directory, model, optimizer=None, step=0, extra=None, files=
     if directory.exists():
         os.rename(directory, old)
     os.rename(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    # The previous checkpoint, and any left by a save that crashed between its renames.
+    for stale in [old, *directory.parent.glob(f".{directory.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     return directory
 
 

@@ -224,3 +224,7 @@ def test_crash_between_the_renames_is_recovered(tmp_path, monkeypatch):
     assert not (tmp_path / "ckpt").exists()
     out = mu.load_checkpoint(tmp_path / "ckpt")
     assert out["step"] == 1 and torch.equal(out["model"].lm_head.weight, good.lm_head.weight)
+    # A crash after both renames but before the old copy is deleted leaves it behind; the next save cleans up.
+    (tmp_path / ".ckpt.old-deadbeef").mkdir()
+    mu.save_checkpoint(tmp_path / "ckpt", good, step=3)
+    assert os.listdir(tmp_path) == ["ckpt"] and mu.load_checkpoint(tmp_path / "ckpt")["step"] == 3
