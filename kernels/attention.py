@@ -34,7 +34,7 @@ import triton.language as tl
 
 from ._checks import check_attention_args
 from ._runtime import check_device
-from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, _launch, attention_bwd, autotuned, launch_meta, \
+from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, launch_meta, \
     load_tile, seq_bucket, unit_last_stride
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -69,7 +69,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d
     return acc, l_i, m_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _attn_fwd_kernel(Q, K, V, Out, Lse,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                      stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,

@@ -19,6 +19,7 @@ L = +inf, so their P, dQ and contributions to dK/dV are exactly 0.
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
 from ._runtime import interpreting
 
@@ -69,6 +70,8 @@ DQ_TABLE = {
 INTERPRET_FWD = [(32, 16, 4, 1)]
 INTERPRET_DKDV = [(16, 32, 4, 1)]
 INTERPRET_DQ = [(32, 16, 4, 1)]
+# Lengths vary from call to call: no recompiles for each divisibility-by-16 pattern of T and S.
+NO_SPECIALIZE = ["seqlen_q", "seqlen_k", "T_BUCKET", "S_BUCKET"]
 TUNE_KEY = ["T_BUCKET", "S_BUCKET", "BLOCK_D", "CAUSAL"]  # the autotuner adds the tensors' dtypes
 
 
@@ -77,8 +80,13 @@ def autotuned(kernel, table, interpret_shapes):
     if interpreting():
         return triton.autotune(configs=_configs(interpret_shapes), key=TUNE_KEY)(kernel)
     shapes = sorted({s for rows in table.values() for s in rows})
-    return triton.autotune(configs=_configs(shapes), key=TUNE_KEY,
+    return triton.autotune(configs=_configs(shapes), key=TUNE_KEY, do_bench=_tune_bench,
                            prune_configs_by={"early_config_prune": _prune_by_head_dim(table)})(kernel)
+
+
+def _tune_bench(fn, quantiles):
+    # Shorter than do_bench's 25 + 100 ms default: a handful of configs per bucket, first call only.
+    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
 @triton.jit
@@ -142,7 +150,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot,
     return dk, dv
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV,
                           stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                           stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
@@ -219,7 +227,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, offs_
     return dq
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _attn_bwd_dq_kernel(Q, K, V, DO, Lse, Delta, DQ,
                         stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                         stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
