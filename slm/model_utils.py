@@ -178,10 +178,17 @@ def save_checkpoint(directory, model, optimizer=None, step=0, extra=None, files=
     old = directory.parent / f".{directory.name}.old-{uuid.uuid4().hex[:8]}"
     if directory.exists():
         os.rename(directory, old)
-    os.rename(tmp, directory)
-    # The previous checkpoint, and any left by a save that crashed between its renames.
-    for stale in [old, *directory.parent.glob(f".{directory.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        os.rename(tmp, directory)
+    except BaseException:
+        if old.exists() and not directory.exists():
+            os.rename(old, directory)  # roll back; if we die first, load_checkpoint recovers `old`
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    # The previous checkpoint, and any leftovers of saves killed mid-way (one writer per directory).
+    for pattern in (".old-*", ".tmp-*"):
+        for stale in directory.parent.glob(f".{directory.name}{pattern}"):
+            shutil.rmtree(stale, ignore_errors=True)
     return directory
 
 

@@ -213,7 +213,7 @@ def test_crash_between_the_renames_is_recovered(tmp_path, monkeypatch):
 
     def rename_then_crash(a, b):
         renames.append((a, b))
-        if len(renames) == 2:  # the old checkpoint is moved aside; the new one never moves in
+        if len(renames) >= 2:  # the old checkpoint is moved aside, then the process dies
             raise OSError("power cut")
         real_rename(a, b)
 
@@ -224,7 +224,26 @@ def test_crash_between_the_renames_is_recovered(tmp_path, monkeypatch):
     assert not (tmp_path / "ckpt").exists()
     out = mu.load_checkpoint(tmp_path / "ckpt")
     assert out["step"] == 1 and torch.equal(out["model"].lm_head.weight, good.lm_head.weight)
-    # A crash after both renames but before the old copy is deleted leaves it behind; the next save cleans up.
+    # Leftovers of saves killed mid-way are cleaned up by the next successful save.
     (tmp_path / ".ckpt.old-deadbeef").mkdir()
+    (tmp_path / ".ckpt.tmp-deadbeef").mkdir()
     mu.save_checkpoint(tmp_path / "ckpt", good, step=3)
     assert os.listdir(tmp_path) == ["ckpt"] and mu.load_checkpoint(tmp_path / "ckpt")["step"] == 3
+
+
+def test_failed_swap_rolls_back(tmp_path, monkeypatch):
+    good, _ = _trained(small())
+    mu.save_checkpoint(tmp_path / "ckpt", good, step=1)
+    real_rename, calls = os.rename, []
+
+    def second_rename_fails(a, b):
+        calls.append(a)
+        if len(calls) == 2:
+            raise OSError("rename failed")
+        real_rename(a, b)
+
+    monkeypatch.setattr(mu.os, "rename", second_rename_fails)
+    with pytest.raises(OSError, match="rename failed"):
+        mu.save_checkpoint(tmp_path / "ckpt", _trained(small())[0], step=2)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ckpt"] and mu.load_checkpoint(tmp_path / "ckpt")["step"] == 1
