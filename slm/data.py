@@ -232,7 +232,8 @@ def read_shard(path):
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = np.frombuffer(f.read(1024), dtype=np.int32)
+            head = f.read(1024)
+            head = np.frombuffer(head[:len(head) // 4 * 4], dtype=np.int32)
     except OSError as e:
         raise OSError(f"cannot read data file {path}: {e.strerror or e}") from e
     if len(head) == 256 and head[0] == LLMC_MAGIC:
