@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+import kernels.reference as reference
 from kernels.testing import assert_close
 from slm.attention import CausalSelfAttention, KVCache, apply_rope, rope_cache
 from slm.config import PRESETS, GPTConfig, from_preset
@@ -81,29 +82,26 @@ def test_default_mlp_hidden():
 
 
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1])
-def test_attention_shapes_and_views(n_kv_head):
+def test_attention_shapes_and_views(n_kv_head, monkeypatch):
     config = small(n_kv_head=n_kv_head)
     attn = CausalSelfAttention(config, backend="torch")
     assert attn.c_attn.weight.shape == ((4 + 2 * n_kv_head) * 8, 32)
     seen = {}
 
-    class Spy:
-        def attention(self, q, k, v, causal=True):
-            seen.update(q=q, k=k, v=v)
-            from kernels.reference import attention
-            return attention(q, k, v, causal=causal)
+    class SpyOps:
+        @staticmethod
+        def attention(q, k, v, causal=True):
+            seen.update(q=q, k=k, v=v, causal=causal)
+            return reference.attention(q, k, v, causal=causal)
 
-    type(attn).ops = property(lambda self: Spy())  # restored below
-    try:
-        y = attn(torch.randn(2, 9, 32))
-    finally:
-        del type(attn).ops
-        from slm.backend import get_ops
-        type(attn).ops = property(lambda self: get_ops(self.backend))
+    monkeypatch.setattr(CausalSelfAttention, "ops", property(lambda self: SpyOps))
+    y = attn(torch.randn(2, 9, 32))
     assert y.shape == (2, 9, 32)
     assert seen["q"].shape == (2, 4, 9, 8) and seen["k"].shape == seen["v"].shape == (2, n_kv_head, 9, 8)
+    assert seen["causal"] is True
     # q, k, v are strided views of the fused projection, not copies.
-    assert not seen["q"].is_contiguous() and not seen["v"].is_contiguous()
+    assert not seen["q"].is_contiguous() and not seen["k"].is_contiguous() and not seen["v"].is_contiguous()
+    assert seen["q"]._base is not None and seen["v"]._base is seen["q"]._base
 
 
 def test_rope_rotates_pairs_and_keeps_norms():
@@ -290,6 +288,32 @@ def test_generate_same_tokens_with_and_without_kv_cache(backend, variant, device
     assert with_cache.shape == (2, 19)
     assert torch.equal(with_cache[:, :5], prompt)
     assert torch.equal(with_cache, without)
+
+
+@pytest.mark.parametrize("pos,n_kv_head", [("learned", 4), ("rope", 2), ("rope", 1)])
+def test_cached_chunks_match_the_full_forward(pos, n_kv_head):
+    model = GPT(small(pos=pos, n_kv_head=n_kv_head)).eval()
+    idx = torch.randint(0, 67, (2, 17))
+    with torch.no_grad():
+        full, _ = model(idx)
+        caches = model.new_kv_caches(2)
+        # A prompt, then chunks of several tokens (queries T < keys S: bottom-right causal), then one at a time.
+        parts = [model._logits(idx[:, a:b], caches) for a, b in [(0, 7), (7, 11), (11, 12), (12, 17)]]
+    assert caches[0].length == 17
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_with_cache_feeds_only_new_tokens(monkeypatch):
+    model = GPT(small(block_size=10)).eval()
+    lengths = []
+    real = model._logits
+    monkeypatch.setattr(model, "_logits", lambda idx, caches=None: lengths.append(idx.shape[1]) or real(idx, caches))
+    model.generate(torch.randint(0, 67, (1, 4)), 9, temperature=0)
+    # Prefill 4, then one token per step up to block_size 10, then the cropped window of 10 each step.
+    assert lengths == [4, 1, 1, 1, 1, 1, 1, 10, 10]
+    lengths.clear()
+    model.generate(torch.randint(0, 67, (1, 4)), 3, temperature=0, use_cache=False)
+    assert lengths == [4, 5, 6]
 
 
 def test_generate_sampling_options():
