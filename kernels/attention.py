@@ -43,27 +43,41 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 @triton.jit
 def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d, lo, hi, seqlen_k, diag, qk_scale,
                     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
-                    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Online softmax over key blocks [lo, hi); MASKED checks key bounds (and causality)."""
+                    CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+    """Online softmax over key blocks [lo, hi); MASKED checks key bounds (and causality).
+
+    K and V are tensor descriptors (USE_TMA; out-of-range rows read as 0) or pointers to the head's rows.
+    """
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        k = load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
-                      EVEN_D)
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale   # log2 units
+        if USE_TMA:
+            k = K.load([start_n, 0])
+        else:
+            k = load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
+                          EVEN_D)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if MASKED:
             keep = cols[None, :] < seqlen_k
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            qk = tl.where(keep, qk, float("-inf"))
-        # m_i starts at -1e30 (finite), so a fully masked row gives exp2(-inf) = 0, never inf - inf.
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-        p = tl.exp2(qk - m_new[:, None])
+            qk = tl.where(keep, qk * qk_scale, float("-inf"))   # log2 units
+            # m_i starts at -1e30 (finite): a fully masked row gives exp2(-inf) = 0, never inf - inf.
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            qk = qk - m_new[:, None]
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            qk = qk * qk_scale - m_new[:, None]   # one FMA per element
+        p = tl.exp2(qk)
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
-        v = load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
-                      EVEN_D)
+        if USE_TMA:
+            v = V.load([start_n, 0])
+        else:
+            v = load_tile(V + cols[:, None] * stride_vt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
+                          EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -75,7 +89,8 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse,
                      stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
                      n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, T_BUCKET, S_BUCKET,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                     DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest causal rows first
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // n_heads).to(tl.int64)
@@ -85,8 +100,21 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse,
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = load_tile(Q + off_b * stride_qb + off_h * stride_qh + offs_m[:, None] * stride_qt + offs_d[None, :],
-                  offs_m, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
+    q_base = Q + off_b * stride_qb + off_h * stride_qh
+    k_src = K + off_b * stride_kb + off_kh * stride_kh
+    v_src = V + off_b * stride_vb + off_kh * stride_vh
+    o_base = Out + off_b * stride_ob + off_h * stride_oh
+    if USE_TMA:
+        # Per-head descriptors: rows past T or S and columns past HEAD_DIM read as 0, stores are clipped.
+        q = tl.make_tensor_descriptor(q_base, shape=[seqlen_q, HEAD_DIM], strides=[stride_qt, 1],
+                                      block_shape=[BLOCK_M, BLOCK_D]).load([start_m, 0])
+        k_src = tl.make_tensor_descriptor(k_src, shape=[seqlen_k, HEAD_DIM], strides=[stride_kt, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+        v_src = tl.make_tensor_descriptor(v_src, shape=[seqlen_k, HEAD_DIM], strides=[stride_vt, 1],
+                                          block_shape=[BLOCK_N, BLOCK_D])
+    else:
+        q = load_tile(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], offs_m, seqlen_q, offs_d, HEAD_DIM,
+                      True, EVEN_D)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -98,25 +126,46 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse,
     else:
         hi = seqlen_k
         n_full = seqlen_k // BLOCK_N * BLOCK_N
-    k_base = K + off_b * stride_kb + off_kh * stride_kh
-    v_base = V + off_b * stride_vb + off_kh * stride_vh
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, 0,
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kt, stride_vt, offs_m, offs_d, 0,
                                     n_full, seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, False, CAUSAL,
-                                    DOT_PRECISION)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, n_full,
+                                    DOT_PRECISION, USE_TMA)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_src, v_src, stride_kt, stride_vt, offs_m, offs_d, n_full,
                                     hi, seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, True, CAUSAL,
-                                    DOT_PRECISION)
+                                    DOT_PRECISION, USE_TMA)
     dead = l_i == 0.0  # no key visible: output 0, L = +inf (so the backward's P is 0)
     l_safe = tl.where(dead, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    out = (acc / l_safe[:, None]).to(Out.dtype.element_ty)
     lse = tl.where(dead, float("inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
     row_mask = offs_m < seqlen_q
-    tl.store(Out + off_b * stride_ob + off_h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
-             out.to(Out.dtype.element_ty), mask=row_mask[:, None] & (offs_d < HEAD_DIM)[None, :])
+    if USE_TMA:
+        tl.make_tensor_descriptor(o_base, shape=[seqlen_q, HEAD_DIM], strides=[stride_ot, 1],
+                                  block_shape=[BLOCK_M, BLOCK_D]).store([start_m, 0], out)
+    else:
+        tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], out,
+                 mask=row_mask[:, None] & (offs_d < HEAD_DIM)[None, :])
     tl.store(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, lse, mask=row_mask)
 
 
 _fwd_tuned = autotuned(_attn_fwd_kernel, FWD_TABLE, INTERPRET_FWD)
+
+
+# Tensor-descriptor (TMA) loads in the forward. Off until timed on the H100 (tools/gpu_attention.py).
+USE_TMA = False
+
+
+def _tma_alloc(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _tma_ok(*tensors):
+    """TMA needs 16-byte aligned bases and row strides (always true for D % 8 == 0 unless offset views)."""
+    if not USE_TMA:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.data_ptr() % 16 or any((st * size) % 16 for st in t.stride()[:3]):
+            return False
+    return True
 
 
 def check_kernel_args(q, k, v, scale, device=True):
@@ -131,10 +180,11 @@ def check_kernel_args(q, k, v, scale, device=True):
         raise ValueError(f"q's head dim must be a multiple of 8 in 16..256 for the Triton attention, got {D}")
 
 
-def attention_fwd(q, k, v, causal=True, scale=None, config=None):
+def attention_fwd(q, k, v, causal=True, scale=None, config=None, use_tma=None):
     """(out, lse): out (B, H, T, D) in q's dtype, lse (B, H, T) fp32 natural-log log-sum-exp per row.
 
-    config = (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner (for benchmarking).
+    config = (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner and use_tma=True/False
+    forces the TMA-descriptor loads on or off (for benchmarking; None = USE_TMA where aligned).
     """
     check_kernel_args(q, k, v, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -147,8 +197,11 @@ def attention_fwd(q, k, v, causal=True, scale=None, config=None):
         return out, lse
     meta = launch_meta(q)
     meta["CAUSAL"] = bool(causal)
+    meta["USE_TMA"] = _tma_ok(q, k, v, out) if use_tma is None else use_tma
     args = (q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             H, H_kv, T, S, scale * LOG2E, seq_bucket(T), seq_bucket(S))
+    if meta["USE_TMA"] and q.is_cuda:
+        triton.set_allocator(_tma_alloc)  # device-side descriptors need a little global scratch
     _launch(_fwd_tuned, _attn_fwd_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config)
     return out, lse
 
