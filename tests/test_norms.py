@@ -1,0 +1,238 @@
+"""LayerNorm / RMSNorm (plain and fused with the residual add) against float64 ground truth.
+
+Every case checks the outputs and every gradient (x, residual, weight, bias) with random upstream
+gradients on both returned tensors, under the house tolerance rule (kernels.testing.assert_close).
+On the CPU the kernels run in Triton's interpreter: fp32 and fp16, few rows at the big widths.
+With CUDA, bf16 and larger shapes are added.
+"""
+import pytest
+import torch
+
+import kernels
+from kernels import norms, norms_bwd, reference
+from kernels.testing import assert_close
+
+CUDA = torch.cuda.is_available()
+OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
+HAS_BIAS = {"layer_norm": True, "add_layer_norm": True, "rms_norm": False, "add_rms_norm": False}
+
+# (leading shape, width): widths 1 .. 65536, rows 1 and 1151; 3000 and 20000 go through the looped
+# backward, 20000 and 65536 through the looped forward too.
+SHAPES = [((1,), 1), ((7,), 1), ((1151,), 96), ((3, 1), 1000), ((1,), 3000), ((2, 3), 3000),
+          ((2,), 8192), ((3,), 20000), ((2,), 65536)]
+GPU_SHAPES = [((1151,), 1000), ((4, 257), 768), ((1151,), 8192), ((64,), 65536), ((9, 128), 2048)]
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if CUDA else [])
+
+
+def make_x(shape, dtype, device):
+    """Non-zero mean and a wide spread: each row its own offset and scale."""
+    x = torch.randn(shape, dtype=torch.float64)
+    x = x * torch.exp(torch.randn(*shape[:-1], 1, dtype=torch.float64)) + 4 * torch.randn(*shape[:-1], 1,
+                                                                                               dtype=torch.float64)
+    return x.to(device=device, dtype=dtype)
+
+
+def call(mod, op, x, r, w, b, eps):
+    fn = getattr(mod, op)
+    if op == "layer_norm":
+        return (fn(x, w, b, eps),)
+    if op == "rms_norm":
+        return (fn(x, w, eps),)
+    if op == "add_layer_norm":
+        return fn(x, r, w, b, eps)
+    return fn(x, r, w, eps)
+
+
+def run(mod, op, inputs, grads, eps, cast=None):
+    """Outputs and input gradients of one op; `cast` (a dtype) converts every input first."""
+    leaves = [None if t is None else (t.to(cast) if cast else t).detach().requires_grad_() for t in inputs]
+    outs = call(mod, op, *leaves, eps)
+    used = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+    torch.autograd.backward([o for o, _ in used], [g.to(o.dtype) for o, g in used])
+    return outs, [None if t is None else t.grad for t in leaves]
+
+
+def check(op, shape, dtype, device, *, w_dtype=None, has_w=True, has_b=True, res_dtype=None,
+          row_pad=0, eps=1e-5):
+    """Compare ours and PyTorch-in-dtype against the float64 reference, outputs and all gradients."""
+    n = shape[-1]
+    if row_pad:  # rows strided inside a wider buffer: the kernels must not need a copy
+        x = make_x((*shape[:-1], n + row_pad), dtype, device)[..., :n]
+        assert not x.is_contiguous()
+    else:
+        x = make_x(shape, dtype, device)
+    add = op.startswith("add_")
+    r = make_x((*shape[:-1], n + row_pad), res_dtype or dtype, device)[..., :n] if add else None
+    w = (1 + 0.5 * torch.randn(n, device=device)).to(w_dtype or dtype) if has_w else None
+    b = torch.randn(n, device=device).to(w_dtype or dtype) if has_b and HAS_BIAS[op] else None
+    inputs = (x, r, w, b)
+    out_dtypes = [dtype] + ([torch.promote_types(dtype, res_dtype or dtype)] if add else [])
+    grads = [torch.randn(shape, device=device, dtype=torch.float64).to(d) for d in out_dtypes]
+
+    ours, ours_g = run(kernels, op, inputs, grads, eps)
+    base, base_g = run(reference, op, inputs, grads, eps)
+    truth, truth_g = run(reference, op, inputs, grads, eps, cast=torch.float64)
+    for i, (o, bo, t) in enumerate(zip(ours, base, truth)):
+        assert o.dtype == bo.dtype, f"output {i} dtype {o.dtype} != reference {bo.dtype}"
+        assert_close(o, t, bo, name=f"{op} output {i}")
+    for name, g, bg, tg, inp in zip(("dx", "dresidual", "dweight", "dbias"), ours_g, base_g, truth_g, inputs):
+        if inp is None:
+            continue
+        assert g is not None and g.dtype == inp.dtype, f"{name}: {None if g is None else g.dtype}"
+        assert_close(g, tg, bg, name=f"{op} {name}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, (*s[0], s[1]))) if isinstance(s, tuple) else None)
+@pytest.mark.parametrize("op", OPS)
+def test_widths_and_rows(op, shape, device):
+    lead, n = shape
+    check(op, (*lead, n), torch.float16 if n % 2 else torch.float32, device)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_dtypes(op, dtype, device):
+    check(op, (5, 37, 300), dtype, device)
+
+
+@pytest.mark.skipif(not CUDA, reason="large shapes and bf16 are for the GPU; the interpreter is slow")
+@pytest.mark.parametrize("shape", GPU_SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("op", OPS)
+def test_gpu_shapes(op, dtype, shape, device):
+    lead, n = shape
+    check(op, (*lead, n), dtype, device, w_dtype=torch.float32 if dtype == torch.bfloat16 else None)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("n", [96, 3000, 20000])
+def test_strided_rows(op, n, device):
+    check(op, (3, 2, n), torch.float32, device, row_pad=5)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_column_stride_is_copied(op, device):
+    # A transposed last dim cannot be read as X + col: the launcher copies it explicitly.
+    x = make_x((40, 3), torch.float32, device).t()
+    r = make_x((40, 3), torch.float32, device).t() if op.startswith("add_") else None
+    ours = call(kernels, op, x, r, None, None, 1e-5)
+    base = call(reference, op, x, r, None, None, 1e-5)
+    truth = call(reference, op, x.double(), None if r is None else r.double(), None, None, 1e-5)
+    for o, bo, t in zip(ours, base, truth):
+        assert_close(o, t, bo, name=op)
+
+
+@pytest.mark.parametrize("op,has_w,has_b", [(op, w, b) for op in OPS for w, b in
+                                             ((False, False), (True, False), (False, True))
+                                             if HAS_BIAS[op] or not b])
+def test_optional_weight_and_bias(op, has_w, has_b, device):
+    check(op, (13, 200), torch.float16, device, has_w=has_w, has_b=has_b)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_fp32_weight_with_half_input(op, device):
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    check(op, (1151, 96), dtype, device, w_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("op", ["add_layer_norm", "add_rms_norm"])
+def test_mixed_residual_dtype(op, device):
+    # fp16 branch output added to an fp32 residual stream: the sum is fp32, the normed output fp16.
+    check(op, (9, 250), torch.float16, device, res_dtype=torch.float32)
+
+
+@pytest.mark.parametrize("op", ["add_layer_norm", "add_rms_norm"])
+def test_no_residual_returns_x(op, device):
+    x = make_x((4, 50), torch.float32, device)
+    w = torch.randn(50, device=device)
+    normed, summed = call(kernels, op, x, None, w, None, 1e-5)
+    assert summed is x
+    plain = call(kernels, op[4:], x, None, w, None, 1e-5)[0]
+    assert torch.equal(normed, plain)
+
+
+def test_only_sum_used(device):
+    x, r = make_x((6, 64), torch.float32, device).requires_grad_(), make_x((6, 64), torch.float32, device)
+    w = torch.randn(64, device=device, requires_grad=True)
+    r.requires_grad_()
+    _, summed = kernels.add_rms_norm(x, r, w)
+    (3 * summed).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 3.0)) and torch.equal(r.grad, x.grad)
+    assert w.grad is None
+
+
+def test_backward_is_deterministic(device):
+    x = make_x((333, 200), torch.float32, device).requires_grad_()
+    w = torch.randn(200, device=device, requires_grad=True)
+    b = torch.randn(200, device=device, requires_grad=True)
+    dy = torch.randn(333, 200, device=device)
+    grads = [torch.autograd.grad(kernels.layer_norm(x, w, b), (x, w, b), dy) for _ in range(2)]
+    for g1, g2 in zip(*grads):
+        assert torch.equal(g1, g2)
+
+
+def test_empty_and_float64(device):
+    x = torch.empty(0, 5, 16, device=device)
+    assert kernels.layer_norm(x, torch.ones(16, device=device)).shape == x.shape
+    x64 = make_x((3, 16), torch.float64, device)
+    assert torch.equal(kernels.rms_norm(x64), reference.rms_norm(x64))
+
+
+class Spy:
+    """Wraps a Triton kernel and counts launches through `kernel[grid](...)`."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+def test_triton_path_executes(device, monkeypatch):
+    assert all(kernels.IMPLEMENTATION[op] == "triton" for op in OPS)
+    fwd, bwd = Spy(norms._norm_fwd_kernel), Spy(norms_bwd._norm_bwd_kernel)
+    monkeypatch.setattr(norms, "_norm_fwd_kernel", fwd)
+    monkeypatch.setattr(norms_bwd, "_norm_bwd_kernel", bwd)
+    x = make_x((8, 96), torch.float32, device).requires_grad_()
+    w = torch.ones(96, device=device, requires_grad=True)
+    y, s = kernels.add_layer_norm(x, torch.randn_like(x), w)
+    (y.sum() + s.sum()).backward()
+    assert fwd.launches == 1 and bwd.launches == 1
+
+
+def test_bad_input(device):
+    x = torch.randn(4, 8, device=device)
+    with pytest.raises(TypeError, match="floating dtype"):
+        kernels.layer_norm(torch.ones(4, 8, dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        kernels.rms_norm(x, None, eps=0.0)
+    with pytest.raises(ValueError, match="eps must be a positive"):
+        kernels.add_layer_norm(x, x, None, None, eps=-1e-5)
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+        kernels.layer_norm(x, torch.ones(7, device=device))
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        kernels.layer_norm(x, None, torch.ones(9, device=device))
+    with pytest.raises(ValueError, match="residual must have x's shape"):
+        kernels.add_rms_norm(x, torch.randn(4, 9, device=device))
+    with pytest.raises(ValueError, match="one device"):
+        kernels.rms_norm(x, torch.ones(8, device="meta"))
+    with pytest.raises(ValueError, match="one device"):
+        kernels.add_layer_norm(x, torch.randn(4, 8, device="meta"))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_compile_fullgraph(op, device):
+    # The ops are opaque custom ops to torch.compile, so this also runs on the CPU (interpreter).
+    torch._dynamo.reset()
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    x = make_x((4, 33, 768), dtype, device).requires_grad_()
+    r = make_x((4, 33, 768), dtype, device).requires_grad_() if op.startswith("add_") else None
+    w = torch.randn(768, device=device, requires_grad=True)
+    b = torch.randn(768, device=device, requires_grad=True) if HAS_BIAS[op] else None
+    compiled = torch.compile(lambda *a: call(kernels, op, *a, 1e-5), fullgraph=True)
+    outs = compiled(x, r, w, b)
+    sum(o.float().sum() for o in outs).backward()
+    eager = call(kernels, op, x, r, w, b, 1e-5)
+    for o, e in zip(outs, eager):
+        assert torch.equal(o, e)
