@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from slm.attention import KVCache, rope_cache
 from slm.backend import resolve_backend
 from slm.config import GPTConfig, from_preset
+from slm.model_utils import init_weights
 from slm.transformer import Block, make_norm
 
 log = logging.getLogger("slm")
@@ -46,7 +47,6 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
-        from slm.model_utils import init_weights
         init_weights(self, config.init)
 
     @classmethod

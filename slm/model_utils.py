@@ -122,8 +122,10 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
 
 
 def device_and_dtype(device="auto", dtype="auto"):
-    """(torch.device, torch.dtype): auto picks CUDA when present; bf16 where supported, fp16 on older GPUs, fp32 on CPU."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
+    """(torch.device, torch.dtype). auto: CUDA when present; bf16 where supported, fp16 on older GPUs, fp32 on CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if isinstance(dtype, torch.dtype):
         return device, dtype
     if dtype == "auto":
