@@ -17,8 +17,10 @@ def floor_for(dtype):
 
 
 def max_error(actual, truth):
-    return (actual.detach().to(torch.float64) - truth.detach().to(torch.float64)).abs().max().item() \
-        if actual.numel() else 0.0
+    if not actual.numel():
+        return 0.0
+    diff = actual.detach().to(torch.float64).cpu() - truth.detach().to(torch.float64).cpu()
+    return diff.abs().max().item()
 
 
 def assert_close(actual, truth, baseline, *, name="output", floor=None, factor=2.0):
