@@ -11,17 +11,19 @@ import torch.nn as nn
 from slm.backend import get_ops, resolve_backend
 
 
-def rope_cache(head_dim, length, theta=10000.0, device=None):
-    """cos and sin tables of rotary embeddings (rotate-half convention), each (length, head_dim)."""
+def rope_cache(head_dim, length, theta=10000.0, device=None, start=0):
+    """float32 cos and sin of rotary embeddings (rotate-half convention) at positions start .. start + length - 1,
+    each (length, head_dim). Computed per forward, so a model cast to bf16 keeps exact angles."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)  # (L, D/2)
+    positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, inv_freq)  # (L, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (L, D)
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x, cos, sin):
-    """Rotate x (B, H, T, D) by the angles of its T positions, cos/sin (T, D); float32 math, x's dtype out."""
-    xf = x.float()
+    """Rotate x (B, H, T, D) by the angles of its T positions, cos/sin (T, D); float32 math at least."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)  # rotate_half
     return (xf * cos + rotated * sin).to(x.dtype)

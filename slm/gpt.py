@@ -40,10 +40,6 @@ class GPT(nn.Module):
         ))
         if config.pos == "learned":
             self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        else:
-            cos, sin = rope_cache(config.head_dim, config.block_size, config.rope_theta)
-            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, D)
-            self.register_buffer("rope_sin", sin, persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.transformer.wte.weight = self.lm_head.weight
@@ -73,7 +69,7 @@ class GPT(nn.Module):
             pos = torch.arange(start, start + T, device=idx.device)
             x = x + self.transformer.wpe(pos)  # (B, T, C) + (T, C)
         else:
-            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, D) each
+            rope = rope_cache(self.config.head_dim, T, self.config.rope_theta, idx.device, start)  # (T, D) x 2
         x = self.transformer.drop(x)
         residual = None
         for i, block in enumerate(self.transformer.h):

@@ -115,6 +115,19 @@ def test_rope_rotates_pairs_and_keeps_norms():
     q, k = torch.randn(8), torch.randn(8)
     rot = lambda v, p: apply_rope(v.view(1, 1, 1, 8), cos[p:p + 1], sin[p:p + 1]).view(8)  # noqa: E731
     torch.testing.assert_close(rot(q, 5) @ rot(k, 2), rot(q, 7) @ rot(k, 4))
+    # start= gives the same rows as slicing a longer table.
+    cos3, sin3 = rope_cache(8, 4, start=3)
+    torch.testing.assert_close(cos3, cos[3:7])
+    torch.testing.assert_close(sin3, sin[3:7])
+
+
+def test_rope_model_runs_in_bf16():
+    model = GPT(small(pos="rope", rope_theta=500.0)).eval()
+    idx = torch.randint(0, 67, (1, 20))
+    with torch.no_grad():
+        full = model(idx)[0]
+        half = model.to(torch.bfloat16)(idx)[0].float()
+    assert (half - full).abs().max() < 0.05 * full.abs().max()
 
 
 def test_kv_cache_appends_and_overflows():
