@@ -200,41 +200,39 @@ def _norm_fwd_fake(x, residual, weight, bias, eps, is_rms):
 
 @torch.library.custom_op("kernels::norm_bwd", mutates_args=())
 def _norm_bwd_op(dy: torch.Tensor, saved: torch.Tensor, dsum: Optional[torch.Tensor],
-                 weight: Optional[torch.Tensor], mean: torch.Tensor, rstd: torch.Tensor,
-                 has_bias: bool, is_rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return norm_bwd(dy, saved, dsum, weight, mean, rstd, has_bias, is_rms)
+                 weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], mean: torch.Tensor,
+                 rstd: torch.Tensor, is_rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return norm_bwd(dy, saved, dsum, weight, bias, mean, rstd, is_rms)
 
 
 @_norm_bwd_op.register_fake
-def _norm_bwd_fake(dy, saved, dsum, weight, mean, rstd, has_bias, is_rms):
-    n_cols = saved.shape[-1]
+def _norm_bwd_fake(dy, saved, dsum, weight, bias, mean, rstd, is_rms):
     return (saved.new_empty(saved.shape),
-            saved.new_empty((n_cols if weight is not None else 0,), dtype=torch.float32),
-            saved.new_empty((n_cols if has_bias else 0,), dtype=torch.float32))
+            weight.new_empty(weight.shape) if weight is not None else saved.new_empty((0,)),
+            bias.new_empty(bias.shape) if bias is not None else saved.new_empty((0,)))
 
 
 def _norm_setup_context(ctx, inputs, output):
     x, residual, weight, bias, eps, is_rms = inputs
     _, summed, mean, rstd = output
-    # The backward needs the normalized input (x, or the stored sum) and the fp32 statistics only.
-    ctx.save_for_backward(summed if residual is not None else x, weight, mean, rstd)
+    # The backward needs the normalized input (x, or the stored sum) and the fp32 statistics only
+    # (bias is kept for its dtype: db is written in it).
+    ctx.save_for_backward(summed if residual is not None else x, weight, bias, mean, rstd)
     ctx.is_rms = is_rms
     ctx.has_res = residual is not None
-    ctx.bias_dtype = bias.dtype if bias is not None else None
     ctx.dtypes = (x.dtype, residual.dtype if residual is not None else None)
     ctx.set_materialize_grads(False)  # no zero tensors for outputs that got no gradient
 
 
 def _norm_backward(ctx, dy, dsum, dmean, drstd):
-    saved, weight, mean, rstd = ctx.saved_tensors
-    has_bias = ctx.bias_dtype is not None
+    saved, weight, bias, mean, rstd = ctx.saved_tensors
     if dy is None:  # only the returned sum was used: the norm's parameters get no gradient
         dx, dw, db = dsum, None, None
     else:
-        dx, dw, db = _norm_bwd_op(dy, saved, dsum if ctx.has_res else None, weight, mean, rstd,
-                                  has_bias, ctx.is_rms)
-        dw = dw.to(weight.dtype) if weight is not None else None
-        db = db.to(ctx.bias_dtype) if has_bias else None
+        dx, dw, db = _norm_bwd_op(dy, saved, dsum if ctx.has_res else None, weight, bias, mean, rstd,
+                                  ctx.is_rms)
+        dw = dw if weight is not None else None
+        db = db if bias is not None else None
     x_dtype, res_dtype = ctx.dtypes
     dx_out = dx.to(x_dtype) if dx is not None else None
     dres = dx.to(res_dtype) if ctx.has_res and dx is not None else None

@@ -126,6 +126,31 @@ def _norm_bwd_looped_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
             tl.store(DX + tl.cast(row, tl.int64) * stride_dxm + cols, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _sum_partials_kernel(P, Out, n_parts, n_cols, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Out[c] = sum over p of P[p, c] in a fixed order: the second stage of the dw / db reduction,
+    # written straight in the parameter's dtype.
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for start in range(0, n_parts, BLOCK_P):
+        parts = start + tl.arange(0, BLOCK_P)
+        mask = (parts < n_parts)[:, None] & col_mask[None, :]
+        acc += tl.load(P + parts[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+    tl.store(Out + cols, tl.sum(acc, axis=0).to(Out.dtype.element_ty), mask=col_mask)
+
+
+def sum_partials(partial, like):
+    """Sum the (n_parts, n_cols) fp32 partial rows into a new tensor shaped and typed like `like`."""
+    n_parts, n_cols = partial.shape
+    out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+    block_p = min(triton.next_power_of_2(n_parts), 256)
+    block_n = max(16, 4096 // block_p)
+    _sum_partials_kernel[(triton.cdiv(n_cols, block_n),)](partial, out, n_parts, n_cols,
+                                                          BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
+    return out
+
+
 def bwd_config(n_cols):
     """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM."""
     block_n = triton.next_power_of_2(n_cols)
@@ -156,19 +181,22 @@ def sm_count(device):
     return _SM_COUNT[index]
 
 
-def norm_bwd(dy, saved, dsum, weight, mean, rstd, has_bias, is_rms):
-    """Launch the backward kernel; returns (ds in saved's dtype, dw fp32 or empty, db fp32 or empty)."""
+def norm_bwd(dy, saved, dsum, weight, bias, mean, rstd, is_rms):
+    """Launch the backward kernels; returns (ds in saved's dtype, dw like weight, db like bias).
+
+    A missing weight or bias gets an empty tensor in its place (custom ops return tensors).
+    """
     n_cols = saved.shape[-1]
     n_rows = math.prod(saved.shape[:-1])
     dx = torch.empty(saved.shape, dtype=saved.dtype, device=saved.device)
     if saved.numel() == 0:
-        return (dx, saved.new_zeros((n_cols if weight is not None else 0,), dtype=torch.float32),
-                saved.new_zeros((n_cols if has_bias else 0,), dtype=torch.float32))
+        return (dx, torch.zeros_like(weight) if weight is not None else saved.new_empty((0,)),
+                torch.zeros_like(bias) if bias is not None else saved.new_empty((0,)))
     x2, dy2, dx2 = as_rows(saved, n_cols), as_rows(dy, n_cols), dx.view(-1, n_cols)
     ds2 = as_rows(dsum, n_cols) if dsum is not None else dy2
     w = weight.contiguous() if weight is not None else x2
     flags = {"IS_RMS": is_rms, "HAS_DS": dsum is not None, "HAS_W": weight is not None,
-             "HAS_B": has_bias}
+             "HAS_B": bias is not None}
     fused = n_cols <= MAX_FUSED_N
     if fused:
         cfg = dict(bwd_config(n_cols))
@@ -177,15 +205,14 @@ def norm_bwd(dy, saved, dsum, weight, mean, rstd, has_bias, is_rms):
         n_progs = min(sm_count(saved.device) * 2, n_rows)
     alloc = torch.empty if fused else torch.zeros  # the looped kernel adds into its partial row
     dw_part = alloc((n_progs if weight is not None else 0, n_cols), dtype=torch.float32, device=saved.device)
-    db_part = alloc((n_progs if has_bias else 0, n_cols), dtype=torch.float32, device=saved.device)
-    args = (x2, w, dy2, ds2, dx2, dw_part if weight is not None else dx2, db_part if has_bias else dx2,
+    db_part = alloc((n_progs if bias is not None else 0, n_cols), dtype=torch.float32, device=saved.device)
+    args = (x2, w, dy2, ds2, dx2, dw_part if weight is not None else dx2, db_part if bias is not None else dx2,
             mean if not is_rms else rstd, rstd, x2.stride(0), dy2.stride(0), ds2.stride(0), dx2.stride(0),
             n_rows, n_cols)
     if fused:
         _norm_bwd_kernel[(n_progs,)](*args, **flags, **cfg)
     else:
         _norm_bwd_looped_kernel[(n_progs,)](*args, **flags, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
-    # The second, small reduction over the per-program partial rows (an empty dw / db stays empty).
-    dw = dw_part.sum(0) if weight is not None else dw_part.new_empty((0,))
-    db = db_part.sum(0) if has_bias else db_part.new_empty((0,))
+    dw = sum_partials(dw_part, weight) if weight is not None else saved.new_empty((0,))
+    db = sum_partials(db_part, bias) if bias is not None else saved.new_empty((0,))
     return dx, dw, db

@@ -33,6 +33,7 @@ from kernels.testing import assert_close  # noqa: E402
 
 T0 = time.time()
 BUDGET = float(os.environ.get("NORMS_SECS", "170"))
+SWEEP_RESERVE = 70  # seconds the sweep leaves for torch.compile of the reference
 CEILING = 3000.0  # GB/s, device copy (PEERS.md)
 OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
 WIDTHS = (768, 2048, 4096, 8192)
@@ -166,13 +167,14 @@ def bench_fn(fn_call, op, n, mode):
     leaves = [None if t is None else t.detach().requires_grad_(mode != "fwd") for t in ins]
     if mode == "fwd":
         with torch.no_grad():
-            return do_bench(lambda: fn_call(*leaves), warmup=10, rep=40)
+            return do_bench(lambda: fn_call(*leaves), warmup=10, rep=40, return_mode="median")
     gouts = [torch.randn(ROWS, n, device="cuda", dtype=torch.bfloat16) for _ in range(2 if op.startswith("add_") else 1)]
+    wrt = [t for t in leaves if t is not None]
 
-    def step():
+    def step():  # autograd.grad: no accumulation into .grad (no clone when x and r share a gradient)
         outs = fn_call(*leaves)
-        torch.autograd.backward(list(outs), gouts)
-    return do_bench(step, warmup=10, rep=40, grad_to_none=[t for t in leaves if t is not None])
+        torch.autograd.grad(list(outs), wrt, gouts)
+    return do_bench(step, warmup=10, rep=40, return_mode="median")
 
 
 def liger_provider(op):
@@ -189,6 +191,11 @@ def liger_provider(op):
 
 
 RESULTS = {}  # (op, n, mode, provider) -> GB/s
+# Best of eager / torch.compile / Liger 0.8.5 in /work/shared/PEERS.md (H100, same byte formulas).
+PEERS_MD = {("layer_norm", 768): (1278, 823), ("layer_norm", 2048): (2732, 1452),
+            ("layer_norm", 4096): (2848, 1481), ("layer_norm", 8192): (2643, 1732),
+            ("rms_norm", 768): (1833, 709), ("rms_norm", 2048): (2509, 1633),
+            ("rms_norm", 4096): (2304, 1474), ("rms_norm", 8192): (2932, 2000)}
 
 
 def record(op, n, mode, prov, fn):
@@ -213,10 +220,13 @@ def section_timing():
                 record(op, n, mode, "eager", lambda *a, op=op: call(reference, op, *a))
                 if liger is not None:
                     record(op, n, mode, "liger", liger)
-    log(f"-- torch.compile of the reference ({time.time() - T0:.0f}s)")
+
+
+def section_compile_provider():
+    log(f"== torch.compile of the reference ({time.time() - T0:.0f}s)")
     for op in OPS:
         for n in WIDTHS:
-            if left() < 40:
+            if left() < 12:
                 log("  (skipping the rest of torch.compile: time budget)")
                 return
             torch._dynamo.reset()
@@ -229,35 +239,39 @@ FWD_SWEEP = {768: [(2, 4), (4, 4), (8, 4), (8, 8), (16, 8), (16, 16)],
              2048: [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8)],
              4096: [(1, 4), (1, 8), (2, 8), (4, 16)],
              8192: [(1, 4), (1, 8), (1, 16), (2, 16)]}
-BWD_SWEEP = {768: [(2, 4, 4), (2, 4, 8), (4, 4, 4), (4, 8, 2), (4, 8, 3), (8, 8, 2), (8, 16, 1)],
-             2048: [(1, 4, 4), (1, 8, 2), (2, 8, 2), (2, 8, 3), (4, 16, 1)],
-             4096: [(1, 8, 2), (1, 8, 3), (1, 16, 1), (2, 16, 1)],
-             8192: [(1, 8, 1), (1, 16, 1), (1, 16, 2)]}
+BWD_SWEEP = {  # (BLOCK_M, num_warps, programs per SM, num_stages or None for Triton's default)
+    768: [(2, 4, 4, None), (2, 4, 8, None), (4, 4, 4, None), (4, 8, 2, None), (4, 8, 3, None),
+          (8, 8, 2, None), (8, 16, 1, None), (4, 8, 2, 1), (4, 8, 2, 4)],
+    2048: [(1, 4, 4, None), (1, 8, 2, None), (2, 8, 2, None), (2, 8, 3, None), (4, 16, 1, None),
+           (2, 8, 2, 1)],
+    4096: [(1, 8, 2, None), (1, 8, 3, None), (1, 16, 1, None), (2, 16, 1, None)],
+    8192: [(1, 8, 1, None), (1, 16, 1, None), (1, 16, 2, None)]}
 
 
 def section_sweep():
-    log(f"== sweep of launch shapes, ours only ({time.time() - T0:.0f}s); defaults: "
+    log(f"== sweep of launch shapes, ours only ({time.time() - T0:.0f}s): fBMxWARPS, bBMxWARPSxPROGS_PER_SM[sSTAGES]; defaults: "
         + ", ".join(f"N={n} fwd {norms.fwd_config(n)} bwd {norms_bwd.bwd_config(n)}" for n in WIDTHS))
     fwd_default, bwd_default = norms.fwd_config, norms_bwd.bwd_config
     try:
         for op in ("layer_norm", "add_rms_norm"):
             for n in WIDTHS:
                 for bm, nw in FWD_SWEEP[n]:
-                    if left() < 15:
+                    if left() < SWEEP_RESERVE:
                         log("  (sweep stopped: time budget)")
                         return
                     norms.fwd_config = lambda n_cols, bm=bm, nw=nw: {
                         "BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n_cols), "num_warps": nw}
                     record(op, n, "fwd", f"f{bm}x{nw}", lambda *a, op=op: call(kernels, op, *a))
                 norms.fwd_config = fwd_default
-                for bm, nw, pps in BWD_SWEEP[n]:
-                    if left() < 15:
+                for bm, nw, pps, stages in BWD_SWEEP[n]:
+                    if left() < SWEEP_RESERVE:
                         log("  (sweep stopped: time budget)")
                         return
-                    norms_bwd.bwd_config = lambda n_cols, bm=bm, nw=nw, pps=pps: {
-                        "BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n_cols), "num_warps": nw,
-                        "progs_per_sm": pps}
-                    record(op, n, "fwd+bwd", f"b{bm}x{nw}x{pps}", lambda *a, op=op: call(kernels, op, *a))
+                    cfg = {"BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n), "num_warps": nw,
+                           "progs_per_sm": pps, **({"num_stages": stages} if stages else {})}
+                    norms_bwd.bwd_config = lambda n_cols, cfg=cfg: dict(cfg)
+                    record(op, n, "fwd+bwd", f"b{bm}x{nw}x{pps}" + (f"s{stages}" if stages else ""),
+                           lambda *a, op=op: call(kernels, op, *a))
                 norms_bwd.bwd_config = bwd_default
     finally:
         norms.fwd_config, norms_bwd.bwd_config = fwd_default, bwd_default
@@ -266,14 +280,16 @@ def section_sweep():
 def table():
     log("")
     log("== summary (GB/s; % of the 3.0 TB/s copy ceiling; ratio = ours / best of the peers measured)")
-    log("   fwd bytes 2*M*N*2, fwd+bwd 5*M*N*2; add variants 4*M*N*2 and 8*M*N*2 (residual and sum counted)")
+    log("   fwd bytes 2*M*N*2, fwd+bwd 5*M*N*2; add variants 4*M*N*2 and 8*M*N*2 (residual and sum counted);")
+    log("   fwd+bwd timed with torch.autograd.grad (no .grad accumulation); PEERS.md = best peer there")
     log(f"{'op':15s} {'N':>5s} {'mode':7s} | {'ours':>5s} {'%ceil':>5s} | {'eager':>5s} {'compile':>7s} {'liger':>5s}"
-        f" | {'ratio':>5s} | best sweep (GB/s)")
+        f" | {'ratio':>5s} | {'PEERS.md':>8s} {'ratio':>5s} | best sweep (GB/s)")
     for op in OPS:
         for n in WIDTHS:
             for mode in ("fwd", "fwd+bwd"):
                 get = lambda p: RESULTS.get((op, n, mode, p))  # noqa: E731
                 ours = get("ours")
+                md = PEERS_MD.get((op, n), (None, None))[mode != "fwd"]
                 peers = [v for v in (get("eager"), get("compile"), get("liger")) if v]
                 sweep = {p: v for (o, nn, md, p), v in RESULTS.items()
                          if o == op and nn == n and md == mode and p[0] in "fb" and p[1].isdigit()}
@@ -282,6 +298,7 @@ def table():
                 log(f"{op:15s} {n:5d} {mode:7s} | {fmt(ours)} {fmt(ours and 100 * ours / CEILING)} | "
                     f"{fmt(get('eager'))} {fmt(get('compile'), 7)} {fmt(get('liger'))} | "
                     f"{(f'{ours / max(peers):5.2f}' if ours and peers else '    -')} | "
+                    f"{fmt(md, 8)} {(f'{ours / md:5.2f}' if ours and md else '    -')} | "
                     f"{f'{best} {sweep[best]:.0f}' if best else ''}")
     log(f"total {time.time() - T0:.0f}s on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
         f"triton {triton.__version__}")
@@ -295,6 +312,7 @@ def main():
         section_compile()
         section_timing()
         section_sweep()
+        section_compile_provider()
     except OutOfTime:
         log("!! stopped by SIGTERM: printing what was measured")
     except Exception:
