@@ -146,7 +146,7 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse,
     tl.store(Lse + pid_bh.to(tl.int64) * seqlen_q + offs_m, lse, mask=row_mask)
 
 
-_fwd_tuned = autotuned(_attn_fwd_kernel, FWD_TABLE, INTERPRET_FWD)
+_fwd_tuned = autotuned(_attn_fwd_kernel, FWD_TABLE, INTERPRET_FWD, extra_key=["USE_TMA"])
 
 
 # Tensor-descriptor (TMA) loads in the forward. Off until timed on the H100 (tools/gpu_attention.py).

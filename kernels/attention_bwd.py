@@ -75,12 +75,13 @@ NO_SPECIALIZE = ["seqlen_q", "seqlen_k", "T_BUCKET", "S_BUCKET"]
 TUNE_KEY = ["T_BUCKET", "S_BUCKET", "BLOCK_D", "CAUSAL"]  # the autotuner adds the tensors' dtypes
 
 
-def autotuned(kernel, table, interpret_shapes):
+def autotuned(kernel, table, interpret_shapes, extra_key=()):
     """Wrap a jit kernel in triton.autotune over the table's configs (one fixed config when interpreting)."""
+    key = TUNE_KEY + list(extra_key)
     if interpreting():
-        return triton.autotune(configs=_configs(interpret_shapes), key=TUNE_KEY)(kernel)
+        return triton.autotune(configs=_configs(interpret_shapes), key=key)(kernel)
     shapes = sorted({s for rows in table.values() for s in rows})
-    return triton.autotune(configs=_configs(shapes), key=TUNE_KEY, do_bench=_tune_bench,
+    return triton.autotune(configs=_configs(shapes), key=key, do_bench=_tune_bench,
                            prune_configs_by={"early_config_prune": _prune_by_head_dim(table)})(kernel)
 
 

@@ -152,6 +152,17 @@ def test_fused_qkv_views_are_not_copied(device, monkeypatch):
     assert seen == [True], "the launcher must receive the strided view itself"
 
 
+@pytest.mark.parametrize("T,S,D,causal", [(17, 17, 40, True), (40, 9, 64, True), (1, 30, 24, False)])
+def test_forward_tma_descriptors(T, S, D, causal, device):
+    # The optional TMA path (attention.USE_TMA): descriptors must zero-fill odd rows and padded columns.
+    q, k, v = make_qkv(2, 2, 1, T, S, D, torch.float32, device)
+    out, lse = attention_mod.attention_fwd(q, k, v, causal, use_tma=True)
+    assert_close(out, truth64(q, k, v, causal), reference.attention(q, k, v, causal), name="out")
+    out_ptr, lse_ptr = attention_mod.attention_fwd(q, k, v, causal, use_tma=False)
+    assert torch.equal(lse.isinf(), lse_ptr.isinf())
+    assert torch.allclose(lse, lse_ptr, atol=1e-5)
+
+
 def test_noncontiguous_grad_output(device):
     q, k, v = make_qkv(1, 2, 2, 18, 18, 32, torch.float32, device)
     dout = torch.randn(1, 18, 2, 32, device=device).transpose(1, 2)  # (B, H, T, D) view

@@ -7,7 +7,8 @@
 2. torch.compile(fullgraph=True) traces through it, forward and backward, same numbers as eager;
 3. the FlashAttention grid (bf16, causal, B*T = 16384, H*D = 2048, D in {64, 128}, T 512..16384),
    fwd and fwd+bwd, for ours, SDPA flash (FA2), SDPA cuDNN and default SDPA (triton do_bench median);
-4. the autotuner's picks per bucket and a sweep of explicit configs at a few points (tuning hints).
+4. the optional TMA-descriptor forward (attention.USE_TMA) checked and timed over the grid, the
+   autotuner's picks per bucket and a sweep of explicit configs at a few points (tuning hints).
 The summary table is printed last. With OUT set, the full log also goes to $OUT/attention.log.
 """
 import math
@@ -108,6 +109,35 @@ def correctness():
     return ok
 
 
+def tma_check():
+    """The optional TMA forward (kernels.attention.USE_TMA) against the pointer forward and the truth."""
+    log("== 1b. forward with TMA descriptors (attention.USE_TMA) vs float64")
+    ok = True
+    for B, H, H_kv, T, S, D, fused in ((2, 4, 2, 1000, 1000, 64, False), (1, 4, 4, 4097, 4097, 128, False),
+                                       (2, 4, 4, 300, 1777, 96, False), (2, 8, 8, 777, 777, 64, True)):
+        name = f"bf16 B{B} H{H}/{H_kv} T{T} S{S} D{D}" + (" fused-qkv" if fused else "")
+        try:
+            if fused:
+                qkv = (torch.randn(B, T, 3, H, D, device="cuda") * 0.5).bfloat16()
+                q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+            else:
+                q = (torch.randn(B, H, T, D, device="cuda") * 0.5).bfloat16()
+                k = (torch.randn(B, H_kv, S, D, device="cuda") * 0.5).bfloat16()
+                v = torch.randn(B, H_kv, S, D, device="cuda").bfloat16()
+            cfg = (128, 64, 4, 3)  # fixed: no tuning (nor extra compiles) for the check
+            out, lse = att.attention_fwd(q, k, v, True, config=cfg, use_tma=True)
+            out_ptr, lse_ptr = att.attention_fwd(q, k, v, True, config=cfg, use_tma=False)
+            err, allowed = assert_close(out, truth64(q, k, v, True), reference.attention(q, k, v, True), name="out")
+            lse_diff = (lse - lse_ptr).abs().nan_to_num(0.0).max().item()
+            good = lse_diff < 1e-3
+            ok &= good
+            log(f"  {'PASS' if good else 'FAIL'} {name}: out {err:.1e}/{allowed:.1e}, |lse - lse_ptr| {lse_diff:.1e}")
+        except Exception as e:
+            ok = False
+            log(f"  FAIL {name}: {type(e).__name__}: {str(e)[:600]}")
+    return ok
+
+
 # ---- 2. torch.compile ------------------------------------------------------------------------
 
 def compile_check():
@@ -183,6 +213,28 @@ def speed():
     return results
 
 
+def speed_tma(results):
+    log("== 3b. forward with TMA descriptors, autotuned (column 'tma' in the table)")
+    att.USE_TMA = True
+    try:
+        for D, T in GRID:
+            if elapsed() > BUDGET_S:
+                log("  (time budget reached, TMA grid stopped)")
+                return
+            q, k, v, dout = grid_inputs(D, T, grad=False)
+            t = time.time()
+            try:
+                ms = time_ms(PROVIDERS["ours"][1], q, k, v, dout, "fwd")
+                results[(D, T, "tma", "fwd")] = fwd_flops(D, T) / ms * 1e-9
+                log(f"  D{D:<4d} T{T:<6d} tma    fwd      {ms:8.3f} ms {results[(D, T, 'tma', 'fwd')]:6.1f} TFLOP/s"
+                    f"  ({time.time() - t:.1f}s)")
+            except Exception as e:
+                log(f"  tma D{D} T{T}: {type(e).__name__}: {str(e)[:600]}")
+                return
+    finally:
+        att.USE_TMA = False
+
+
 # ---- 4. tuning hints ------------------------------------------------------------------------------
 
 def autotune_picks():
@@ -212,9 +264,10 @@ def config_sweep():
             for part in ("fwd", "dkdv", "dq"):
                 try:
                     if part == "fwd":
-                        ms = triton.testing.do_bench(lambda: att.attention_fwd(q, k, v, True, config=cfg),
-                                                     warmup=5, rep=20)
-                        row.append(f"fwd {ms:.3f} ms {flops / ms * 1e-9:5.0f}")
+                        for tma in (False, True):
+                            ms = triton.testing.do_bench(
+                                lambda: att.attention_fwd(q, k, v, True, config=cfg, use_tma=tma), warmup=5, rep=20)
+                            row.append(f"fwd{'+tma' if tma else ''} {ms:.3f} ms {flops / ms * 1e-9:5.0f}")
                     else:
                         # The backward launcher runs preprocess + dkdv + dq; fix one part, tune the other.
                         c = {part: cfg}
@@ -232,14 +285,14 @@ def config_sweep():
 def table(results):
     lines = ["", f"== attention, {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}",
              "bf16 causal, B*T=16384, H*D=2048; TFLOP/s (fwd+bwd = 3.5x fwd FLOPs); ratios = ours / peer",
-             "| D | T | mode | ours | flash | cudnn | sdpa | /flash | /cudnn | /sdpa |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| D | T | mode | ours | flash | cudnn | sdpa | /flash | /cudnn | /sdpa | tma fwd |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for D, T in GRID:
         for mode in ("fwd", "fwd+bwd"):
             r = {p: results.get((D, T, p, mode), float("nan")) for p in PROVIDERS}
             lines.append(f"| {D} | {T} | {mode} | {r['ours']:.0f} | {r['flash']:.0f} | {r['cudnn']:.0f} | "
                          f"{r['sdpa']:.0f} | {r['ours'] / r['flash']:.2f} | {r['ours'] / r['cudnn']:.2f} | "
-                         f"{r['ours'] / r['sdpa']:.2f} |")
+                         f"{r['ours'] / r['sdpa']:.2f} | {results.get((D, T, 'tma', mode), float('nan')):.0f} |")
     for line in lines:
         log(line)
 
@@ -253,12 +306,18 @@ def main():
     log(f"  ({elapsed():.0f}s)")
     results = speed()
     log(f"  ({elapsed():.0f}s)")
+    table(results)  # now, in case the rest runs out of time; again at the end
+    ok_tma = False
     try:
+        ok_tma = tma_check()
+        if ok_tma:
+            speed_tma(results)
         autotune_picks()
         config_sweep()
     except Exception:
         log(traceback.format_exc()[-1500:])
-    log(f"correctness {'PASS' if ok_c else 'FAIL'}, compile {'PASS' if ok_compile else 'FAIL'}, "
+    log(f"correctness {'PASS' if ok_c else 'FAIL'}, TMA forward {'PASS' if ok_tma else 'FAIL'}, "
+        f"compile {'PASS' if ok_compile else 'FAIL'}, "
         f"total {elapsed():.0f}s")
     table(results)
 
