@@ -41,11 +41,17 @@ def _configs(shapes):
 
 
 def _prune_by_head_dim(table):
-    """An early_config_prune hook choosing the config list by padded head dim (Hopper, 228 KB smem)."""
+    """An early_config_prune hook choosing the config list by padded head dim (Hopper, 228 KB smem).
+
+    Small problems (T * S below 512 * 512) are latency-bound: they take the table's first entry
+    untuned, which saves compiling every candidate for each small shape seen in tests and decoding.
+    """
     def prune(configs, named_args, **kwargs):
         block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
         key = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
-        wanted = set(table[key])
+        wanted = table[key]
+        if named_args["T_BUCKET"] * named_args["S_BUCKET"] < 512 * 512:
+            wanted = wanted[:1]
         kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
         return kept or configs[:1]
     return prune
@@ -70,8 +76,8 @@ DQ_TABLE = {
 INTERPRET_FWD = [(32, 16, 4, 1)]
 INTERPRET_DKDV = [(16, 32, 4, 1)]
 INTERPRET_DQ = [(32, 16, 4, 1)]
-# Lengths vary from call to call: no recompiles for each divisibility-by-16 pattern of T and S.
-NO_SPECIALIZE = ["seqlen_q", "seqlen_k", "T_BUCKET", "S_BUCKET"]
+# Lengths and head counts vary between calls: no recompile for each divisibility-by-16 pattern or == 1.
+NO_SPECIALIZE = ["n_heads", "n_kv_heads", "seqlen_q", "seqlen_k", "T_BUCKET", "S_BUCKET"]
 TUNE_KEY = ["T_BUCKET", "S_BUCKET", "BLOCK_D", "CAUSAL"]  # the autotuner adds the tensors' dtypes
 
 

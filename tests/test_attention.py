@@ -256,14 +256,18 @@ def test_wrong_device_for_kernels(device):
 
 # ---- GPU only: bf16, long sequences, compile, tuning cache ----------------------------------------
 
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
 @gpu_only
-@pytest.mark.parametrize("T,S,D,H,H_kv,causal", [
-    (1000, 1000, 64, 4, 4, True), (4097, 4097, 128, 2, 1, True), (17, 17, 256, 2, 2, False),
-    (1000, 1000, 256, 2, 2, True), (513, 1500, 96, 4, 2, True), (1, 4097, 128, 8, 2, True),
-    (1000, 1000, 40, 4, 1, False), (300, 100, 64, 2, 2, True),
+@pytest.mark.parametrize("T,S,D,H,H_kv,causal,dtype", [
+    (1000, 1000, 64, 4, 4, True, BF16), (4097, 4097, 128, 2, 1, True, BF16), (17, 17, 256, 2, 2, False, BF16),
+    (1000, 1000, 256, 2, 2, True, BF16), (513, 1500, 96, 4, 2, True, BF16), (1, 4097, 128, 8, 2, True, BF16),
+    (1000, 1000, 40, 4, 1, False, BF16), (300, 100, 64, 2, 2, True, BF16),
+    (1000, 1000, 64, 4, 2, True, FP16), (4097, 4097, 128, 2, 2, True, FP16), (200, 200, 256, 2, 1, True, FP16),
 ])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gpu_long_and_bf16(T, S, D, H, H_kv, causal, dtype, device):
+    # Each (dtype, head dim, causal) compiles its own kernels: the list stays short on purpose.
     check(*make_qkv(2, H, H_kv, T, S, D, dtype, device), causal=causal)
 
 
@@ -273,7 +277,7 @@ def test_gpu_fp32_long(device):
 
 
 @gpu_only
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [BF16, FP16])
 def test_gpu_large_logits(dtype, device):
     q, k, v = make_qkv(2, 4, 2, 777, 777, 128, dtype, device, std=4.0)
     for g in check(q, k, v, causal=True):
