@@ -1,10 +1,12 @@
 """Options, session-wide measurements and the JSON post-processing of the benchmark suite.
 
 - TRITON_INTERPRET=1 is set here when there is no CUDA device, before any module imports `kernels`.
-- `--bench-size small|full`: on CUDA, `small` (the default) is the reduced grid that runs in about
-  10 minutes on one H100 and `full` is every shape of the kernel issues and PEERS.md (about 25-30
-  minutes; run it file by file, see bench/README in the report). On the CPU the shapes are tiny
-  whatever is asked, and only correctness runs (with --benchmark-disable).
+- `--bench-size small|full`: on CUDA, `small` (the default) is a reduced grid budgeted at about
+  6 minutes on one H100 (most of it torch.compile / FlexAttention compilation): attention at
+  T in {1024, 16384}, norms at N in {768, 4096} (add variants 4096), every FFN but ReLU's second
+  shape, the training step. `full` is every shape of the kernel issues and PEERS.md (about 20
+  minutes; run it one file at a time and pass all the JSON files to bench.report). On the CPU the
+  shapes are tiny whatever is asked, and only correctness runs (with --benchmark-disable).
 - `--bench-dtype bf16[,fp16,...]`: dtypes to run on CUDA (default bf16; the CPU runs fp32, because
   the interpreter's bf16 `tl.dot` is wrong).
 - The card's ceilings are measured once per session (bf16 8192^3 matmul, device copy) and written

@@ -40,14 +40,18 @@ def add_peer_ratios(benchmarks):
 
 
 def load(paths):
-    """(benchmark entries, the first file's machine_info, datetime) of one or more JSON files."""
-    entries, machine, when = [], {}, None
+    """(benchmark entries, the first file's machine_info, datetime) of one or more JSON files.
+
+    A benchmark present in several files (same fullname) is taken from the last file given.
+    """
+    entries, machine, when = {}, {}, None
     for p in paths:
         data = json.loads(Path(p).read_text())
-        entries += data.get("benchmarks", [])
+        for b in data.get("benchmarks", []):
+            entries[b.get("fullname") or id(b)] = b
         machine = machine or data.get("machine_info", {})
         when = when or data.get("datetime")
-    return entries, machine, when
+    return list(entries.values()), machine, when
 
 
 def rate(info):

@@ -77,10 +77,11 @@ def _liger(op):
             s = x + r
             return Fn.apply(s, w, b, eps), s
         return add_ln
-    # casting_mode "llama" (rstd in fp32), in_place=False: dy must survive for repeated backwards.
+    # casting_mode "gemma" computes x * rstd * w in fp32 and rounds once, as the reference does
+    # ("llama" rounds x * rstd before the weight); in_place=False: dy must survive repeated backwards.
     if op == "rms_norm":
-        return lambda x, w: Fn.apply(x, w, eps, 0.0, "llama", False)
-    return lambda x, r, w: Fn.apply(x, r, w, eps, 0.0, "llama", False)
+        return lambda x, w: Fn.apply(x, w, eps, 0.0, "gemma", False)
+    return lambda x, r, w: Fn.apply(x, r, w, eps, 0.0, "gemma", False)
 
 
 _COMPILED = {}
