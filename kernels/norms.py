@@ -65,8 +65,13 @@ def _norm_fwd_kernel(X, R, W, B, Y, S, Mean, Rstd,
         xc = x
     else:
         mean = tl.sum(x, axis=1) / n_cols
-        tl.store(Mean + rows, mean, mask=row_mask)
         xc = tl.where(mask, x - mean[:, None], 0.0)
+        # Correct the mean by the mean of the residuals: rows far from zero (|mean| >> std) lose
+        # digits in the first sum, which would otherwise show up amplified by rstd.
+        corr = tl.sum(xc, axis=1) / n_cols
+        mean += corr
+        xc = tl.where(mask, xc - corr[:, None], 0.0)
+        tl.store(Mean + rows, mean, mask=row_mask)
     rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / n_cols + eps)
     tl.store(Rstd + rows, rstd, mask=row_mask)
     y = xc * rstd[:, None]
@@ -113,17 +118,22 @@ def _norm_fwd_looped_kernel(X, R, W, B, Y, S, Mean, Rstd,
         mean = 0.0
         var = tl.sum(acc, axis=0) / n_cols
     else:
-        # Pass 2 (LayerNorm): the variance around the exact mean, stable for rows far from zero.
+        # Pass 2 (LayerNorm): sums of d = x - mean and d^2; the corrected two-pass formula
+        # var = mean(d^2) - mean(d)^2 also repairs the rounding of the first mean.
         mean = tl.sum(acc, axis=0) / n_cols
-        tl.store(Mean + row, mean)
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc2 = tl.zeros([BLOCK_N], dtype=tl.float32)
         for start in range(0, n_cols, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
             mask = cols < n_cols
             x = tl.load(SRC + cols, mask=mask, other=0.0).to(tl.float32)
-            xc = tl.where(mask, x - mean, 0.0)
-            acc += xc * xc
-        var = tl.sum(acc, axis=0) / n_cols
+            d = tl.where(mask, x - mean, 0.0)
+            acc += d
+            acc2 += d * d
+        corr = tl.sum(acc, axis=0) / n_cols
+        var = tl.maximum(tl.sum(acc2, axis=0) / n_cols - corr * corr, 0.0)
+        mean += corr
+        tl.store(Mean + row, mean)
     rstd = tl.rsqrt(var + eps)
     tl.store(Rstd + row, rstd)
     for start in range(0, n_cols, BLOCK_N):

@@ -21,6 +21,16 @@ import triton.language as tl
 
 MAX_FUSED_N = 8192   # widest row the one-pass backward keeps in registers (x, dy, two accumulators)
 LOOP_BLOCK_N = 4096  # chunk width of the looped backward kernel
+PREFETCH = False     # default of the one-pass kernel's PREFETCH switch (tools/gpu_norms.py times both)
+
+
+@triton.jit
+def _load_tile(P, stride_pm, block, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Rows block * BLOCK_M ... of an (n_rows, n_cols) matrix, in its storage dtype; zeros off the edge.
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    return tl.load(P + rows.to(tl.int64)[:, None] * stride_pm + cols[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
@@ -28,23 +38,41 @@ def _norm_bwd_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
                      stride_xm, stride_dym, stride_dsm, stride_dxm,
                      n_rows, n_cols,
                      IS_RMS: tl.constexpr, HAS_DS: tl.constexpr, HAS_W: tl.constexpr,
-                     HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     PREFETCH: tl.constexpr):
+    # Persistent: program pid takes row blocks pid, pid + P, ... With PREFETCH the next block's
+    # x / dy / ds tiles are loaded before this block is computed, so their latency overlaps it.
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
+    n_blocks = tl.cdiv(n_rows, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
     if HAS_W:
         w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for block in range(pid, tl.cdiv(n_rows, BLOCK_M), n_progs):
+    if PREFETCH:
+        x_next = _load_tile(X, stride_xm, pid, n_rows, n_cols, BLOCK_M, BLOCK_N)
+        dy_next = _load_tile(DY, stride_dym, pid, n_rows, n_cols, BLOCK_M, BLOCK_N)
+        if HAS_DS:
+            ds_next = _load_tile(DS, stride_dsm, pid, n_rows, n_cols, BLOCK_M, BLOCK_N)
+    for block in range(pid, n_blocks, n_progs):
+        if PREFETCH:
+            x, dy = x_next.to(tl.float32), dy_next.to(tl.float32)
+            x_next = _load_tile(X, stride_xm, block + n_progs, n_rows, n_cols, BLOCK_M, BLOCK_N)
+            dy_next = _load_tile(DY, stride_dym, block + n_progs, n_rows, n_cols, BLOCK_M, BLOCK_N)
+            if HAS_DS:
+                ds = ds_next.to(tl.float32)
+                ds_next = _load_tile(DS, stride_dsm, block + n_progs, n_rows, n_cols, BLOCK_M, BLOCK_N)
+        else:
+            x = _load_tile(X, stride_xm, block, n_rows, n_cols, BLOCK_M, BLOCK_N).to(tl.float32)
+            dy = _load_tile(DY, stride_dym, block, n_rows, n_cols, BLOCK_M, BLOCK_N).to(tl.float32)
+            if HAS_DS:
+                ds = _load_tile(DS, stride_dsm, block, n_rows, n_cols, BLOCK_M, BLOCK_N).to(tl.float32)
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < n_rows
         mask = row_mask[:, None] & col_mask[None, :]
         rstd = tl.load(Rstd + rows, mask=row_mask, other=0.0)
-        r64 = rows.to(tl.int64)[:, None]
-        x = tl.load(X + r64 * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + r64 * stride_dym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         if IS_RMS:
             xhat = x * rstd[:, None]
         else:
@@ -64,8 +92,9 @@ def _norm_bwd_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
             c2 = tl.sum(g, axis=1) / n_cols
             dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         if HAS_DS:
-            dx += tl.load(DS + r64 * stride_dsm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        tl.store(DX + r64 * stride_dxm + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+            dx += ds
+        tl.store(DX + rows.to(tl.int64)[:, None] * stride_dxm + cols[None, :], dx.to(DX.dtype.element_ty),
+                 mask=mask)
     if HAS_W:
         tl.store(DWp + pid * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
     if HAS_B:
@@ -157,7 +186,7 @@ def bwd_config(n_cols):
     block_m = max(1, min(128, 4096 // block_n))
     num_warps = max(1, min(16, block_m * block_n // 512))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
-            "progs_per_sm": max(1, 16 // num_warps)}
+            "progs_per_sm": max(1, 16 // num_warps), "PREFETCH": PREFETCH}
 
 
 def as_rows(t, n_cols):

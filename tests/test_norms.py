@@ -105,6 +105,14 @@ def test_gpu_shapes(op, dtype, shape, device):
 
 
 @pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("shape", [(1151, 96), (2, 5, 1000)], ids=str)
+def test_backward_prefetch_variant(op, shape, device, monkeypatch):
+    # The one-pass backward's PREFETCH switch (next row block loaded before this one is computed).
+    monkeypatch.setattr(norms_bwd, "PREFETCH", not norms_bwd.PREFETCH)
+    check(op, shape, torch.float32, device)
+
+
+@pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("n", [96, 3000, 20000])
 def test_strided_rows(op, n, device):
     check(op, (3, 2, n), torch.float32, device, row_pad=5)

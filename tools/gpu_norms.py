@@ -239,17 +239,18 @@ FWD_SWEEP = {768: [(2, 4), (4, 4), (8, 4), (8, 8), (16, 8), (16, 16)],
              2048: [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8)],
              4096: [(1, 4), (1, 8), (2, 8), (4, 16)],
              8192: [(1, 4), (1, 8), (1, 16), (2, 16)]}
-BWD_SWEEP = {  # (BLOCK_M, num_warps, programs per SM, num_stages or None for Triton's default)
-    768: [(2, 4, 4, None), (2, 4, 8, None), (4, 4, 4, None), (4, 8, 2, None), (4, 8, 3, None),
-          (8, 8, 2, None), (8, 16, 1, None), (4, 8, 2, 1), (4, 8, 2, 4)],
-    2048: [(1, 4, 4, None), (1, 8, 2, None), (2, 8, 2, None), (2, 8, 3, None), (4, 16, 1, None),
-           (2, 8, 2, 1)],
-    4096: [(1, 8, 2, None), (1, 8, 3, None), (1, 16, 1, None), (2, 16, 1, None)],
-    8192: [(1, 8, 1, None), (1, 16, 1, None), (1, 16, 2, None)]}
+P, S1, S4 = {"PREFETCH": True}, {"num_stages": 1}, {"num_stages": 4}
+BWD_SWEEP = {  # (BLOCK_M, num_warps, programs per SM, extra launch options); PREFETCH default False
+    768: [(2, 4, 4, {}), (2, 4, 8, {}), (4, 4, 4, {}), (4, 8, 2, {}), (4, 8, 3, {}), (8, 8, 2, {}),
+          (8, 16, 1, {}), (4, 8, 2, S1), (4, 8, 2, S4), (4, 8, 2, P), (2, 4, 4, P), (4, 4, 4, P)],
+    2048: [(1, 4, 4, {}), (1, 8, 2, {}), (2, 8, 2, {}), (2, 8, 3, {}), (4, 16, 1, {}), (2, 8, 2, S1),
+           (1, 4, 4, P), (2, 8, 2, P)],
+    4096: [(1, 8, 2, {}), (1, 8, 3, {}), (1, 16, 1, {}), (2, 16, 1, {}), (1, 8, 2, P), (1, 16, 1, P)],
+    8192: [(1, 8, 1, {}), (1, 16, 1, {}), (1, 16, 2, {}), (2, 16, 1, {}), (1, 16, 1, P), (1, 16, 1, S4)]}
 
 
 def section_sweep():
-    log(f"== sweep of launch shapes, ours only ({time.time() - T0:.0f}s): fBMxWARPS, bBMxWARPSxPROGS_PER_SM[sSTAGES]; defaults: "
+    log(f"== sweep of launch shapes, ours only ({time.time() - T0:.0f}s): fBMxWARPS, bBMxWARPSxPROGS_PER_SM[p = PREFETCH][sNUM_STAGES]; defaults: "
         + ", ".join(f"N={n} fwd {norms.fwd_config(n)} bwd {norms_bwd.bwd_config(n)}" for n in WIDTHS))
     fwd_default, bwd_default = norms.fwd_config, norms_bwd.bwd_config
     try:
@@ -263,15 +264,15 @@ def section_sweep():
                         "BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n_cols), "num_warps": nw}
                     record(op, n, "fwd", f"f{bm}x{nw}", lambda *a, op=op: call(kernels, op, *a))
                 norms.fwd_config = fwd_default
-                for bm, nw, pps, stages in BWD_SWEEP[n]:
+                for bm, nw, pps, extra in BWD_SWEEP[n]:
                     if left() < SWEEP_RESERVE:
                         log("  (sweep stopped: time budget)")
                         return
                     cfg = {"BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n), "num_warps": nw,
-                           "progs_per_sm": pps, **({"num_stages": stages} if stages else {})}
+                           "progs_per_sm": pps, "PREFETCH": False, **extra}
                     norms_bwd.bwd_config = lambda n_cols, cfg=cfg: dict(cfg)
-                    record(op, n, "fwd+bwd", f"b{bm}x{nw}x{pps}" + (f"s{stages}" if stages else ""),
-                           lambda *a, op=op: call(kernels, op, *a))
+                    tag = ("p" if "PREFETCH" in extra else "") + (f"s{extra['num_stages']}" if "num_stages" in extra else "")
+                    record(op, n, "fwd+bwd", f"b{bm}x{nw}x{pps}{tag}", lambda *a, op=op: call(kernels, op, *a))
                 norms_bwd.bwd_config = bwd_default
     finally:
         norms.fwd_config, norms_bwd.bwd_config = fwd_default, bwd_default
