@@ -14,6 +14,8 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
   forward kernel normalizes a 2D block of several rows per program, so narrow rows (768) still move
   enough bytes per program; wider rows use a looped kernel that streams the row in chunks (two
   passes for RMSNorm, three for LayerNorm, the later ones mostly hitting L2).
+- accuracy: the LayerNorm mean is corrected by the mean of the residuals (corrected two-pass), so
+  rows whose mean is large against their spread keep their digits.
 - strides: rows may be strided (a view of a wider buffer is not copied); the last dim must have
   stride 1, otherwise the launcher makes an explicit contiguous copy.
 - backward (kernels/norms_bwd.py): dx from the saved input (x, or the sum for the add variants) and
