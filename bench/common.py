@@ -307,17 +307,27 @@ def run_case(benchmark, case, provider, build, reference, make_inputs, leaves, *
     except Unsupported as e:
         pytest.skip(str(e))
     except Exception as e:
-        if provider in (OURS, "eager"):
-            raise
-        # A peer that errors on a configuration it does not support is skipped, never fatal.
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        pytest.skip(f"{provider} cannot run {case.group}: {type(e).__name__}: {first}")
+        skip_or_raise(provider, case, e, "run")
     del args, grad_outs
     if not benchmark.enabled:
         return None
     if not ON_CUDA:
         pytest.skip("timing needs a CUDA device (correctness passed); on the CPU run with --benchmark-disable")
-    info = time_and_record(benchmark, case, provider, fn, lambda: input_sets(case, make_inputs, leaves), leaves,
-                           flops=flops, bytes_=bytes_, extra=extra)
+    try:
+        info = time_and_record(benchmark, case, provider, fn, lambda: input_sets(case, make_inputs, leaves),
+                               leaves, flops=flops, bytes_=bytes_, extra=extra)
+    except Exception as e:
+        skip_or_raise(provider, case, e, "time")
     torch.cuda.empty_cache()
     return info
+
+
+def skip_or_raise(provider, case, error, doing):
+    """A peer that errors on a configuration it does not support is skipped, never fatal; ours fails."""
+    if provider in (OURS, "eager"):
+        raise error
+    if ON_CUDA:
+        torch.cuda.empty_cache()   # e.g. after an out-of-memory error
+    text = str(error).strip()
+    first = text.splitlines()[0][:300] if text else ""
+    pytest.skip(f"{provider} cannot {doing} {case.group}: {type(error).__name__}: {first}")
