@@ -220,15 +220,17 @@ def check(case, provider, fn, reference, args, leaves, grad_outs, big=False):
 
 # ---------------------------------------------------------------- timing
 
-def set_sync_timer(benchmark):
+def prepare(benchmark, case):
+    """Set the group (pytest-benchmark copies it when timing starts) and a synchronizing timer."""
+    benchmark.group = case.group
     # pytest-benchmark reads its timer from `_timer` when it builds a round's runner; this is what
     # --benchmark-timer sets, with a synchronize added so the end reading waits for the GPU.
     benchmark._timer = cuda_sync_timer
 
 
-def _pedantic(benchmark, call, median_ms):
+def _pedantic(benchmark, case, call, median_ms):
     """Feed pytest-benchmark device time: a synchronizing timer, enough iterations per round."""
-    set_sync_timer(benchmark)
+    prepare(benchmark, case)
     iterations = max(1, min(1000, math.ceil(PEDANTIC_ROUND_MS / max(median_ms, 1e-4))))
     benchmark.pedantic(call, rounds=PEDANTIC_ROUNDS, iterations=iterations, warmup_rounds=1)
 
@@ -276,7 +278,7 @@ def time_and_record(benchmark, case, provider, fn, make_sets, leaves, *, flops=N
             call()
         torch.cuda.synchronize()
         median_ms = do_bench(call, warmup=DO_BENCH_WARMUP_MS, rep=DO_BENCH_REP_MS, return_mode="median")
-        _pedantic(benchmark, call, median_ms)
+        _pedantic(benchmark, case, call, median_ms)
     return record(benchmark, case, provider, median_ms, flops=flops, bytes_=bytes_, extra=extra)
 
 

@@ -170,7 +170,7 @@ def time_step(benchmark, case, provider, model, state):
         times.append(start.elapsed_time(end))
     median_ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated()
-    common.set_sync_timer(benchmark)
+    common.prepare(benchmark, case)
     benchmark.pedantic(step, rounds=PEDANTIC_STEPS, iterations=1, warmup_rounds=0)
 
     from slm.model_utils import count_parameters, flops_per_token
