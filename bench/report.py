@@ -82,8 +82,8 @@ def header(machine, when, infos):
     return lines
 
 
-def table(entries, machine=None, when=None):
-    """The Markdown report: a summary of ours against the best peer, then every provider per group."""
+def table(entries, machine=None, when=None, images=()):
+    """The Markdown report: ours against the best peer, every provider per group, then the plots."""
     groups = add_peer_ratios(entries)
     infos = [i for g in groups.values() for i in g]
     out = ["# Benchmark results", ""] + header(machine or {}, when, infos) + [""]
@@ -126,6 +126,8 @@ def table(entries, machine=None, when=None):
                 out.append(f"| {shape} | {name} | {i['median_ms']:.3f} | {_fmt(value, '.1f')} {unit} | "
                            f"{_fmt(frac and 100 * frac, '.0f')} | {_fmt(i['ratio_to_best_peer'], '.2f')} | "
                            f"{'; '.join(notes)} |")
+    if images:
+        out += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in images]
     return "\n".join(out) + "\n"
 
 
@@ -166,6 +168,7 @@ def plots(entries, out_dir):
             ax.set_xlabel(x_name)
             ax.legend(fontsize=8)
         ax.set_ylabel(unit)
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{plot} {dtype}: {unit} ({infos[0].get('device', '')})", fontsize=10)
         ax.grid(alpha=0.3)
         fig.tight_layout()
@@ -187,10 +190,11 @@ def main(argv=None):
         return 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table(entries, machine, when)
+    images = plots(entries, out)
+    text = table(entries, machine, when, images)
     (out / "RESULTS_table.md").write_text(text)
     print(text)
-    for path in plots(entries, out):
+    for path in images:
         print(f"wrote {path}")
     print(f"wrote {out / 'RESULTS_table.md'}")
     return 0

@@ -61,6 +61,7 @@ def test_report_writes_table_and_plots(tmp_path, capsys):
     pngs = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
     assert pngs == ["attention_fwd_D_64_bf16.png", "layer_norm_fwd_bf16.png"]
     assert all((tmp_path / "out" / p).stat().st_size > 5000 for p in pngs)
+    assert "![attention_fwd_D_64_bf16](attention_fwd_D_64_bf16.png)" in text
 
 
 def test_report_rejects_untimed_json(tmp_path):
