@@ -64,17 +64,19 @@ def _norm_fwd_kernel(X, R, W, B, Y, S, Mean, Rstd,
         tl.store(S + r64 * stride_sm + cols[None, :], s, mask=mask)
         x = s.to(tl.float32)
     if IS_RMS:
+        var = tl.sum(x * x, axis=1) / n_cols
         xc = x
     else:
         mean = tl.sum(x, axis=1) / n_cols
-        xc = tl.where(mask, x - mean[:, None], 0.0)
-        # Correct the mean by the mean of the residuals: rows far from zero (|mean| >> std) lose
-        # digits in the first sum, which would otherwise show up amplified by rstd.
-        corr = tl.sum(xc, axis=1) / n_cols
+        d = tl.where(mask, x - mean[:, None], 0.0)
+        # Corrected two-pass: rows far from zero (|mean| >> std) lose digits in the first sum; the
+        # mean of the residuals d repairs the mean, and var = mean(d^2) - mean(d)^2.
+        corr = tl.sum(d, axis=1) / n_cols
+        var = tl.maximum(tl.sum(d * d, axis=1) / n_cols - corr * corr, 0.0)
         mean += corr
-        xc = tl.where(mask, xc - corr[:, None], 0.0)
         tl.store(Mean + rows, mean, mask=row_mask)
-    rstd = tl.rsqrt(tl.sum(xc * xc, axis=1) / n_cols + eps)
+        xc = d - corr[:, None]
+    rstd = tl.rsqrt(var + eps)
     tl.store(Rstd + rows, rstd, mask=row_mask)
     y = xc * rstd[:, None]
     if HAS_W:
