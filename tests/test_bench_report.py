@@ -1,11 +1,17 @@
 """The benchmark report and the suite's correctness gate, on the CPU with synthetic data."""
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import kernels
-from bench import report
+
+# bench/ is a directory of the repository, not an installed package: make it importable however
+# pytest was started (`pytest tests` from an installed checkout does not put the root on sys.path).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import report  # noqa: E402
 
 
 def _entry(op, mode, shape, provider, ms, x, flops=None, bytes_=None, plot=None):
