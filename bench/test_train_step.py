@@ -72,7 +72,7 @@ def loss_and_grads(model, batch, ctx):
         _, loss = model(*batch)
     loss.backward()
     grads = {n: p.grad.detach().float().cpu() if p.grad.dtype != torch.float64 else p.grad.detach().cpu()
-             for n, p in model.named_parameters() if p.grad is not None}
+             for n, p in unwrap(model).named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return loss.detach().cpu(), grads
 
@@ -175,11 +175,11 @@ def time_step(benchmark, case, provider, model, state):
 
     from slm.model_utils import count_parameters, flops_per_token
     B, T = case.shape["B"], case.shape["T"]
-    config = state_config_model(model).config
+    config = unwrap(model).config
     per_token = flops_per_token(config, T)
     info = common.record(benchmark, case, provider, median_ms, flops=per_token * B * T, extra={
         "tokens_per_s": B * T / (median_ms * 1e-3), "flops_per_token": per_token,
-        "n_params": count_parameters(state_config_model(model)), "peak_memory_gb": peak / 1e9,
+        "n_params": count_parameters(unwrap(model)), "peak_memory_gb": peak / 1e9,
         "backend": BACKEND[provider], "compiled": provider == "compile", "optimizer": "AdamW(fused=True)",
         "timing": f"CUDA events around each of {TIMED_STEPS} steps after {WARMUP_STEPS} warm-up steps, "
                   f"median; {common.NSETS} batches rotated"})
@@ -187,5 +187,6 @@ def time_step(benchmark, case, provider, model, state):
     benchmark.extra_info["mfu"] = info["mfu"]
 
 
-def state_config_model(model):
-    return getattr(model, "_orig_mod", model)   # the GPT under a torch.compile wrapper
+def unwrap(model):
+    """The GPT under a torch.compile wrapper (whose parameter names carry a `_orig_mod.` prefix)."""
+    return getattr(model, "_orig_mod", model)
