@@ -40,6 +40,9 @@ def _configs(shapes):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
+TUNE = True  # False: every bucket takes its table's first config (the GPU tests set this to save compiles)
+
+
 def _prune_by_head_dim(table):
     """An early_config_prune hook choosing the config list by padded head dim (Hopper, 228 KB smem).
 
@@ -50,7 +53,7 @@ def _prune_by_head_dim(table):
         block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
         key = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
         wanted = table[key]
-        if named_args["T_BUCKET"] * named_args["S_BUCKET"] < 512 * 512:
+        if not TUNE or named_args["T_BUCKET"] * named_args["S_BUCKET"] < 512 * 512:
             wanted = wanted[:1]
         kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
         return kept or configs[:1]

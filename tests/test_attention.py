@@ -17,6 +17,14 @@ from kernels.attention import attention
 from kernels.testing import assert_close
 
 attention_mod = importlib.import_module("kernels.attention")  # the module (kernels.attention is the function)
+bwd_mod = importlib.import_module("kernels.attention_bwd")
+
+
+@pytest.fixture(autouse=True)
+def _one_config_per_bucket(monkeypatch):
+    # On the GPU every candidate config compiles once per (dtype, head dim, causal): test with the
+    # first config only (the tuning test below turns tuning back on). No effect in the interpreter.
+    monkeypatch.setattr(bwd_mod, "TUNE", False)
 
 CUDA = torch.cuda.is_available()
 gpu_only = pytest.mark.skipif(not CUDA, reason="needs CUDA (bf16 tl.dot is wrong in the interpreter; speed)")
@@ -185,7 +193,6 @@ class _LaunchSpy:
 
 
 def test_triton_path_executes(device, monkeypatch):
-    bwd_mod = importlib.import_module("kernels.attention_bwd")
     assert kernels.IMPLEMENTATION["attention"] == "triton"
     assert kernels.attention is attention
     spies = {}
@@ -323,11 +330,15 @@ def test_gpu_torch_compile_fullgraph(device):
 
 
 @gpu_only
-def test_gpu_autotune_does_not_retune(device):
+def test_gpu_autotune_does_not_retune(device, monkeypatch):
+    monkeypatch.setattr(bwd_mod, "TUNE", True)
+    tuned = attention_mod._fwd_tuned
+    tuned.cache.clear()  # earlier tests cached untuned picks
     q, k, v = make_qkv(1, 2, 2, 700, 700, 64, torch.bfloat16, device)
     attention(q, k, v)
-    tuned = attention_mod._fwd_tuned
     cached = dict(tuned.cache)
+    key = next(k for k in cached if k[0] == 1024 and k[1] == 1024)
+    assert len(tuned.configs_timings) > 1, "the 1024 x 1024 bucket should have compared several configs"
     q2, k2, v2 = make_qkv(1, 2, 2, 900, 900, 64, torch.bfloat16, device)  # same power-of-two bucket
     attention(q2, k2, v2)
-    assert dict(tuned.cache) == cached
+    assert dict(tuned.cache) == cached and tuned.cache[key] is cached[key]
