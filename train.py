@@ -46,9 +46,9 @@ class TrainConfig:
     tokenizer: str = arg("", "tokenizer.json to ship with checkpoints of .bin data (optional)")
     out_dir: str = arg("out", "checkpoints go to out_dir/ckpt")
     vocab_size: int = arg(8192, "BPE vocabulary trained on text; required for .bin shards")
-    max_steps: int = arg(300, "optimizer steps in all")
+    max_steps: int = arg(200, "optimizer steps in all")
     batch_size: int = arg(16, "sequences per micro-step per process")
-    block_size: int = arg(0, "context length; 0 = the preset's")
+    block_size: int = arg(0, "context length; 0 = the preset's, at most 128 on a CPU")
     grad_accum: int = arg(1, "micro-steps per optimizer step")
     lr: float = arg(3e-3, "peak learning rate (AdamW)")
     min_lr: float = arg(3e-4, "the cosine schedule's floor")
@@ -129,12 +129,16 @@ def parse_args(argv=None):
     overrides = {k[6:]: v for k, v in ns.items() if k.startswith("model.") and v is not None}
     if cfg.preset not in PRESETS:
         raise ValueError(f"unknown preset {cfg.preset!r}; choose one of {sorted(PRESETS)}")
-    if cfg.block_size <= 0:
-        cfg.block_size = PRESETS[cfg.preset].get("block_size", GPTConfig.block_size)
-    for name in ("max_steps", "batch_size", "block_size", "grad_accum", "eval_iters", "log_interval"):
+    for name in ("max_steps", "batch_size", "grad_accum", "eval_iters", "log_interval"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     return cfg, overrides
+
+
+def default_block_size(preset, device):
+    """The preset's context length, capped at 128 on a CPU so the default run takes minutes."""
+    block = PRESETS[preset].get("block_size", GPTConfig.block_size)
+    return min(block, 128) if device.type == "cpu" else block
 
 
 def lr_at(step, cfg):
@@ -147,11 +151,12 @@ def lr_at(step, cfg):
 
 
 def make_optimizer(model, cfg, device):
-    """AdamW; weight decay on 2-D (matmul/embedding) weights only; fused on CUDA."""
+    """AdamW; weight decay on 2-D (matmul/embedding) weights only; fused (one kernel for all
+    parameters) on CUDA and CPU, about 10x faster than the per-tensor loop on a CPU."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    extra = {"fused": True} if device.type == "cuda" else {}
+    extra = {"fused": True} if device.type in ("cuda", "cpu") else {}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), **extra)
 
 
@@ -241,6 +246,8 @@ def main(argv=None):
     dist = Dist(cfg.device)
     log = print if dist.master else (lambda *a, **k: None)
     device, dtype = model_utils.device_and_dtype(dist.device_request, cfg.dtype)
+    if cfg.block_size <= 0:
+        cfg.block_size = default_block_size(cfg.preset, device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)

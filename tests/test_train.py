@@ -41,8 +41,10 @@ def test_flags_are_typed_from_the_dataclasses():
                                   "--n_kv_head=2"])
     assert cfg.lr == 1e-3 and cfg.max_steps == 7 and cfg.compile is True and cfg.resume is False
     assert over == {"n_layer": 3, "mlp": "swiglu", "bias": False, "n_kv_head": 2}
-    assert cfg.block_size == 256  # 0 means the preset's block size
-    assert train.parse_args([])[0] == train.TrainConfig(block_size=256)
+    assert train.parse_args([])[0] == train.TrainConfig()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.default_block_size("gpt2-124m", cuda) == 1024
+    assert train.default_block_size("gpt2-124m", cpu) == 128
 
 
 def test_flag_errors_are_clear(capsys):
