@@ -40,22 +40,27 @@ GROUP_M = 8
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
 
 
-def _config(bm, bn, bk, warps, stages):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+def _config(bm, bn, bk, warps, stages, tma):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "TMA": tma}, num_warps=warps,
+                         num_stages=stages)
 
 
 if interpreting():
-    _CONFIGS = [_config(64, 32, 32, 4, 1)]
+    # TMA where the operands allow it (16-bit dtypes), so the CPU tests run both load paths.
+    _CONFIGS = [_config(128, 64, 32, 4, 1, True)]  # few, large programs: the interpreter pays per program
     _GATED_CONFIGS = _CONFIGS
     _SMALL = _CONFIGS
 else:
-    # Hopper: tl.dot lowers to wgmma; 128-row tiles, 8 warps (two warpgroups), 3-4 smem stages.
-    _CONFIGS = [_config(128, 256, 64, 8, 3), _config(128, 128, 64, 8, 4),
-                _config(256, 128, 64, 8, 3), _config(128, 128, 64, 4, 4)]
+    # Hopper: tl.dot lowers to wgmma; 128-row tiles, 8 warps (two warpgroups), 3-4 smem stages;
+    # operands through TMA descriptors or plain pointers (cp.async), whichever times faster.
+    _CONFIGS = [_config(128, 256, 64, 8, 3, True), _config(128, 128, 64, 8, 4, True),
+                _config(128, 256, 64, 8, 3, False), _config(128, 128, 64, 8, 4, False),
+                _config(128, 128, 64, 4, 4, False)]
     # Gated: BLOCK_N is the width of each of the two accumulators (gate and up).
-    _GATED_CONFIGS = [_config(128, 128, 64, 8, 3), _config(128, 128, 64, 8, 4),
-                      _config(128, 64, 64, 8, 4), _config(128, 64, 64, 4, 4)]
-    _SMALL = [_config(64, 128, 64, 4, 3)]
+    _GATED_CONFIGS = [_config(128, 128, 64, 8, 3, True), _config(128, 64, 64, 8, 4, True),
+                      _config(128, 128, 64, 8, 3, False), _config(128, 64, 64, 8, 4, False),
+                      _config(128, 64, 64, 4, 4, False)]
+    _SMALL = [_config(64, 128, 64, 4, 3, True)]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -122,7 +127,7 @@ def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexp
     group_m = min(num_pid_m - first_m, GROUP)
     pid_m = first_m + (pid % per_group) % group_m
     pid_n = (pid % per_group) // group_m
-    return pid_m * BLOCK_M + tl.arange(0, BLOCK_M), pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
 
 
 @triton.jit
@@ -158,19 +163,74 @@ def _mainloop(A, B, M, N, K, offs_m, offs_n, up_offset, stride_am, stride_ak, st
     return acc, acc_up
 
 
-@triton.autotune(**_AUTOTUNE)
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
 @triton.jit
+def _mainloop_tma(A, B, M, N, K, b_rows, start_m, start_n, up_rows, stride_am, stride_bk, stride_bn,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GATED: tl.constexpr,
+                  B_ROWS_N: tl.constexpr, PRECISION: tl.constexpr):
+    """_mainloop through TMA tensor descriptors: edges and the K tail read as zeros, no masks.
+
+    B_ROWS_N: B[k, n] is a weight W[n, k] (b_rows rows of K contiguous values, gated: gate rows then
+    up rows starting at up_rows); else B is a (K, N) row-major matrix.
+    """
+    a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[stride_am, 1], block_shape=[BLOCK_M, BLOCK_K])
+    if B_ROWS_N:
+        b_desc = tl.make_tensor_descriptor(B, shape=[b_rows, K], strides=[stride_bn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
+    else:
+        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[stride_bk, 1], block_shape=[BLOCK_K, BLOCK_N])
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        a = a_desc.load([start_m, k * BLOCK_K])
+        if B_ROWS_N:
+            b = b_desc.load([start_n, k * BLOCK_K]).T
+        else:
+            b = b_desc.load([k * BLOCK_K, start_n])
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if GATED:
+            b_up = b_desc.load([up_rows + start_n, k * BLOCK_K]).T
+            acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
+    return acc, acc_up
+
+
+def _tma_ok(*pairs):
+    """TMA needs 16-bit data here, 16-byte aligned bases and leading strides, a contiguous last dim."""
+    for t, (lead, last) in pairs:
+        size = t.element_size()
+        if size != 2 or t.data_ptr() % 16 or last != 1 or (lead * size) % 16:
+            return False
+    return True
+
+
+def _fwd_tma(args):
+    return args["TMA"] and _tma_ok((args["X"], (args["stride_xm"], args["stride_xk"])),
+                                   (args["W"], (args["stride_wn"], args["stride_wk"])))
+
+
+def _bwd_tma(args):
+    return args["TMA"] and args["FROM_GEMM"] and _tma_ok((args["G"], (args["stride_gm"], args["stride_gk"])),
+                                                         (args["W"], (args["stride_wk"], args["stride_wn"])))
+
+
+@triton.autotune(**_AUTOTUNE)
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "USE_TMA": _fwd_tma})
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])  # one binary for every row count
 def _linear_act_fwd_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
                            stride_pm, stride_om, M_BUCKET,
                            ACT: tl.constexpr, GATED: tl.constexpr, HAS_BIAS: tl.constexpr,
                            STORE_PRE: tl.constexpr, PRECISION: tl.constexpr,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                           EVEN_K: tl.constexpr):
+                           TMA: tl.constexpr, EVEN_K: tl.constexpr, USE_TMA: tl.constexpr):
     # N is the output width (H when gated; W then has 2N rows, the up rows starting at row N).
-    offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
-    acc, acc_up = _mainloop(X, W, M, N, K, offs_m, offs_n, N * stride_wn, stride_xm, stride_xk,
-                            stride_wk, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, GATED, EVEN_K, PRECISION)
+    start_m, start_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    if USE_TMA:
+        acc, acc_up = _mainloop_tma(X, W, M, N, K, 2 * N if GATED else N, start_m, start_n, N, stride_xm,
+                                    stride_wk, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, GATED, True, PRECISION)
+    else:
+        acc, acc_up = _mainloop(X, W, M, N, K, offs_m, offs_n, N * stride_wn, stride_xm, stride_xk,
+                                stride_wk, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, GATED, EVEN_K, PRECISION)
     mask_n = offs_n < N
     if HAS_BIAS:
         acc += tl.load(Bias + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
@@ -190,20 +250,25 @@ def _linear_act_fwd_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, stride_xk, 
 
 # reset_to_zero: the bias-gradient buffer is accumulated with atomics, so autotuning reruns zero it.
 @triton.autotune(**_AUTOTUNE, reset_to_zero=["DBias"])
-@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})
-@triton.jit
+@triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "USE_TMA": _bwd_tma})
+@triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, stride_wk, stride_wn,
                     stride_pm, stride_dm, stride_am, M_BUCKET,
                     ACT: tl.constexpr, GATED: tl.constexpr, FROM_GEMM: tl.constexpr,
                     STORE_ACT: tl.constexpr, HAS_DBIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    EVEN_K: tl.constexpr):
+                    TMA: tl.constexpr, EVEN_K: tl.constexpr, USE_TMA: tl.constexpr):
     # N is the hidden width H; Pre and DPre are (M, 2N) when gated (gate columns, then up columns).
-    offs_m, offs_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
+    start_m, start_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     mask = (offs_m[:, None] < M) & mask_n[None, :]
-    if FROM_GEMM:
+    if USE_TMA:
         # d_act = dy @ w_out: G is dy (M, K), W[k, n] is w_out (K, N).
+        d_act, _unused = _mainloop_tma(G, W, M, N, K, K, start_m, start_n, 0, stride_gm, stride_wk, stride_wn,
+                                       BLOCK_M, BLOCK_N, BLOCK_K, False, False, PRECISION)
+    elif FROM_GEMM:
         d_act, _unused = _mainloop(G, W, M, N, K, offs_m, offs_n, 0, stride_gm, stride_gk, stride_wk,
                                    stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, False, EVEN_K, PRECISION)
     else:
@@ -235,6 +300,17 @@ def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, 
             tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h, 0.0), axis=0), mask=mask_n)
 
 
+def _allocator(size, alignment, stream):
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+def _set_allocator():
+    # In-kernel TMA descriptors need scratch memory. The allocator lives in a ContextVar, and the
+    # autograd engine runs CUDA backward on its own thread, so it is set before every launch.
+    if not interpreting():
+        triton.set_allocator(_allocator)
+
+
 def _precision(dtype):
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -260,6 +336,7 @@ def linear_act_fwd(x, w, b, activation, store_pre):
         if store_pre:
             pre.copy_(full)
         return out, pre
+    _set_allocator()
     _linear_act_fwd_kernel[_grid(M, N)](
         x, w, b if b is not None else x, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
         pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M),
@@ -285,6 +362,7 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
     if from_gemm and K == 0:  # grad @ w_out is an empty sum
         grad, from_gemm = pre.new_zeros(M, N), False
     w = w_out if from_gemm else pre
+    _set_allocator()
     _act_bwd_kernel[_grid(M, N)](
         grad, w, pre, d_pre, act if store_act else pre, dbias, M, N, K,
         grad.stride(0), grad.stride(1), w.stride(0), w.stride(1), pre.stride(0), d_pre.stride(0),
