@@ -225,8 +225,11 @@ def _linear_act_fwd_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, stride_xk, 
     start_m, start_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = start_n + tl.arange(0, BLOCK_N)
+    w_rows = N
+    if GATED:
+        w_rows = 2 * N
     if USE_TMA:
-        acc, acc_up = _mainloop_tma(X, W, M, N, K, 2 * N if GATED else N, start_m, start_n, N, stride_xm,
+        acc, acc_up = _mainloop_tma(X, W, M, N, K, w_rows, start_m, start_n, N, stride_xm,
                                     stride_wk, stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, GATED, True, PRECISION)
     else:
         acc, acc_up = _mainloop(X, W, M, N, K, offs_m, offs_n, N * stride_wn, stride_xm, stride_xk,

@@ -207,6 +207,21 @@ def test_bad_input_raises(device):
         kernels.linear_act(x.to("meta"), w_in.to("meta"), None, "gelu")
 
 
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_custom_ops_trace_fullgraph(activation, device):
+    # Dynamo + fake tensors + registered autograd, without Inductor (which cannot build these on the CPU).
+    tensors = [t.float().requires_grad_() for t in _params(17, 24, 40, 32, activation, True, device)]
+    compiled = torch.compile(kernels.ffn, fullgraph=True, backend="aot_eager")
+    y = compiled(*tensors, activation)
+    grads = torch.autograd.grad(y.sum(), tensors)
+    y_eager = kernels.ffn(*tensors, activation)
+    torch.testing.assert_close(y, y_eager)
+    for g, e in zip(grads, torch.autograd.grad(y_eager.sum(), tensors)):
+        torch.testing.assert_close(g, e)
+    la = torch.compile(kernels.linear_act, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(la(*tensors[:3], activation), kernels.linear_act(*tensors[:3], activation))
+
+
 # ---- GPU only ------------------------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA: bf16 tl.dot is wrong in the interpreter; "
