@@ -13,7 +13,7 @@ fi
 section() {  # name, seconds, command...
   local name=$1 secs=$2; shift 2
   local t0=$(date +%s)
-  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$secs" "$@" > "$OUT/$name.out" 2>&1
   local rc=$?
   echo "== $name: rc=$rc in $(( $(date +%s) - t0 ))s" | tee -a "$OUT/summary.txt"
 }
@@ -24,7 +24,7 @@ for s in "$@"; do
     attention) section attention "${ATT_SECS:-240}" python3 tools/gpu_attention.py ;;
     norms) section norms "${NORM_SECS:-180}" python3 tools/gpu_norms.py ;;
     ffn) section ffn "${FFN_SECS:-240}" python3 tools/gpu_ffn.py ;;
-    bench) section bench "${BENCH_SECS:-420}" bash -c "python3 -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json $OUT/bench.json ${BENCH_ARGS:-} && python3 -m bench.report $OUT/bench.json --out $OUT" ;;
+    bench) section bench "${BENCH_SECS:-600}" bash -c "python3 -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json $OUT/bench.json ${BENCH_ARGS:-} && python3 -m bench.report $OUT/bench.json --out $OUT" ;;
     train) section train "${TRAIN_SECS:-150}" python3 train.py ${TRAIN_ARGS:---max-steps=200} ;;
     *) echo "unknown section $s" ;;
   esac
