@@ -20,11 +20,15 @@ Backward (`act_bwd`):         d_act = dy @ w_out        (M, H) , the GEMM that p
 Activations: relu, gelu (tanh approximation), silu, relu2 = relu(x)^2, and the gated two above.
 Dtypes: fp16 and bf16 (fp32 accumulation, fp32 epilogue, output in the input dtype) and fp32
 (tl.dot with input_precision="ieee": no TF32, so fp32 matches PyTorch's fp32 matmul, whose TF32 is
-off by default). Any M, N, K: tile rows and columns past the edge read wrapped-around indices and are
-masked on store; K is masked only when it is not a multiple of BLOCK_K. Operands take any strides.
-Tiles are visited in grouped (swizzled) order so consecutive programs share A rows and B columns in
-L2. Autotuned per (M bucket, N, K, dtype, activation) over a short pruned list; under the CPU
-interpreter a single small config.
+off by default). Any M, N, K. Two load paths for the main loop, chosen per launch by the autotuner:
+- TMA tensor descriptors (tl.make_tensor_descriptor; 16-bit operands with 16-byte-aligned base and
+  leading stride and a unit last stride): edges and the K tail are zero-filled by the hardware;
+- plain pointers (any strides, fp32 too): tile rows and columns past the edge read wrapped-around
+  indices and are masked on store; K is masked only when it is not a multiple of BLOCK_K.
+The epilogue stores through masked pointers either way. Tiles are visited in grouped (swizzled) order,
+8 row-tiles per group, so consecutive programs share B columns in L2. Autotuned per (M bucket, N, K,
+dtype, activation) over a short list (M <= 1024: one small config, no tuning); the CPU interpreter
+runs one config, with TMA where the operands allow it, so the CPU tests cover both paths.
 """
 import torch
 import triton
@@ -36,7 +40,6 @@ RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
 # activation name -> (code of the elementwise function, gated?)
 ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False), "relu2": (RELU2, False),
              "swiglu": (SILU, True), "geglu": (GELU, True)}
-GROUP_M = 8
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
 
 
