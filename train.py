@@ -46,7 +46,7 @@ class TrainConfig:
     tokenizer: str = arg("", "tokenizer.json to ship with checkpoints of .bin data (optional)")
     out_dir: str = arg("out", "checkpoints go to out_dir/ckpt")
     vocab_size: int = arg(8192, "BPE vocabulary trained on text; required for .bin shards")
-    max_steps: int = arg(200, "optimizer steps in all")
+    max_steps: int = arg(400, "optimizer steps in all")
     batch_size: int = arg(16, "sequences per micro-step per process")
     block_size: int = arg(0, "context length; 0 = the preset's, at most 128 on a CPU")
     grad_accum: int = arg(1, "micro-steps per optimizer step")
@@ -273,6 +273,7 @@ def main(argv=None):
         mcfg = from_preset(cfg.preset, **overrides, vocab_size=vocab,
                            block_size=cfg.block_size, backend=cfg.backend)
         model = GPT(mcfg)
+        torch.manual_seed(cfg.seed + dist.rank)  # same init everywhere, own dropout masks per rank
     if model.config.vocab_size < dataset.vocab_size or model.config.block_size < cfg.block_size:
         raise ValueError(f"model (vocab {model.config.vocab_size}, block {model.config.block_size})"
                          f" is smaller than the data's vocab {dataset.vocab_size} or --block-size "

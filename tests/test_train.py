@@ -143,6 +143,22 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     assert "no text files found" in proc.stderr
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 autocast + compile need CUDA")
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_bf16_run(corpus, tmp_path, capsys, compile):
+    result = train.main([*args(corpus, tmp_path, "--max-steps=30", "--lr=1e-2",
+                               "--warmup-steps=5", "--peak-flops=1e14", f"--compile={compile}"),
+                         "--device=cuda", "--backend=auto"])
+    out = capsys.readouterr().out
+    assert "device cuda" in out and "dtype bfloat16" in out
+    assert result["val_loss"] < result["first_val_loss"] - 1.0, out
+    line = next(x for x in out.splitlines() if x.startswith("step 2 |"))
+    assert line.split("|")[5].strip().endswith("%")  # MFU against the given peak
+    texts = sample.sample(tmp_path / "ckpt", "def f1", 8, temperature=0, device="cuda")
+    assert texts[0].startswith("def f1")
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo(corpus, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
