@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # One batched GPU session: `bash tools/gpu_run.sh SECTION...` with sections
-#   env tests attention norms ffn bench train
+#   env tests attention norms ffn bench bench_<op> report train
+# (bench_attention, bench_norms, bench_ffn, bench_train_step: one JSON each, time limit
+# BENCH_<OP>_SECS; report merges every JSON into tables and plots)
 # Each section has its own time limit and log; a failing section does not stop the others. Logs,
-# bench JSON and plots come back packed in $OUT/results.tgz (the device returns at most 8 files). Liger-Kernel is installed from .whl/ when carried there.
+# bench JSON and plots come back packed in $OUT/results.tgz (the device returns at most 8 files).
+# Liger-Kernel is installed from .whl/ when carried there.
 set -u
-FINAL=${OUT:-out}; OUT=/tmp/gpu_out; mkdir -p "$OUT" "$FINAL"
+FINAL=${OUT:-out}; OUT=/tmp/gpu_out; rm -rf "$OUT"; mkdir -p "$OUT" "$FINAL"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
@@ -13,7 +16,8 @@ fi
 section() {  # name, seconds, command...
   local name=$1 secs=$2; shift 2
   local t0=$(date +%s)
-  timeout "$secs" "$@" > "$OUT/$name.out" 2>&1
+  # SIGINT first: pytest then still finishes its session and pytest-benchmark writes its JSON.
+  timeout -s INT -k 30 "$secs" "$@" > "$OUT/$name.out" 2>&1
   local rc=$?
   echo "== $name: rc=$rc in $(( $(date +%s) - t0 ))s" | tee -a "$OUT/summary.txt"
 }
@@ -24,7 +28,11 @@ for s in "$@"; do
     attention) section attention "${ATT_SECS:-240}" python3 tools/gpu_attention.py ;;
     norms) section norms "${NORM_SECS:-180}" python3 tools/gpu_norms.py ;;
     ffn) section ffn "${FFN_SECS:-240}" python3 tools/gpu_ffn.py ;;
-    bench) section bench "${BENCH_SECS:-600}" bash -c "python3 -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json $OUT/bench.json ${BENCH_ARGS:-} && python3 -m bench.report $OUT/bench.json --out $OUT" ;;
+    bench) section bench "${BENCH_SECS:-600}" python3 -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json "$OUT/bench.json" ${BENCH_ARGS:-} ;;
+    bench_*) name=${s#bench_}
+      section "$s" "$(eval echo \${BENCH_${name^^}_SECS:-300})" python3 -m pytest "bench/test_$name.py" --benchmark-only -q \
+        -p no:cacheprovider --benchmark-json "$OUT/$s.json" ${BENCH_ARGS:-} ;;
+    report) section report 120 bash -c "python3 -m bench.report $OUT/bench*.json --out $OUT/report" ;;
     train) section train "${TRAIN_SECS:-150}" python3 train.py ${TRAIN_ARGS:---max-steps=200} ;;
     *) echo "unknown section $s" ;;
   esac
