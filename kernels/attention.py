@@ -34,8 +34,8 @@ import triton.language as tl
 
 from ._checks import check_attention_args
 from ._runtime import check_device
-from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, launch_meta, \
-    load_tile, seq_bucket, unit_last_stride
+from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, \
+    load_tile, plan, unit_last_stride
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -87,7 +87,7 @@ def _attn_fwd_inner(acc, l_i, m_i, q, K, V, stride_kt, stride_vt, offs_m, offs_d
 def _attn_fwd_kernel(Q, K, V, Out, Lse,
                      stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                      stride_vb, stride_vh, stride_vt, stride_ob, stride_oh, stride_ot,
-                     n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, T_BUCKET, S_BUCKET,
+                     n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, T_BUCKET, S_BUCKET, BH_BUCKET, KV_BUCKET,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                      DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr):
@@ -188,21 +188,28 @@ def attention_fwd(q, k, v, causal=True, scale=None, config=None, use_tma=None):
     """
     check_kernel_args(q, k, v, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    q, k, v = (unit_last_stride(t) for t in (q, k, v))
+    return _fwd(q, k, v, causal, scale, config, use_tma)
+
+
+def _fwd(q, k, v, causal, scale, config=None, use_tma=None):
+    """attention_fwd on validated arguments (scale a float)."""
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        q, k, v = (unit_last_stride(t) for t in (q, k, v))
     B, H, T, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     if out.numel() == 0:
         return out, lse
-    meta = launch_meta(q)
-    meta["CAUSAL"] = bool(causal)
-    meta["USE_TMA"] = _tma_ok(q, k, v, out) if use_tma is None else use_tma
+    meta, buckets = plan(B, H, H_kv, T, S, D, q.dtype)
+    tma = _tma_ok(q, k, v, out) if use_tma is None else use_tma
+    meta = dict(meta, CAUSAL=bool(causal), USE_TMA=tma)
     args = (q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
-            H, H_kv, T, S, scale * LOG2E, seq_bucket(T), seq_bucket(S))
-    if meta["USE_TMA"] and q.is_cuda:
+            H, H_kv, T, S, scale * LOG2E, *buckets)
+    if tma and q.is_cuda:
         triton.set_allocator(_tma_alloc)  # device-side descriptors need a little global scratch
-    _launch(_fwd_tuned, _attn_fwd_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config)
+    _launch(_fwd_tuned, _attn_fwd_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config,
+            (buckets, q.dtype))
     return out, lse
 
 
@@ -230,9 +237,15 @@ def _(dout, q, k, v, out, lse, causal, scale):
 
 
 class AttentionFn(torch.autograd.Function):
+    """Under torch.compile the registered custom ops (traceable, with fake implementations); in eager
+    mode the same launchers directly, skipping the op dispatcher's per-call cost (host overhead)."""
+
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
-        out, lse = torch.ops.kernels.attention_fwd(q, k, v, causal, scale)
+        if torch.compiler.is_compiling():
+            out, lse = torch.ops.kernels.attention_fwd(q, k, v, causal, scale)
+        else:
+            out, lse = _fwd(q, k, v, causal, scale)  # attention() validated the arguments
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.causal, ctx.scale = causal, scale
         return out
@@ -240,7 +253,10 @@ class AttentionFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = torch.ops.kernels.attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
+        if torch.compiler.is_compiling():
+            dq, dk, dv = torch.ops.kernels.attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
+        else:
+            dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
         return dq, dk, dv, None, None
 
 

@@ -16,6 +16,9 @@ and head). Causal loops are split into masked diagonal blocks and unmasked off-d
 Exponentials use exp2 with log2(e) folded into the scale. Rows with no key (causal, T > S) carry
 L = +inf, so their P, dQ and contributions to dK/dV are exactly 0.
 """
+import functools
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -31,6 +34,19 @@ def seq_bucket(n):
     return max(16, triton.next_power_of_2(max(int(n), 1)))
 
 
+@functools.lru_cache(maxsize=4096)
+def plan(B, H, H_kv, T, S, D, dtype):
+    """Per-shape launch constants, computed once: (meta constexprs, T, S, B*H and B*H_kv buckets).
+
+    The B*H buckets are in the autotune key: a config tuned on a small test shape (few programs,
+    where small blocks win on occupancy) must not be reused for a large batch of the same length.
+    """
+    # fp32 inputs keep IEEE fp32 dots (tf32 would lose ~1e-3 and miss the fp32 tolerance).
+    meta = dict(HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
+                DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32")
+    return meta, (seq_bucket(T), seq_bucket(S), triton.next_power_of_2(B * H), triton.next_power_of_2(B * H_kv))
+
+
 def _configs(shapes):
     """(BLOCK_M, BLOCK_N, num_warps, num_stages) tuples -> triton.Config list.
 
@@ -40,40 +56,52 @@ def _configs(shapes):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-TUNE = True  # False: every bucket takes its table's first config (the GPU tests set this to save compiles)
+# False (or KERNELS_AUTOTUNE=0): every bucket takes its table's first config, no tuning (GPU tests).
+TUNE = os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
+# Buckets with T_BUCKET * S_BUCKET * BH_BUCKET below this are latency-bound: first config, untuned.
+TUNE_MIN_WORK = 1 << 24
 
 
 def _prune_by_head_dim(table):
     """An early_config_prune hook choosing the config list by padded head dim (Hopper, 228 KB smem).
 
-    Small problems (T * S below 512 * 512) are latency-bound: they take the table's first entry
-    untuned, which saves compiling every candidate for each small shape seen in tests and decoding.
+    Small problems (T * S * B * H below TUNE_MIN_WORK) are latency-bound: they take the table's first
+    entry untuned, which saves compiling every candidate for each small shape seen in tests and decoding.
     """
     def prune(configs, named_args, **kwargs):
         block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
         key = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
         wanted = table[key]
-        if not TUNE or named_args["T_BUCKET"] * named_args["S_BUCKET"] < 512 * 512:
+        if not TUNE or named_args["T_BUCKET"] * named_args["S_BUCKET"] * named_args["BH_BUCKET"] < TUNE_MIN_WORK:
             wanted = wanted[:1]
         kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
-        return kept or configs[:1]
+        kept = kept or configs[:1]
+        _PRUNED_TO[0] = len(kept)  # read by _tune_bench, which the autotuner calls right after this
+        return kept
     return prune
 
 
-# Hopper-pruned candidates per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages).
+_PRUNED_TO = [0]
+
+
+# Hopper-pruned candidates per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages). The first
+# entry is the untuned default: the config the H200 runs (tools/gpu_attention.py, gpu_logs run1/run3)
+# picked on the FlashAttention grid shapes (B*T = 16384) at T >= 2048, e.g. D128 forward (128, 128, 8, 3)
+# at 437 TFLOP/s vs 233 for (128, 64, 4, 3) at T = 4096.
 FWD_TABLE = {
-    64: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (64, 64, 4, 3)],
-    128: [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 2)],
+    64: [(64, 64, 4, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4)],
+    128: [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 64, 4, 2)],
     256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
 }
 # Backward: the inner (looped) block may also be 32 with a deeper pipeline, as in Triton's tutorial.
+# D128 dK/dV: (64, 128, 8, 3) gave a 2.36 ms backward at T = 4096 vs 3.16 ms with (64, 64, 4, 3).
 DKDV_TABLE = {
-    64: [(64, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3), (32, 128, 4, 4)],
+    64: [(32, 128, 4, 4), (64, 128, 8, 3), (64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)],
     128: [(64, 128, 8, 3), (64, 128, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2), (32, 128, 4, 4)],
     256: [(64, 64, 4, 2), (64, 128, 8, 2), (64, 64, 8, 2)],
 }
 DQ_TABLE = {
-    64: [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4)],
+    64: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 32, 4, 4)],
     128: [(128, 64, 8, 3), (128, 64, 4, 2), (64, 64, 4, 3), (128, 128, 8, 2), (128, 32, 4, 4)],
     256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2)],
 }
@@ -81,8 +109,9 @@ INTERPRET_FWD = [(32, 16, 4, 1)]
 INTERPRET_DKDV = [(16, 32, 4, 1)]
 INTERPRET_DQ = [(32, 16, 4, 1)]
 # Lengths and head counts vary between calls: no recompile for each divisibility-by-16 pattern or == 1.
-NO_SPECIALIZE = ["n_heads", "n_kv_heads", "seqlen_q", "seqlen_k", "T_BUCKET", "S_BUCKET"]
-TUNE_KEY = ["T_BUCKET", "S_BUCKET", "BLOCK_D", "CAUSAL"]  # the autotuner adds the tensors' dtypes
+NO_SPECIALIZE = ["n_heads", "n_kv_heads", "seqlen_q", "seqlen_k", "T_BUCKET", "S_BUCKET", "BH_BUCKET", "KV_BUCKET"]
+# The autotuner adds the tensors' dtypes. BH_BUCKET / KV_BUCKET: next powers of two of B * H and B * H_kv.
+TUNE_KEY = ["T_BUCKET", "S_BUCKET", "BH_BUCKET", "KV_BUCKET", "BLOCK_D", "CAUSAL"]
 
 
 def autotuned(kernel, table, interpret_shapes, extra_key=()):
@@ -96,8 +125,11 @@ def autotuned(kernel, table, interpret_shapes, extra_key=()):
 
 
 def _tune_bench(fn, quantiles):
-    # Shorter than do_bench's 25 + 100 ms default: a handful of configs per bucket, first call only.
-    return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
+    """The autotuner's timer: nothing to compare when pruning left one config (the autotuner would still
+    time it, ~50 ms per bucket); else shorter than do_bench's 25 + 100 ms default, first call only."""
+    if _PRUNED_TO[0] == 1:
+        return [0.0] * len(quantiles) if quantiles else 0.0
+    return triton.testing.do_bench(fn, warmup=10, rep=40, quantiles=quantiles)
 
 
 @triton.jit
@@ -167,6 +199,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV,
                           stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
                           stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
                           n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, sm_scale, T_BUCKET, S_BUCKET,
+                          BH_BUCKET, KV_BUCKET,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                           DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -244,6 +277,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, Lse, Delta, DQ,
                         stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
                         stride_dqb, stride_dqh, stride_dqt,
                         n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, sm_scale, T_BUCKET, S_BUCKET,
+                        BH_BUCKET, KV_BUCKET,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                         DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest causal rows first
@@ -291,16 +325,26 @@ def unit_last_stride(t):
     return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
 
 
-def launch_meta(q):
-    """Constexprs shared by every attention kernel: padded head dim and the dot precision."""
-    D = q.shape[-1]
-    # fp32 inputs keep IEEE fp32 dots (tf32 would lose ~1e-3 and miss the fp32 tolerance).
-    return dict(HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
-                DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32")
+# (kernel, TUNE, shape buckets, dtype, constexprs) -> the autotuner's pick, so that later calls launch the
+# jit kernel directly instead of paying the autotuner's per-call key building (host overhead).
+_PICKED = {}
 
 
-def _launch(tuned, raw, grid, args, meta, config):
-    """Launch the autotuned kernel, or the raw one with config = (BLOCK_M, BLOCK_N, num_warps, num_stages)."""
+def _launch(tuned, raw, grid, args, meta, config, key=None):
+    """Launch the autotuned kernel, or the raw one with config = (BLOCK_M, BLOCK_N, num_warps, num_stages).
+
+    key (shape buckets and dtype, which with meta make the autotuner's own key): after the first launch
+    of a key, its picked config is remembered and launched on the raw kernel.
+    """
+    if config is None and key is not None:
+        key = (tuned, TUNE, key, *meta.values())
+        config = _PICKED.get(key)
+        if config is None:
+            tuned[grid](*args, **meta)
+            best = getattr(tuned, "best_config", None)
+            if best is not None:
+                _PICKED[key] = (best.kwargs["BLOCK_M"], best.kwargs["BLOCK_N"], best.num_warps, best.num_stages)
+            return
     if config is None:
         tuned[grid](*args, **meta)
     else:
@@ -317,21 +361,26 @@ def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None):
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if dq.numel() == 0 or dk.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
-    dout, q, k, v, out = (unit_last_stride(t) for t in (dout, q, k, v, out))
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or out.stride(-1) != 1:
+        q, k, v, out = (unit_last_stride(t) for t in (q, k, v, out))
     lse = lse.contiguous()
-    meta = launch_meta(q)
+    meta, buckets = plan(B, H, H_kv, T, S, D, q.dtype)
     delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    so, sdo = out.stride(), dout.stride()
     _attn_bwd_preprocess_kernel[(triton.cdiv(T, 64), B * H)](
-        out, dout, delta, out.stride(0), out.stride(1), out.stride(2), dout.stride(0), dout.stride(1),
-        dout.stride(2), H, T, HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
-    meta["CAUSAL"] = bool(causal)
+        out, dout, delta, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T,
+        HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
+    meta = dict(meta, CAUSAL=bool(causal))
     scale = float(scale)
-    common = (H, H_kv, T, S, scale * LOG2E, scale, seq_bucket(T), seq_bucket(S))
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3])
+    common = (H, H_kv, T, S, scale * LOG2E, scale, *buckets)
+    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *sdo[:3])
     config = config or {}
     _launch(_dkdv_tuned, _attn_bwd_dkdv_kernel, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
             (q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
-            meta, config.get("dkdv"))
+            meta, config.get("dkdv"), (buckets, q.dtype))
     _launch(_dq_tuned, _attn_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
-            (q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"))
+            (q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
+            (buckets, q.dtype))
     return dq, dk, dv

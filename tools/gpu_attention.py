@@ -1,14 +1,17 @@
 """One GPU run for the Triton attention: correctness, torch.compile, speed vs SDPA, and tuning hints.
 
-    python tools/gpu_attention.py            # from the repo root, on the H100 (< ~4 minutes)
+    python tools/gpu_attention.py            # from the repo root, on the H100 (< ~2 minutes)
 
 1. ours vs float64 truth vs SDPA (same dtype), bf16 and fp16, output and dq/dk/dv, odd lengths,
    GQA/MQA, T < S, T > S, large logits, fused-QKV views (house tolerance rule, kernels.testing);
 2. torch.compile(fullgraph=True) traces through it, forward and backward, same numbers as eager;
 3. the FlashAttention grid (bf16, causal, B*T = 16384, H*D = 2048, D in {64, 128}, T 512..16384),
    fwd and fwd+bwd, for ours, SDPA flash (FA2), SDPA cuDNN and default SDPA (triton do_bench median);
-4. the optional TMA-descriptor forward (attention.USE_TMA) checked and timed over the grid, the
-   autotuner's picks per bucket and a sweep of explicit configs at a few points (tuning hints).
+   and the TMA-descriptor forward (attention.USE_TMA, column 'tma fwd') at each point;
+4. host overhead per call at a tiny shape (ours vs eager SDPA), the autotuner's picks per bucket and,
+   while time is left (ATT_BUDGET_S, default 100 s), a sweep of explicit configs (tuning hints).
+Sections 1-2 run without autotuning (each bucket's first config: few compiles); section 3 tunes at the
+grid's own shapes (the autotune key holds the B*H bucket, so test shapes do not decide grid configs).
 The summary table is printed last. With OUT set, the full log also goes to $OUT/attention.log.
 """
 import math
@@ -31,7 +34,7 @@ from kernels.testing import assert_close  # noqa: E402
 att = sys.modules["kernels.attention"]
 bwd = sys.modules["kernels.attention_bwd"]
 T0 = time.time()
-BUDGET_S = float(os.environ.get("ATT_BUDGET_S", "200"))  # section 4 stops when this is reached
+BUDGET_S = float(os.environ.get("ATT_BUDGET_S", "100"))  # section 4 stops when this is reached
 LOG = []
 
 
@@ -191,12 +194,14 @@ def time_ms(fn, q, k, v, dout, mode):
     return triton.testing.do_bench(lambda: fn(q, k, v).backward(dout), warmup=10, rep=40, grad_to_none=[q, k, v])
 
 
-def speed():
+def speed(with_tma):
     log("== 3. speed: bf16 causal, B*T=16384, H*D=2048 (TFLOP/s; fwd+bwd counts 3.5x fwd FLOPs)")
     results = {}
     for D, T in GRID:
         q, k, v, dout = grid_inputs(D, T)
         for name, (backend, fn) in PROVIDERS.items():
+            if name == "ours" and with_tma:
+                speed_tma(results, D, T, q, k, v, dout)
             for mode in ("fwd", "fwd+bwd"):
                 t = time.time()
                 try:
@@ -215,35 +220,56 @@ def speed():
     return results
 
 
-def speed_tma(results):
-    log("== 3b. forward with TMA descriptors, autotuned (column 'tma' in the table)")
+def speed_tma(results, D, T, q, k, v, dout):
+    """Forward with TMA descriptors (attention.USE_TMA, autotuned on its own key), column 'tma fwd'."""
     att.USE_TMA = True
+    t = time.time()
     try:
-        for D, T in GRID:
-            if elapsed() > BUDGET_S:
-                log("  (time budget reached, TMA grid stopped)")
-                return
-            q, k, v, dout = grid_inputs(D, T, grad=False)
-            t = time.time()
-            try:
-                ms = time_ms(PROVIDERS["ours"][1], q, k, v, dout, "fwd")
-                results[(D, T, "tma", "fwd")] = fwd_flops(D, T) / ms * 1e-9
-                log(f"  D{D:<4d} T{T:<6d} tma    fwd      {ms:8.3f} ms {results[(D, T, 'tma', 'fwd')]:6.1f} TFLOP/s"
-                    f"  ({time.time() - t:.1f}s)")
-            except Exception as e:
-                log(f"  tma D{D} T{T}: {type(e).__name__}: {str(e)[:600]}")
-                return
+        ms = time_ms(PROVIDERS["ours"][1], q, k, v, dout, "fwd")
+        results[(D, T, "tma", "fwd")] = fwd_flops(D, T) / ms * 1e-9
+        log(f"  D{D:<4d} T{T:<6d} tma    fwd      {ms:8.3f} ms {results[(D, T, 'tma', 'fwd')]:6.1f} TFLOP/s"
+            f"  ({time.time() - t:.1f}s)")
+    except Exception as e:
+        log(f"  tma D{D} T{T}: {type(e).__name__}: {str(e)[:600]}")
     finally:
         att.USE_TMA = False
+
+
+def host_overhead():
+    """Wall-clock per call at a tiny shape, where the GPU work is a few microseconds: the Python cost."""
+    log("== 3c. host overhead: us per call at B1 H1 T16 D64 bf16 (GPU work negligible)")
+    q, k, v = (torch.randn(1, 1, 16, 64, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3))
+    dout = torch.randn_like(q)
+    for name in ("ours", "sdpa"):
+        fn = PROVIDERS[name][1]
+        for mode in ("fwd", "fwd+bwd"):
+            def call():
+                if mode == "fwd":
+                    with torch.no_grad():
+                        fn(q, k, v)
+                else:
+                    fn(q, k, v).backward(dout)
+            for _ in range(20):
+                call()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(500):
+                call()
+            torch.cuda.synchronize()
+            log(f"  {name:5s} {mode:8s} {(time.perf_counter() - t) / 500 * 1e6:7.1f} us/call")
 
 
 # ---- 4. tuning hints ------------------------------------------------------------------------------
 
 def autotune_picks():
-    log("== 4a. autotuner picks (key = T_BUCKET, S_BUCKET, BLOCK_D, CAUSAL, dtypes...)")
+    log("== 4a. autotuner picks (key = T_BUCKET, S_BUCKET, BH_BUCKET, KV_BUCKET, BLOCK_D, CAUSAL[, USE_TMA], "
+        "dtypes); bf16 only")
     for name, tuned in (("fwd", att._fwd_tuned), ("dkdv", bwd._dkdv_tuned), ("dq", bwd._dq_tuned)):
         for key, cfg in sorted(tuned.cache.items(), key=lambda kv: str(kv[0])):
-            log(f"  {name:5s} {key[:4]} -> BLOCK_M={cfg.kwargs['BLOCK_M']} BLOCK_N={cfg.kwargs['BLOCK_N']} "
+            if "torch.bfloat16" not in key:
+                continue
+            n = len(bwd.TUNE_KEY) + (1 if name == "fwd" else 0)
+            log(f"  {name:5s} {key[:n]} -> BLOCK_M={cfg.kwargs['BLOCK_M']} BLOCK_N={cfg.kwargs['BLOCK_N']} "
                 f"warps={cfg.num_warps} stages={cfg.num_stages}")
 
 
@@ -253,8 +279,12 @@ SWEEP = [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 4), (1
 
 
 def config_sweep():
-    log("== 4b. explicit config sweep (BLOCK_M, BLOCK_N, warps, stages): ms per kernel, TFLOP/s")
-    for D, T in ((128, 4096), (64, 4096), (128, 1024)):
+    # bwd[dkdv]: the WHOLE backward (preprocess + dkdv + dq) with dkdv fixed to the config and dq at
+    # its tuned pick (and vice versa); TFLOP/s count 2.5x the forward FLOPs. For dkdv, BLOCK_N is the
+    # key block (one program each) and BLOCK_M the looped query block.
+    log("== 4b. explicit config sweep (BLOCK_M, BLOCK_N, warps, stages): fwd ms, whole-backward ms with one "
+        "kernel fixed, TFLOP/s")
+    for D, T in ((128, 1024), (64, 512), (128, 8192), (64, 4096)):
         q, k, v, dout = grid_inputs(D, T, grad=False)
         out, lse = att.attention_fwd(q, k, v, True)
         flops = fwd_flops(D, T)
@@ -276,7 +306,7 @@ def config_sweep():
                         c = {part: cfg}
                         ms = triton.testing.do_bench(
                             lambda: att.attention_bwd(dout, q, k, v, out, lse, True, scale, config=c), warmup=5, rep=20)
-                        row.append(f"bwd[{part}] {ms:.3f} ms {2.5 * flops / ms * 1e-9:5.0f}")
+                        row.append(f"bwd[{part}={cfg}] {ms:.3f} ms {2.5 * flops / ms * 1e-9:5.0f}")
                 except Exception as e:
                     row.append(f"{part} {type(e).__name__}")
             log(f"  D{D} T{T} {cfg}: " + " | ".join(row))
@@ -303,18 +333,23 @@ def table(results):
 def main():
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
         f"cudnn {torch.backends.cudnn.version()}")
+    bwd.TUNE = False  # checks: each bucket's first config, no tuning (fewer compiles)
     ok_c = correctness()
     log(f"  ({elapsed():.0f}s)")
     ok_compile = compile_check()
     log(f"  ({elapsed():.0f}s)")
-    results = speed()
+    ok_tma = tma_check()
+    log(f"  ({elapsed():.0f}s)")
+    bwd.TUNE = True
+    # Forget the untuned picks (an autotuner cache entry made with TUNE off would never be tuned).
+    for tuned in (att._fwd_tuned, bwd._dkdv_tuned, bwd._dq_tuned):
+        tuned.cache.clear()
+    bwd._PICKED.clear()
+    results = speed(ok_tma)
     log(f"  ({elapsed():.0f}s)")
     table(results)  # now, in case the rest runs out of time; again at the end
-    ok_tma = False
     try:
-        ok_tma = tma_check()
-        if ok_tma:
-            speed_tma(results)
+        host_overhead()
         autotune_picks()
         config_sweep()
     except Exception:
