@@ -24,7 +24,7 @@ section() {  # name, seconds, command...
 for s in "$@"; do
   case $s in
     env) section env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"' ;;
-    tests) section tests "${TESTS_SECS:-240}" python3 -m pytest tests -q -x --durations=15 -p no:cacheprovider ${TESTS_ARGS:-} ;;
+    tests) section tests "${TESTS_SECS:-240}" python3 -m pytest ${TESTS_PATHS:-tests} -q --maxfail=10 --durations=15 -p no:cacheprovider ${TESTS_ARGS:-} ;;
     attention) section attention "${ATT_SECS:-240}" python3 tools/gpu_attention.py ;;
     norms) section norms "${NORM_SECS:-180}" python3 tools/gpu_norms.py ;;
     ffn) section ffn "${FFN_SECS:-240}" python3 tools/gpu_ffn.py ;;
