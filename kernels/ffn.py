@@ -27,7 +27,9 @@ dtype (fp32 master weights with bf16 x) are cast to the compute dtype before the
 autocast does for F.linear; the cast is differentiable, so their gradients come back in their own
 dtype. float64 is not supported by the Triton path (TypeError; use kernels.reference).
 Registered as torch custom ops (kernels::ffn_fwd, ffn_bwd, linear_act_fwd, linear_act_bwd) with
-fake implementations and autograd, so torch.compile(fullgraph=True) traces ffn and linear_act.
+fake implementations and autograd, so torch.compile(fullgraph=True) traces ffn and linear_act. In
+eager mode the public functions call the autograd.Functions FFNFn / LinearActFn instead, which run
+the same launchers without the custom-op dispatcher's per-call cost.
 """
 from typing import Optional
 
@@ -56,7 +58,62 @@ def _check_saved(pre):
                            "(it was called with grad disabled or no input requiring grad)")
 
 
-# ---- linear_act: one fused GEMM -------------------------------------------------------------------
+# ---- the math, shared by the eager autograd.Functions and the registered custom ops ---------------
+
+def _linear_act_bwd(grad, x, w, pre, activation, has_bias):
+    d_pre, _, db = act_bwd(grad, None, pre, activation, store_act=False, bias_grad=has_bias)
+    return d_pre @ w, d_pre.t() @ x, db.to(x.dtype) if has_bias else x.new_empty(0)
+
+
+def _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre):
+    a, pre = linear_act_fwd(x, w_in, b_in, activation, save_pre)
+    return F.linear(a, w_out, b_out), pre
+
+
+def _ffn_bwd(dy, x, w_in, w_out, pre, activation, has_b_in, has_b_out):
+    d_pre, a, db_in = act_bwd(dy, w_out, pre, activation, store_act=True, bias_grad=has_b_in)
+    db_in = db_in.to(x.dtype) if has_b_in else x.new_empty(0)
+    db_out = dy.sum(0) if has_b_out else x.new_empty(0)
+    return d_pre @ w_in, d_pre.t() @ x, db_in, dy.t() @ a, db_out
+
+
+# ---- eager path: autograd.Functions (no custom-op dispatch on every call) ---------------------------
+
+class LinearActFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, activation, save_pre):
+        out, pre = linear_act_fwd(x, w, b, activation, save_pre)
+        ctx.save_for_backward(x, w, pre)
+        ctx.activation, ctx.has_bias = activation, b is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w, pre = ctx.saved_tensors
+        _check_saved(pre)
+        dx, dw, db = _linear_act_bwd(grad, x, w, pre, ctx.activation, ctx.has_bias)
+        return dx, dw, db if ctx.has_bias else None, None, None
+
+
+class FFNFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w_in, b_in, w_out, b_out, activation, save_pre):
+        y, pre = _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
+        ctx.save_for_backward(x, w_in, w_out, pre)
+        ctx.activation, ctx.has_b_in, ctx.has_b_out = activation, b_in is not None, b_out is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w_in, w_out, pre = ctx.saved_tensors
+        _check_saved(pre)
+        dx, dw_in, db_in, dw_out, db_out = _ffn_bwd(dy, x, w_in, w_out, pre, ctx.activation, ctx.has_b_in,
+                                                    ctx.has_b_out)
+        return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,
+                None, None)
+
+
+# ---- custom ops, for torch.compile ------------------------------------------------------------------
 
 @torch.library.custom_op("kernels::linear_act_fwd", mutates_args=())
 def _linear_act_fwd_op(x: Tensor, w: Tensor, b: Optional[Tensor], activation: str,
@@ -72,9 +129,7 @@ def _(x, w, b, activation, save_pre):
 @torch.library.custom_op("kernels::linear_act_bwd", mutates_args=())
 def _linear_act_bwd_op(grad: Tensor, x: Tensor, w: Tensor, pre: Tensor, activation: str,
                        has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    d_pre, _, db = act_bwd(grad, None, pre, activation, store_act=False, bias_grad=has_bias)
-    db = db.to(x.dtype) if has_bias else x.new_empty(0)
-    return d_pre @ w, d_pre.t() @ x, db
+    return _linear_act_bwd(grad, x, w, pre, activation, has_bias)
 
 
 @_linear_act_bwd_op.register_fake
@@ -98,13 +153,10 @@ def _linear_act_backward(ctx, grad, _grad_pre):
 _linear_act_fwd_op.register_autograd(_linear_act_backward, setup_context=_linear_act_setup)
 
 
-# ---- ffn: fused GEMM, then cuBLAS --------------------------------------------------------------------
-
 @torch.library.custom_op("kernels::ffn_fwd", mutates_args=())
 def _ffn_fwd_op(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor],
                 activation: str, save_pre: bool) -> tuple[Tensor, Tensor]:
-    a, pre = linear_act_fwd(x, w_in, b_in, activation, save_pre)
-    return F.linear(a, w_out, b_out), pre
+    return _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
 
 
 @_ffn_fwd_op.register_fake
@@ -115,10 +167,7 @@ def _(x, w_in, b_in, w_out, b_out, activation, save_pre):
 @torch.library.custom_op("kernels::ffn_bwd", mutates_args=())
 def _ffn_bwd_op(dy: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, pre: Tensor, activation: str,
                 has_b_in: bool, has_b_out: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    d_pre, a, db_in = act_bwd(dy, w_out, pre, activation, store_act=True, bias_grad=has_b_in)
-    db_in = db_in.to(x.dtype) if has_b_in else x.new_empty(0)
-    db_out = dy.sum(0) if has_b_out else x.new_empty(0)
-    return d_pre @ w_in, d_pre.t() @ x, db_in, dy.t() @ a, db_out
+    return _ffn_bwd(dy, x, w_in, w_out, pre, activation, has_b_in, has_b_out)
 
 
 @_ffn_bwd_op.register_fake
@@ -154,7 +203,7 @@ def _cast(x, *params):
     if dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"the Triton FFN computes in float16, bfloat16 or float32, got {dtype} "
                         "(use kernels.reference for float64)")
-    return [None if t is None else t.to(dtype) for t in (x, *params)]
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, *params)]
 
 
 def _needs_pre(*tensors):
@@ -164,18 +213,24 @@ def _needs_pre(*tensors):
 def linear_act(x, w, b=None, activation="gelu"):
     """activation(x @ w.T + b) in one Triton GEMM; gated activations halve the width (w stacks gate; up)."""
     check_linear_args(x, w, b, activation)
-    check_device(x=x, w=w, b=b)
+    check_device(x=x)  # w and b are on x's device (checked above)
     x, w, b = _cast(x, w, b)
-    out, _ = torch.ops.kernels.linear_act_fwd(x.reshape(-1, x.shape[-1]), w, b, activation,
-                                              _needs_pre(x, w, b))
+    x2, save_pre = x.reshape(-1, x.shape[-1]), _needs_pre(x, w, b)
+    if torch.compiler.is_compiling():
+        out, _ = torch.ops.kernels.linear_act_fwd(x2, w, b, activation, save_pre)
+    else:
+        out = LinearActFn.apply(x2, w, b, activation, save_pre)
     return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def ffn(x, w_in, b_in, w_out, b_out, activation):
     """linear_act(x, w_in, b_in, activation) @ w_out.T + b_out, forward and backward fused as above."""
     check_ffn_args(x, w_in, b_in, w_out, b_out, activation)
-    check_device(x=x, w_in=w_in, b_in=b_in, w_out=w_out, b_out=b_out)
+    check_device(x=x)  # the weights are on x's device (checked above)
     x, w_in, b_in, w_out, b_out = _cast(x, w_in, b_in, w_out, b_out)
-    y, _ = torch.ops.kernels.ffn_fwd(x.reshape(-1, x.shape[-1]), w_in, b_in, w_out, b_out, activation,
-                                     _needs_pre(x, w_in, b_in, w_out, b_out))
+    x2, save_pre = x.reshape(-1, x.shape[-1]), _needs_pre(x, w_in, b_in, w_out, b_out)
+    if torch.compiler.is_compiling():
+        y, _ = torch.ops.kernels.ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, save_pre)
+    else:
+        y = FFNFn.apply(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     return y.reshape(*x.shape[:-1], y.shape[-1])

@@ -17,6 +17,15 @@ Backward (`act_bwd`):         d_act = dy @ w_out        (M, H) , the GEMM that p
   keep it) and adds d_pre's column sums into an fp32 bias-gradient buffer with atomics (so the
   bias gradient is not one more pass over d_pre; the atomics make it order-nondeterministic).
 
+Rounding: in 16-bit dtypes the epilogues round where eager PyTorch's chain of ops stores a tensor:
+  forward   pre (then act(pre) in fp32; gated: f(gate) rounded before the product with up);
+  backward  d_act = dy @ w_out (PyTorch's mm output), gated also f(gate) and d_f = d_act * up (the
+            products' outputs), then d_pre once; the bias sums add the rounded d_pre values.
+So results equal eager PyTorch's up to the GEMMs' fp32 summation order. Without this, the backward
+kept d_act in fp32 (fewer roundings, not less error at the max): at M=1 the max error of d_pre and
+dW_in = d_pre^T x is the last rounding of a handful of the largest |d_pre| (half an ulp), and
+PyTorch's extra rounding of d_act moved those products to the other side often enough to fail the
+2x rule by chance (fp16 relu2 dW_in, H200 run 3).
 Activations: relu, gelu (tanh approximation), silu, relu2 = relu(x)^2, and the gated two above.
 Dtypes: fp16 and bf16 (fp32 accumulation, fp32 epilogue, output in the input dtype) and fp32
 (tl.dot with input_precision="ieee": no TF32, so fp32 matches PyTorch's fp32 matmul, whose TF32 is
@@ -26,10 +35,15 @@ off by default). Any M, N, K. Two load paths for the main loop, chosen per launc
 - plain pointers (any strides, fp32 too): tile rows and columns past the edge read wrapped-around
   indices and are masked on store; K is masked only when it is not a multiple of BLOCK_K.
 The epilogue stores through masked pointers either way. Tiles are visited in grouped (swizzled) order,
-8 row-tiles per group, so consecutive programs share B columns in L2. Autotuned per (M bucket, N, K,
-dtype, activation) over a short list (M <= 1024: one small config, no tuning); the CPU interpreter
-runs one config, with TMA where the operands allow it, so the CPU tests cover both paths.
+8 row-tiles per group, so consecutive programs share B columns in L2. M > 1024 is autotuned per
+(M bucket, N, K, dtype, activation) over four configs (128x256 or 128x128 tiles, TMA or pointers);
+M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class straight
+through the jitted kernel (no autotuner wrapper on the call path). The CPU interpreter runs one
+config, with TMA where the operands allow it, so the CPU tests cover both paths.
 """
+import functools
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -48,38 +62,59 @@ def _config(bm, bn, bk, warps, stages, tma):
                          num_stages=stages)
 
 
-if interpreting():
+_INTERPRETING = interpreting()
+if _INTERPRETING:
     # TMA where the operands allow it (16-bit dtypes), so the CPU tests run both load paths.
     _CONFIGS = [_config(128, 64, 32, 4, 1, True)]  # few, large programs: the interpreter pays per program
     _GATED_CONFIGS = _CONFIGS
     _SMALL = _CONFIGS
 else:
-    # Hopper: tl.dot lowers to wgmma; 128-row tiles, 8 warps (two warpgroups), 3-4 smem stages;
-    # operands through TMA descriptors or plain pointers (cp.async), whichever times faster.
+    # Hopper: tl.dot lowers to wgmma; 128-row tiles, 8 warps (two warpgroups), 3-4 smem stages,
+    # grouped tile order; operands through TMA descriptors or plain pointers, whichever times faster.
+    # The first entry of each list is the fixed choice when autotuning is off.
     _CONFIGS = [_config(128, 256, 64, 8, 3, True), _config(128, 128, 64, 8, 4, True),
-                _config(128, 256, 64, 8, 3, False), _config(128, 128, 64, 8, 4, False),
-                _config(128, 128, 64, 4, 4, False)]
+                _config(128, 256, 64, 8, 3, False), _config(128, 128, 64, 8, 4, False)]
     # Gated: BLOCK_N is the width of each of the two accumulators (gate and up).
     _GATED_CONFIGS = [_config(128, 128, 64, 8, 3, True), _config(128, 64, 64, 8, 4, True),
-                      _config(128, 128, 64, 8, 3, False), _config(128, 64, 64, 8, 4, False),
-                      _config(128, 64, 64, 4, 4, False)]
+                      _config(128, 128, 64, 8, 3, False), _config(128, 64, 64, 8, 4, False)]
     _SMALL = [_config(64, 128, 64, 4, 3, True)]
 
 
 def _prune(configs, named_args, **kwargs):
-    if named_args["M"] <= SMALL_M:
-        return _SMALL
     # Only the forward kernel's gated variant carries two accumulators.
     two_acc = kwargs.get("GATED", False) and "X" in named_args
     return _GATED_CONFIGS if two_acc else _CONFIGS
 
 
-_AUTOTUNE = dict(configs=_CONFIGS + [c for c in _GATED_CONFIGS + _SMALL if c not in _CONFIGS],
+_AUTOTUNE = dict(configs=_CONFIGS + [c for c in _GATED_CONFIGS if c not in _CONFIGS],
                  key=["M_BUCKET", "N", "K", "ACT", "GATED"], prune_configs_by={"early_config_prune": _prune})
 
 
+def autotune_enabled():
+    """KERNELS_AUTOTUNE=0 launches one fixed config per shape class (fast GPU tests, no tuning runs)."""
+    return os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
+
+
+@functools.lru_cache(maxsize=None)
+def _fixed_config(small, two_acc):
+    """The config launched without the autotuner: M <= SMALL_M always (no tuning worth its compiles)."""
+    c = _SMALL[0] if small else (_GATED_CONFIGS if two_acc else _CONFIGS)[0]
+    return dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def _launch(tuned, plain, M, N, two_acc, args, constexprs):
+    """Through the autotuner for large M (when enabled), else straight to the jitted kernel."""
+    if M > SMALL_M and autotune_enabled():
+        tuned[_grid(M, N)](*args, **constexprs)
+        return
+    config = _fixed_config(M <= SMALL_M, two_acc)
+    grid = ((-(-M // config["BLOCK_M"])) * (-(-N // config["BLOCK_N"])),)  # ceil divisions
+    plain[grid](*args, **constexprs, **config)
+
+
 def _m_bucket(m):
-    return min(triton.next_power_of_2(max(m, 1)), 1 << 16)
+    """The next power of two of m, at most 65536 (plain int math: this runs on every launch)."""
+    return min(1 << (max(m, 1) - 1).bit_length(), 1 << 16)
 
 
 @triton.jit
@@ -215,7 +250,6 @@ def _bwd_tma(args):
                                                          (args["W"], (args["stride_wk"], args["stride_wn"])))
 
 
-@triton.autotune(**_AUTOTUNE)
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "USE_TMA": _fwd_tma})
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])  # one binary for every row count
 def _linear_act_fwd_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
@@ -243,19 +277,20 @@ def _linear_act_fwd_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, stride_xk, 
         if GATED:
             acc_up += tl.load(Bias + N + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     mask = (offs_m[:, None] < M) & mask_n[None, :]
+    # Rounded where PyTorch's chain stores a tensor in the input dtype (pre, and act(gate) when gated),
+    # so the output is eager PyTorch's up to the GEMM's summation order (a no-op in fp32).
+    pre = acc.to(Out.dtype.element_ty)
     if STORE_PRE:
         pre_ptrs = Pre + offs_m[:, None] * stride_pm + offs_n[None, :]
-        tl.store(pre_ptrs, acc.to(Pre.dtype.element_ty), mask=mask)
+        tl.store(pre_ptrs, pre, mask=mask)
         if GATED:
             tl.store(pre_ptrs + N, acc_up.to(Pre.dtype.element_ty), mask=mask)
-    out = _act(acc, ACT)
+    out = _act(pre.to(tl.float32), ACT)
     if GATED:
-        out = out * acc_up
+        out = out.to(Out.dtype.element_ty).to(tl.float32) * acc_up.to(Out.dtype.element_ty).to(tl.float32)
     tl.store(Out + offs_m[:, None] * stride_om + offs_n[None, :], out.to(Out.dtype.element_ty), mask=mask)
 
 
-# reset_to_zero: the bias-gradient buffer is accumulated with atomics, so autotuning reruns zero it.
-@triton.autotune(**_AUTOTUNE, reset_to_zero=["DBias"])
 @triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0, "USE_TMA": _bwd_tma})
 @triton.jit(do_not_specialize=["M", "M_BUCKET"])
 def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, stride_wk, stride_wn,
@@ -285,25 +320,38 @@ def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, 
     d_ptrs = DPre + offs_m[:, None] * stride_dm + offs_n[None, :]
     h = tl.load(pre_ptrs, mask=mask, other=0.0).to(tl.float32)
     f, df = _act_and_grad(h, ACT)
+    # PyTorch's rounding points (no-ops in fp32): its hidden gradient dy @ w_out is stored in the input
+    # dtype, then each elementwise backward op rounds its result (see the module docstring).
+    d_act = d_act.to(DPre.dtype.element_ty).to(tl.float32)
     if GATED:
         up = tl.load(pre_ptrs + N, mask=mask, other=0.0).to(tl.float32)
-        d_h = d_act * up * df
-        d_up = d_act * f
-        tl.store(d_ptrs, d_h.to(DPre.dtype.element_ty), mask=mask)
-        tl.store(d_ptrs + N, d_up.to(DPre.dtype.element_ty), mask=mask)
+        f = f.to(DPre.dtype.element_ty).to(tl.float32)
+        d_f = (d_act * up).to(DPre.dtype.element_ty).to(tl.float32)
+        d_h = (d_f * df).to(DPre.dtype.element_ty)
+        d_up = (d_act * f).to(DPre.dtype.element_ty)
+        tl.store(d_ptrs, d_h, mask=mask)
+        tl.store(d_ptrs + N, d_up, mask=mask)
         if STORE_ACT:
             tl.store(Act + offs_m[:, None] * stride_am + offs_n[None, :], (f * up).to(Act.dtype.element_ty),
                      mask=mask)
         if HAS_DBIAS:
-            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h, 0.0), axis=0), mask=mask_n)
-            tl.atomic_add(DBias + N + offs_n, tl.sum(tl.where(mask, d_up, 0.0), axis=0), mask=mask_n)
+            # Sums of the stored (rounded) d_pre, as PyTorch's d_pre.sum(0).
+            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h.to(tl.float32), 0.0), axis=0), mask=mask_n)
+            tl.atomic_add(DBias + N + offs_n, tl.sum(tl.where(mask, d_up.to(tl.float32), 0.0), axis=0),
+                          mask=mask_n)
     else:
-        d_h = d_act * df
-        tl.store(d_ptrs, d_h.to(DPre.dtype.element_ty), mask=mask)
+        d_h = (d_act * df).to(DPre.dtype.element_ty)
+        tl.store(d_ptrs, d_h, mask=mask)
         if STORE_ACT:
             tl.store(Act + offs_m[:, None] * stride_am + offs_n[None, :], f.to(Act.dtype.element_ty), mask=mask)
         if HAS_DBIAS:
-            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h, 0.0), axis=0), mask=mask_n)
+            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h.to(tl.float32), 0.0), axis=0), mask=mask_n)
+
+
+# The autotuned entry points; the plain ones above take a fixed config (_launch). reset_to_zero: the
+# bias-gradient buffer is accumulated with atomics, so the tuning reruns zero it.
+_linear_act_fwd_tuned = triton.autotune(**_AUTOTUNE)(_linear_act_fwd_kernel)
+_act_bwd_tuned = triton.autotune(**_AUTOTUNE, reset_to_zero=["DBias"])(_act_bwd_kernel)
 
 
 def _allocator(size, alignment, stream):
@@ -313,7 +361,7 @@ def _allocator(size, alignment, stream):
 def _set_allocator():
     # In-kernel TMA descriptors need scratch memory. The allocator lives in a ContextVar, and the
     # autograd engine runs CUDA backward on its own thread, so it is set before every launch.
-    if not interpreting():
+    if not _INTERPRETING:
         triton.set_allocator(_allocator)
 
 
@@ -343,10 +391,10 @@ def linear_act_fwd(x, w, b, activation, store_pre):
             pre.copy_(full)
         return out, pre
     _set_allocator()
-    _linear_act_fwd_kernel[_grid(M, N)](
-        x, w, b if b is not None else x, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
-        pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M),
-        ACT=code, GATED=gated, HAS_BIAS=b is not None, STORE_PRE=store_pre, PRECISION=_precision(x.dtype))
+    _launch(_linear_act_fwd_tuned, _linear_act_fwd_kernel, M, N, gated,
+            (x, w, b if b is not None else x, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0),
+             w.stride(1), pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M)),
+            dict(ACT=code, GATED=gated, HAS_BIAS=b is not None, STORE_PRE=store_pre, PRECISION=_precision(x.dtype)))
     return out, pre
 
 
@@ -369,10 +417,10 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
         grad, from_gemm = pre.new_zeros(M, N), False
     w = w_out if from_gemm else pre
     _set_allocator()
-    _act_bwd_kernel[_grid(M, N)](
-        grad, w, pre, d_pre, act if store_act else pre, dbias, M, N, K,
-        grad.stride(0), grad.stride(1), w.stride(0), w.stride(1), pre.stride(0), d_pre.stride(0),
-        act.stride(0) if store_act else 0, _m_bucket(M),
-        ACT=code, GATED=gated, FROM_GEMM=from_gemm, STORE_ACT=store_act, HAS_DBIAS=bias_grad,
-        PRECISION=_precision(pre.dtype))
+    _launch(_act_bwd_tuned, _act_bwd_kernel, M, N, False,
+            (grad, w, pre, d_pre, act if store_act else pre, dbias, M, N, K, grad.stride(0), grad.stride(1),
+             w.stride(0), w.stride(1), pre.stride(0), d_pre.stride(0), act.stride(0) if store_act else 0,
+             _m_bucket(M)),
+            dict(ACT=code, GATED=gated, FROM_GEMM=from_gemm, STORE_ACT=store_act, HAS_DBIAS=bias_grad,
+                 PRECISION=_precision(pre.dtype)))
     return d_pre, act, dbias if bias_grad else None

@@ -2,13 +2,16 @@
 
     python tools/gpu_ffn.py            # full log also in $OUT/ffn.log when OUT is set
 
-1. correctness vs float64, next to PyTorch in the same dtype (house rule), bf16 and fp16, every
-   activation, odd M, output and every gradient;
-2. torch.compile(fullgraph=True) traces ffn and linear_act, and autocast picks bf16;
-3. timings (triton.testing.do_bench, median ms) at 16384 tokens: ours vs eager reference vs
-   torch.compile(reference) (vs Liger's SwiGLU when importable), fwd and fwd+bwd, TFLOP/s of the
-   matmuls (2*M*N*K per GEMM, fwd+bwd = 3x fwd), plus the first GEMM alone vs cuBLAS and the
-   autotuner's per-config timings, so one run says what to tune. The table comes last.
+Ordered so the timing table comes early (about two minutes in all; FFN_BUDGET_S, default 110, caps
+the optional parts):
+1. correctness vs float64 next to PyTorch in the same dtype (the plain house rule), on a reduced set
+   that compiles few kernels: bf16 every activation at M=1000, fp16 relu2 at M=1 and swiglu at M=17;
+2. timings (triton.testing.do_bench, median) at 16384 tokens, bf16: ours (autotuned) vs eager
+   reference vs Liger's SwiGLU when importable, fwd and fwd+bwd, TFLOP/s of the matmuls (2*M*N*K
+   per GEMM, fwd+bwd = 3x fwd); then torch.compile(reference) per point while the budget lasts;
+   the table is printed after each pass;
+3. torch.compile(fullgraph=True) through our ops and autocast;
+4. if time is left: the fused GEMMs alone vs cuBLAS and the autotuner's per-config timings.
 """
 import os
 import sys
@@ -23,12 +26,15 @@ from triton.testing import do_bench  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import matmul, reference  # noqa: E402
-from kernels._checks import ACTIVATIONS, GATED_ACTIVATIONS  # noqa: E402
+from kernels._checks import GATED_ACTIVATIONS, ACTIVATIONS  # noqa: E402
 from kernels.testing import assert_close  # noqa: E402
 
 LOG = open(os.path.join(os.environ["OUT"], "ffn.log"), "w") if os.environ.get("OUT") else None
 T0 = time.time()
+BUDGET = float(os.environ.get("FFN_BUDGET_S", "110"))
 DEVICE = "cuda"
+POINTS = [("gelu", 768, 3072), ("relu", 768, 3072), ("swiglu", 768, 2048),
+          ("gelu", 2048, 8192), ("relu", 2048, 8192), ("swiglu", 2048, 5440)]
 
 
 def log(*parts):
@@ -39,10 +45,18 @@ def log(*parts):
         LOG.flush()
 
 
-def params(M, D, H, activation, bias, dtype=torch.float64, scale=1.0):
+def elapsed():
+    return time.time() - T0
+
+
+def bench(fn):
+    return do_bench(fn, warmup=10, rep=40)
+
+
+def params(M, D, H, activation, bias, dtype=torch.float64):
     n_in = 2 * H if activation in GATED_ACTIVATIONS else H
     x = torch.randn(M, D, device=DEVICE, dtype=dtype)
-    w_in = torch.randn(n_in, D, device=DEVICE, dtype=dtype) * (scale / D ** 0.5)
+    w_in = torch.randn(n_in, D, device=DEVICE, dtype=dtype) / D ** 0.5
     w_out = torch.randn(D, H, device=DEVICE, dtype=dtype) / H ** 0.5
     b_in = torch.randn(n_in, device=DEVICE, dtype=dtype) * 0.5 if bias else None
     b_out = torch.randn(D, device=DEVICE, dtype=dtype) * 0.5 if bias else None
@@ -55,44 +69,19 @@ def run(fn, tensors, dtype, dy, activation):
     return out, torch.autograd.grad(out, [t for t in leaves if t is not None], dy.to(dtype))
 
 
-def stored_in(dtype):
-    """reference.ffn in float64 with every stored tensor (and its gradient) rounded to dtype: the
-    ideal kernel that keeps the pre-activation in the input dtype, as PyTorch and ours do."""
-    def r(t):
-        return None if t is None else t.to(dtype).to(torch.float64)
-
-    def ffn(x, w_in, b_in, w_out, b_out, activation):
-        a = r(reference.activate(r(F.linear(r(x), r(w_in), r(b_in))), activation))
-        return r(F.linear(a, r(w_out), r(b_out)))
-    return ffn
-
-
-def farther(a, b, truth):
-    return a if (a.double() - truth).abs().max() >= (b.double() - truth).abs().max() else b
-
-
-def correctness(dtypes=(torch.bfloat16, torch.float16), D=512, H=1000, big_m=4099):
-    """Odd M with the small-M tile; big_m (bf16, gelu and swiglu) goes through the autotuned big tiles."""
+def correctness(D=512, H=1000):
     fails, checks = 0, 0
     names = ("x", "w_in", "b_in", "w_out", "b_out")
-    cases = [(dtype, activation, M) for dtype in dtypes for activation in ACTIVATIONS for M in (1, 17, 1000)]
-    cases += [(dtypes[0], activation, big_m) for activation in ("gelu", "swiglu")]
+    cases = [(torch.bfloat16, a, 1000) for a in ACTIVATIONS]
+    cases += [(torch.float16, "relu2", 1), (torch.float16, "swiglu", 17)]
     for dtype, activation, M in cases:
-        bias = M != 17
-        tensors = params(M, D, H, activation, bias)
+        tensors = params(M, D, H, activation, True)
         dy = torch.randn(M, D, device=DEVICE, dtype=torch.float64)
         truth, truth_g = run(reference.ffn, tensors, torch.float64, dy, activation)
         ours, ours_g = run(kernels.ffn, tensors, dtype, dy, activation)
         base, base_g = run(reference.ffn, tensors, dtype, dy, activation)
-        # As in tests/test_ffn.py: the baseline is the farther of PyTorch and the ideal stored-in-dtype
-        # kernel, since PyTorch's extra roundings can cancel the shared pre-activation rounding by luck.
-        ideal, ideal_g = run(stored_in(dtype), tensors, torch.float64, dy, activation)
-        base = farther(base, ideal.to(dtype), truth)
-        base_g = tuple(farther(b, i.to(dtype), t) for b, i, t in zip(base_g, ideal_g, truth_g))
-        present = [n for n, t in zip(names, tensors) if t is not None]
         worst = []
-        for name, a, t, b in zip(("y",) + tuple(present), (ours,) + ours_g, (truth,) + truth_g,
-                                 (base,) + base_g):
+        for name, a, t, b in zip(("y",) + names, (ours,) + ours_g, (truth,) + truth_g, (base,) + base_g):
             checks += 1
             try:
                 err, allowed = assert_close(a, t, b, name=name)
@@ -100,33 +89,9 @@ def correctness(dtypes=(torch.bfloat16, torch.float16), D=512, H=1000, big_m=409
             except AssertionError as e:
                 fails += 1
                 log(f"FAIL {dtype} {activation} M={M}: {e}")
-        log(f"  {str(dtype)[6:]:8s} {activation:6s} M={M:5d} bias={bias!s:5s} err/allowed: "
-            + ", ".join(worst))
-    log(f"correctness: {checks - fails}/{checks} checks pass  [{time.time() - T0:.0f}s]")
+        log(f"  {str(dtype)[6:]:8s} {activation:6s} M={M:5d} err/allowed: " + ", ".join(worst))
+    log(f"correctness: {checks - fails}/{checks} checks pass  [{elapsed():.0f}s]")
     return fails
-
-
-def compile_check():
-    ok = True
-    for activation in ("gelu", "swiglu"):
-        tensors = params(129, 256, 512, activation, True)
-        dy = torch.randn(129, 256, device=DEVICE)
-        eager, eager_g = run(kernels.ffn, tensors, torch.bfloat16, dy, activation)
-        torch._dynamo.reset()
-        out, grads = run(torch.compile(kernels.ffn, fullgraph=True), tensors, torch.bfloat16, dy, activation)
-        same = torch.equal(out, eager) and all(
-            torch.allclose(g.float(), e.float(), rtol=1e-2, atol=1e-2) for g, e in zip(grads, eager_g))
-        x, w = tensors[0].bfloat16(), tensors[1].bfloat16()
-        la = torch.compile(kernels.linear_act, fullgraph=True)(x, w, None, activation)
-        same = same and torch.equal(la, kernels.linear_act(x, w, None, activation))
-        log(f"torch.compile(fullgraph=True) {activation}: {'OK' if same else 'MISMATCH'}")
-        ok = ok and same
-    tensors = [t.float() for t in params(300, 256, 512, "swiglu", True)]
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        y = kernels.ffn(*tensors, "swiglu")
-    log(f"autocast bf16: output dtype {y.dtype}")
-    log(f"compile/autocast checks {'pass' if ok and y.dtype == torch.bfloat16 else 'FAIL'}  [{time.time() - T0:.0f}s]")
-    return ok
 
 
 def liger_swiglu():
@@ -142,77 +107,125 @@ def liger_swiglu():
     return fn
 
 
-def bench_point(activation, D, H, M=16384):
-    bias = activation not in GATED_ACTIVATIONS  # GPT-2-style MLPs carry biases, LLaMA-style SwiGLU none
-    tensors = [None if t is None else t.requires_grad_() for t in
-               params(M, D, H, activation, bias, dtype=torch.bfloat16)]
-    leaves = [t for t in tensors if t is not None]
-    dy = torch.randn(M, D, device=DEVICE, dtype=torch.bfloat16)
-    n_in = tensors[1].shape[0]
-    flops = 2 * M * D * n_in + 2 * M * H * D
-    providers = {"ours": kernels.ffn, "eager": reference.ffn, "compile": torch.compile(reference.ffn)}
-    if activation == "swiglu" and liger_swiglu() is not None:
-        providers["liger"] = liger_swiglu()
-    row = {}
-    truth = reference.ffn(*tensors, activation).float()
-    for name, fn in providers.items():
-        out = fn(*tensors, activation)
-        rel = ((out.float() - truth).norm() / truth.norm()).item()
-        fwd = do_bench(lambda: fn(*tensors, activation))
-        both = do_bench(lambda: torch.autograd.grad(fn(*tensors, activation), leaves, dy))
-        row[name] = (flops / fwd * 1e-9, 3 * flops / both * 1e-9, rel)
-    # The fused first GEMM alone against cuBLAS's plain linear (no activation) at the same shape.
-    x, w_in = tensors[0].detach(), tensors[1].detach()
-    b_in = None if tensors[2] is None else tensors[2].detach()
-    g1 = do_bench(lambda: matmul.linear_act_fwd(x, w_in, b_in, activation, True))
-    cublas = do_bench(lambda: F.linear(x, w_in, b_in))
-    pre = matmul.linear_act_fwd(x, w_in, b_in, activation, True)[1]
-    w_out = tensors[3].detach()
-    g2 = do_bench(lambda: matmul.act_bwd(dy, w_out, pre, activation, True, bias))
-    cublas2 = do_bench(lambda: dy @ w_out)
-    f1, f2 = 2 * M * D * n_in, 2 * M * D * H
-    log(f"  {activation} {D}->{H}: fused GEMM1 {f1 / g1 * 1e-9:.0f} vs cuBLAS linear {f1 / cublas * 1e-9:.0f}; "
-        f"fused bwd GEMM {f2 / g2 * 1e-9:.0f} vs cuBLAS dy@w_out {f2 / cublas2 * 1e-9:.0f} TFLOP/s")
-    for kernel in (matmul._linear_act_fwd_kernel, matmul._act_bwd_kernel):
-        timings = getattr(kernel, "configs_timings", None) or {}
-        listing = ", ".join(f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
-                            f"/w{c.num_warps}/s{c.num_stages}/{'tma' if c.kwargs.get('TMA') else 'ptr'}={t[0] if isinstance(t, list) else t:.3f}ms"
-                            for c, t in timings.items())
-        log(f"    {kernel.base_fn.__name__}: best {kernel.best_config}; tried {listing}")
-    log(f"  [{time.time() - T0:.0f}s]")
-    return row
+class Point:
+    """One benchmark shape: bf16 leaves, upstream gradient, FLOPs, and each provider's numbers."""
+
+    def __init__(self, activation, D, H, M=16384):
+        self.activation, self.D, self.H = activation, D, H
+        bias = activation not in GATED_ACTIVATIONS  # GPT-2-style MLPs carry biases, LLaMA-style SwiGLU none
+        self.tensors = [None if t is None else t.requires_grad_()
+                        for t in params(M, D, H, activation, bias, dtype=torch.bfloat16)]
+        self.leaves = [t for t in self.tensors if t is not None]
+        self.dy = torch.randn(M, D, device=DEVICE, dtype=torch.bfloat16)
+        self.flops = 2 * M * D * self.tensors[1].shape[0] + 2 * M * H * D
+        self.row = {}
+        self.ref = self.outputs(reference.ffn)
+
+    def outputs(self, fn):
+        out = fn(*self.tensors, self.activation)
+        return [out.float()] + [g.float() for g in torch.autograd.grad(out, self.leaves, self.dy)]
+
+    def time(self, name, fn):
+        got = self.outputs(fn)
+        rel = max(((a - b).norm() / b.norm()).item() for a, b in zip(got, self.ref))
+        fwd = bench(lambda: fn(*self.tensors, self.activation))
+        both = bench(lambda: torch.autograd.grad(fn(*self.tensors, self.activation), self.leaves, self.dy))
+        self.row[name] = (self.flops / fwd * 1e-9, 3 * self.flops / both * 1e-9, rel)
+        log(f"  {self.activation} {self.D}->{self.H} {name}: {self.row[name][0]:.0f} / {self.row[name][1]:.0f} "
+            f"TFLOP/s fwd / fwd+bwd, worst rel-L2 vs bf16 reference (output, grads) {rel:.1e}  [{elapsed():.0f}s]")
 
 
-def main():
-    log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
-    fails = correctness()
-    compile_ok = compile_check()
-    torch.manual_seed(0)
-    points = [("gelu", 768, 3072), ("relu", 768, 3072), ("swiglu", 768, 2048),
-              ("gelu", 2048, 8192), ("relu", 2048, 8192), ("swiglu", 2048, 5440)]
-    rows = [(p, bench_point(*p)) for p in points]
-    table(rows)
-    log(f"correctness failures: {fails}; compile checks: {'pass' if compile_ok else 'FAIL'}; "
-        f"total {time.time() - T0:.0f}s")
-
-
-def table(rows):
+def table(points):
     log("")
     log("FFN bf16, 16384 tokens, TFLOP/s fwd / fwd+bwd (matmul FLOPs; fwd+bwd = 3x fwd); "
         "gelu/relu with biases, swiglu without")
     log("| MLP | D -> H | ours | eager | compile | liger | ours/best peer fwd / fwd+bwd | ours % of 800 |")
     log("|---|---|---|---|---|---|---|---|")
-    for (activation, D, H), row in rows:
-        cell = {k: f"{v[0]:.0f} / {v[1]:.0f}" for k, v in row.items()}
-        peers = [v for k, v in row.items() if k != "ours"]
-        best_f, best_b = max(p[0] for p in peers), max(p[1] for p in peers)
-        ours = row["ours"]
-        log(f"| {activation} | {D} -> {H} | {cell['ours']} | {cell['eager']} | {cell['compile']} | "
-            f"{cell.get('liger', '-')} | {ours[0] / best_f:.2f} / {ours[1] / best_b:.2f} | "
+    for p in points:
+        if "ours" not in p.row:
+            continue
+        cell = {k: f"{v[0]:.0f} / {v[1]:.0f}" for k, v in p.row.items()}
+        peers = [v for k, v in p.row.items() if k != "ours"]
+        ours = p.row["ours"]
+        ratio = (f"{ours[0] / max(v[0] for v in peers):.2f} / {ours[1] / max(v[1] for v in peers):.2f}"
+                 if peers else "-")
+        log(f"| {p.activation} | {p.D} -> {p.H} | {cell['ours']} | {cell.get('eager', '-')} | "
+            f"{cell.get('compile', '-')} | {cell.get('liger', '-')} | {ratio} | "
             f"{ours[0] / 8:.0f}% / {ours[1] / 8:.0f}% |")
-    log("(ratios: ours over the best of the other columns; rel-L2 error of each provider vs the "
-        "bf16 reference: " + "; ".join(f"{a} {D}: " + " ".join(f"{k} {v[2]:.1e}" for k, v in row.items())
-                                       for (a, D, H), row in rows) + ")")
+    log(f"(ratios: ours over the best other column measured; [{elapsed():.0f}s])")
+    log("")
+
+
+def compile_check():
+    ok = True
+    for activation in ("gelu", "swiglu"):
+        tensors = params(129, 256, 512, activation, True)
+        dy = torch.randn(129, 256, device=DEVICE)
+        eager, eager_g = run(kernels.ffn, tensors, torch.bfloat16, dy, activation)
+        out, grads = run(torch.compile(kernels.ffn, fullgraph=True), tensors, torch.bfloat16, dy, activation)
+        same = torch.equal(out, eager) and all(
+            torch.allclose(g.float(), e.float(), rtol=1e-2, atol=1e-2) for g, e in zip(grads, eager_g))
+        log(f"torch.compile(fullgraph=True) kernels.ffn {activation}: {'OK' if same else 'MISMATCH'}")
+        ok = ok and same
+    tensors = [t.float() for t in params(300, 256, 512, "swiglu", True)]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y = kernels.ffn(*tensors, "swiglu")
+    ok = ok and y.dtype == torch.bfloat16
+    log(f"autocast output dtype {y.dtype}; compile/autocast checks {'pass' if ok else 'FAIL'}  [{elapsed():.0f}s]")
+    return ok
+
+
+def gemm_detail(p):
+    """The fused GEMMs alone vs cuBLAS at the same shape, and what the autotuner tried."""
+    x, w_in, w_out = (t.detach() for t in (p.tensors[0], p.tensors[1], p.tensors[3]))
+    b_in = None if p.tensors[2] is None else p.tensors[2].detach()
+    f1, f2 = 2 * x.shape[0] * x.shape[1] * w_in.shape[0], 2 * x.shape[0] * p.D * p.H
+    g1 = bench(lambda: matmul.linear_act_fwd(x, w_in, b_in, p.activation, True))
+    c1 = bench(lambda: F.linear(x, w_in, b_in))
+    pre = matmul.linear_act_fwd(x, w_in, b_in, p.activation, True)[1]
+    dy = p.dy
+    g2 = bench(lambda: matmul.act_bwd(dy, w_out, pre, p.activation, True, b_in is not None))
+    c2 = bench(lambda: dy @ w_out)
+    log(f"  {p.activation} {p.D}->{p.H}: fused GEMM1 {f1 / g1 * 1e-9:.0f} vs cuBLAS linear {f1 / c1 * 1e-9:.0f}; "
+        f"fused bwd GEMM {f2 / g2 * 1e-9:.0f} vs cuBLAS dy@w_out {f2 / c2 * 1e-9:.0f} TFLOP/s")
+    for kernel in (matmul._linear_act_fwd_tuned, matmul._act_bwd_tuned):
+        timings = getattr(kernel, "configs_timings", None) or {}
+        listing = ", ".join(f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
+                            f"/w{c.num_warps}/s{c.num_stages}/{'tma' if c.kwargs.get('TMA') else 'ptr'}="
+                            f"{t[0] if isinstance(t, list) else t:.3f}ms" for c, t in timings.items())
+        log(f"    {kernel.base_fn.__name__}: best {getattr(kernel, 'best_config', None)}; tried {listing}")
+
+
+def main():
+    log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+        f"autotune {'on' if matmul.autotune_enabled() else 'off'}")
+    fails = correctness()
+    torch.manual_seed(0)
+    liger = liger_swiglu()
+    log(f"Liger SwiGLU {'importable' if liger else 'not importable'}")
+    points = []
+    for spec in POINTS:  # pass 1: ours, eager, liger
+        p = Point(*spec)
+        points.append(p)
+        p.time("ours", kernels.ffn)
+        p.time("eager", reference.ffn)
+        if liger is not None and p.activation == "swiglu":
+            p.time("liger", liger)
+    table(points)
+    compiled = torch.compile(reference.ffn)
+    for p in points:  # pass 2: torch.compile, while the budget lasts (each shape compiles anew)
+        if elapsed() > BUDGET:
+            log(f"torch.compile column stopped at the {BUDGET:.0f} s budget (FFN_BUDGET_S)")
+            break
+        p.time("compile", compiled)
+    table(points)
+    compile_ok = compile_check()
+    for p in points:
+        if elapsed() > BUDGET + 30:
+            break
+        gemm_detail(p)
+    log(f"correctness failures: {fails}; compile checks: {'pass' if compile_ok else 'FAIL'}; "
+        f"total {elapsed():.0f}s")
 
 
 if __name__ == "__main__":
