@@ -27,6 +27,7 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
   `kernels::norm_bwd`) with fake implementations and a registered autograd formula, so
   `torch.compile(fullgraph=True)` traces the public functions without graph breaks.
 """
+import functools
 import math
 from typing import Optional
 
@@ -37,16 +38,14 @@ import triton.language as tl
 from . import reference
 from ._checks import check_norm_args
 from ._runtime import check_device
-from .norms_bwd import as_rows, norm_bwd
+from .norms_bwd import cdiv, norm_bwd, rows_of
 
 MAX_FUSED_N = 16384  # widest row the one-pass forward kernel keeps in registers
 LOOP_BLOCK_N = 4096  # chunk width of the looped forward kernel
 
 
-@triton.jit
-def _norm_fwd_kernel(X, R, W, B, Y, S, Mean, Rstd,
-                     stride_xm, stride_rm, stride_ym, stride_sm,
-                     n_rows, n_cols, eps,
+@triton.jit(do_not_specialize=["n_rows"])
+def _norm_fwd_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_cols, eps,
                      IS_RMS: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
                      HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program normalizes BLOCK_M whole rows held in registers as a (BLOCK_M, BLOCK_N) tile.
@@ -61,7 +60,7 @@ def _norm_fwd_kernel(X, R, W, B, Y, S, Mean, Rstd,
         r = tl.load(R + r64 * stride_rm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         # Round the sum to its storage dtype first: the norm and the backward see the stored sum.
         s = (x + r).to(S.dtype.element_ty)
-        tl.store(S + r64 * stride_sm + cols[None, :], s, mask=mask)
+        tl.store(S + r64 * n_cols + cols[None, :], s, mask=mask)
         x = s.to(tl.float32)
     if IS_RMS:
         var = tl.sum(x * x, axis=1) / n_cols
@@ -74,31 +73,32 @@ def _norm_fwd_kernel(X, R, W, B, Y, S, Mean, Rstd,
         corr = tl.sum(d, axis=1) / n_cols
         var = tl.maximum(tl.sum(d * d, axis=1) / n_cols - corr * corr, 0.0)
         mean += corr
-        tl.store(Mean + rows, mean, mask=row_mask)
+        tl.store(Stats + rows, mean, mask=row_mask)
         xc = d - corr[:, None]
     rstd = tl.rsqrt(var + eps)
-    tl.store(Rstd + rows, rstd, mask=row_mask)
+    if IS_RMS:
+        tl.store(Stats + rows, rstd, mask=row_mask)
+    else:
+        tl.store(Stats + n_rows + rows, rstd, mask=row_mask)
     y = xc * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y = y + tl.load(B + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    tl.store(Y + r64 * stride_ym + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + r64 * n_cols + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _norm_fwd_looped_kernel(X, R, W, B, Y, S, Mean, Rstd,
-                            stride_xm, stride_rm, stride_ym, stride_sm,
-                            n_cols, eps,
+@triton.jit(do_not_specialize=["n_rows"])
+def _norm_fwd_looped_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_cols, eps,
                             IS_RMS: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
                             HAS_B: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program per row, streamed in BLOCK_N chunks: statistics first, then the normalization.
     row = tl.program_id(0)
     X += row.to(tl.int64) * stride_xm
-    Y += row.to(tl.int64) * stride_ym
+    Y += row.to(tl.int64) * n_cols
     if HAS_RES:
         R += row.to(tl.int64) * stride_rm
-        S += row.to(tl.int64) * stride_sm
+        S += row.to(tl.int64) * n_cols
     # Pass 1: the sum (LayerNorm) or the sum of squares (RMSNorm); the add variants store s here and
     # the later passes read s back instead of x and residual.
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -137,9 +137,12 @@ def _norm_fwd_looped_kernel(X, R, W, B, Y, S, Mean, Rstd,
         corr = tl.sum(acc, axis=0) / n_cols
         var = tl.maximum(tl.sum(acc2, axis=0) / n_cols - corr * corr, 0.0)
         mean += corr
-        tl.store(Mean + row, mean)
+        tl.store(Stats + row, mean)
     rstd = tl.rsqrt(var + eps)
-    tl.store(Rstd + row, rstd)
+    if IS_RMS:
+        tl.store(Stats + row, rstd)
+    else:
+        tl.store(Stats + n_rows + row, rstd)
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = cols < n_cols
@@ -151,6 +154,7 @@ def _norm_fwd_looped_kernel(X, R, W, B, Y, S, Mean, Rstd,
         tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
+@functools.lru_cache(maxsize=None)
 def fwd_config(n_cols):
     """Launch shape for a width: BLOCK_M rows of BLOCK_N columns per program and its warp count.
 
@@ -163,34 +167,79 @@ def fwd_config(n_cols):
 
 
 def norm_fwd(x, residual, weight, bias, eps, is_rms):
-    """Launch the forward kernel; returns (y, sum or an empty tensor, mean or empty, rstd)."""
+    """Launch the forward kernel; returns (y, the sum or None, stats).
+
+    stats is fp32 (2, n_rows) for LayerNorm (mean, rstd) and (1, n_rows) for RMSNorm (rstd).
+    Arguments are assumed checked (the public functions do it).
+    """
     n_cols = x.shape[-1]
     n_rows = math.prod(x.shape[:-1])
-    sum_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    summed = torch.empty(x.shape if residual is not None else (0,), dtype=sum_dtype, device=x.device)
-    mean = torch.empty((0 if is_rms else n_rows,), dtype=torch.float32, device=x.device)
-    rstd = torch.empty((n_rows,), dtype=torch.float32, device=x.device)
-    if x.numel() == 0:
-        return y, summed, mean, rstd
-    x2 = as_rows(x, n_cols)
-    r2 = as_rows(residual, n_cols) if residual is not None else x2
-    s2 = summed.view(-1, n_cols) if residual is not None else x2
-    y2 = y.view(-1, n_cols)
+    device = x.device
+    y = torch.empty(x.shape, dtype=x.dtype, device=device)
+    summed = None
+    if residual is not None:
+        sum_dtype = x.dtype if residual.dtype == x.dtype else torch.promote_types(x.dtype, residual.dtype)
+        summed = torch.empty(x.shape, dtype=sum_dtype, device=device)
+    stats = torch.empty((1 if is_rms else 2, n_rows), dtype=torch.float32, device=device)
+    if y.numel() == 0:
+        return y, summed, stats
+    # y and the sum are new contiguous tensors (row stride n_cols); x and residual may have strided rows.
+    x2, stride_xm = rows_of(x, n_cols)
+    r2, stride_rm = rows_of(residual, n_cols) if residual is not None else (x2, stride_xm)
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2
-    args = (x2, r2, w, b, y2, s2, mean if not is_rms else rstd, rstd,
-            x2.stride(0), r2.stride(0), y2.stride(0), s2.stride(0))
-    flags = {"IS_RMS": is_rms, "HAS_RES": residual is not None, "HAS_W": weight is not None,
-             "HAS_B": bias is not None}
+    args = (x2, r2, w, b, y, summed if summed is not None else y, stats, stride_xm, stride_rm, n_rows, n_cols, eps)
     if n_cols <= MAX_FUSED_N:
         cfg = fwd_config(n_cols)
-        grid = (triton.cdiv(n_rows, cfg["BLOCK_M"]),)
-        _norm_fwd_kernel[grid](*args, n_rows, n_cols, eps, **flags, **cfg)
+        _norm_fwd_kernel[(cdiv(n_rows, cfg["BLOCK_M"]),)](
+            *args, IS_RMS=is_rms, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
+            **cfg)
     else:
-        _norm_fwd_looped_kernel[(n_rows,)](*args, n_cols, eps, **flags, BLOCK_N=LOOP_BLOCK_N,
-                                           num_warps=8)
-    return y, summed, mean, rstd
+        _norm_fwd_looped_kernel[(n_rows,)](
+            *args, IS_RMS=is_rms, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
+            BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+    return y, summed, stats
+
+
+# ---- autograd: one backward for the eager Function and the custom op ---------------------------
+
+def _save(ctx, x, residual, weight, bias, summed, stats, is_rms):
+    # The backward needs the normalized input (x, or the stored sum) and the fp32 statistics only
+    # (bias is kept for its dtype: db is written in it).
+    ctx.save_for_backward(summed if residual is not None else x, weight, bias, stats)
+    ctx.is_rms = is_rms
+    ctx.dtypes = (x.dtype, residual.dtype) if residual is not None else None
+    ctx.set_materialize_grads(False)  # no zero tensors for outputs that got no gradient
+
+
+def _backward(ctx, dy, dsum, bwd):
+    """Gradients (x, residual, weight, bias) given those of (y, sum); `bwd` launches the kernels."""
+    saved, weight, bias, stats = ctx.saved_tensors
+    if dy is None:  # only the returned sum was used: the norm's parameters get no gradient
+        dx, dw, db = dsum, None, None
+    else:
+        dx, dw, db = bwd(dy, saved, dsum, weight, bias, stats, ctx.is_rms)
+    if ctx.dtypes is None:
+        return dx, None, dw, db
+    x_dtype, res_dtype = ctx.dtypes  # add variants: d(x) = d(residual) = d(sum), each in its dtype
+    return dx.to(x_dtype), dx.to(res_dtype), dw, db
+
+
+class NormFn(torch.autograd.Function):
+    """The eager path: the launchers called directly, without the custom op dispatcher's overhead.
+
+    Returns y for the plain norms and (y, sum) for the add variants.
+    """
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps, is_rms):
+        y, summed, stats = norm_fwd(x, residual, weight, bias, eps, is_rms)
+        _save(ctx, x, residual, weight, bias, summed, stats, is_rms)
+        return y if summed is None else (y, summed)
+
+    @staticmethod
+    def backward(ctx, dy, dsum=None):
+        return (*_backward(ctx, dy, dsum, norm_bwd), None, None)
 
 
 # ---- torch custom ops: what torch.compile sees ---------------------------------------------------
@@ -198,8 +247,9 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
 @torch.library.custom_op("kernels::norm_fwd", mutates_args=())
 def _norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
                  bias: Optional[torch.Tensor], eps: float, is_rms: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return norm_fwd(x, residual, weight, bias, eps, is_rms)
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    y, summed, stats = norm_fwd(x, residual, weight, bias, eps, is_rms)
+    return y, summed if summed is not None else y.new_empty((0,)), stats
 
 
 @_norm_fwd_op.register_fake
@@ -208,59 +258,56 @@ def _norm_fwd_fake(x, residual, weight, bias, eps, is_rms):
     sum_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
     return (x.new_empty(x.shape),
             x.new_empty(x.shape if residual is not None else (0,), dtype=sum_dtype),
-            x.new_empty((0 if is_rms else n_rows,), dtype=torch.float32),
-            x.new_empty((n_rows,), dtype=torch.float32))
+            x.new_empty((1 if is_rms else 2, n_rows), dtype=torch.float32))
 
 
 @torch.library.custom_op("kernels::norm_bwd", mutates_args=())
 def _norm_bwd_op(dy: torch.Tensor, saved: torch.Tensor, dsum: Optional[torch.Tensor],
-                 weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], mean: torch.Tensor,
-                 rstd: torch.Tensor, is_rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return norm_bwd(dy, saved, dsum, weight, bias, mean, rstd, is_rms)
+                 weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], stats: torch.Tensor,
+                 is_rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dw, db = norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms)
+    return dx, dw if dw is not None else dx.new_empty((0,)), db if db is not None else dx.new_empty((0,))
 
 
 @_norm_bwd_op.register_fake
-def _norm_bwd_fake(dy, saved, dsum, weight, bias, mean, rstd, is_rms):
+def _norm_bwd_fake(dy, saved, dsum, weight, bias, stats, is_rms):
     return (saved.new_empty(saved.shape),
             weight.new_empty(weight.shape) if weight is not None else saved.new_empty((0,)),
             bias.new_empty(bias.shape) if bias is not None else saved.new_empty((0,)))
 
 
-def _norm_setup_context(ctx, inputs, output):
+def _norm_bwd_via_op(dy, saved, dsum, weight, bias, stats, is_rms):
+    dx, dw, db = _norm_bwd_op(dy, saved, dsum, weight, bias, stats, is_rms)
+    return dx, dw if weight is not None else None, db if bias is not None else None
+
+
+def _op_setup_context(ctx, inputs, output):
     x, residual, weight, bias, eps, is_rms = inputs
-    _, summed, mean, rstd = output
-    # The backward needs the normalized input (x, or the stored sum) and the fp32 statistics only
-    # (bias is kept for its dtype: db is written in it).
-    ctx.save_for_backward(summed if residual is not None else x, weight, bias, mean, rstd)
-    ctx.is_rms = is_rms
-    ctx.has_res = residual is not None
-    ctx.dtypes = (x.dtype, residual.dtype if residual is not None else None)
-    ctx.set_materialize_grads(False)  # no zero tensors for outputs that got no gradient
+    _save(ctx, x, residual, weight, bias, output[1], output[2], is_rms)
 
 
-def _norm_backward(ctx, dy, dsum, dmean, drstd):
-    saved, weight, bias, mean, rstd = ctx.saved_tensors
-    if dy is None:  # only the returned sum was used: the norm's parameters get no gradient
-        dx, dw, db = dsum, None, None
-    else:
-        dx, dw, db = _norm_bwd_op(dy, saved, dsum if ctx.has_res else None, weight, bias, mean, rstd,
-                                  ctx.is_rms)
-        dw = dw if weight is not None else None
-        db = db if bias is not None else None
-    x_dtype, res_dtype = ctx.dtypes
-    dx_out = dx.to(x_dtype) if dx is not None else None
-    dres = dx.to(res_dtype) if ctx.has_res and dx is not None else None
-    return dx_out, dres, dw, db, None, None
+def _op_backward(ctx, dy, dsum, dstats):
+    return (*_backward(ctx, dy, dsum if ctx.dtypes is not None else None, _norm_bwd_via_op), None, None)
 
 
-_norm_fwd_op.register_autograd(_norm_backward, setup_context=_norm_setup_context)
+_norm_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 
 # ---- public API ----------------------------------------------------------------------------------
 
 def _norm(x, residual, weight, bias, eps, is_rms):
-    check_device(x=x, residual=residual, weight=weight, bias=bias)
-    return _norm_fwd_op(x, residual, weight, bias, float(eps), is_rms)
+    """y, or (y, sum) with a residual: the custom op under torch.compile, else the launchers directly."""
+    check_device(x=x)  # check_norm_args has put every tensor on x's device
+    eps = float(eps)
+    if torch.compiler.is_compiling():
+        y, summed, _ = _norm_fwd_op(x, residual, weight, bias, eps, is_rms)
+        return y if residual is None else (y, summed)
+    if torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad)
+                                    or (weight is not None and weight.requires_grad)
+                                    or (bias is not None and bias.requires_grad)):
+        return NormFn.apply(x, residual, weight, bias, eps, is_rms)
+    y, summed, _ = norm_fwd(x, residual, weight, bias, eps, is_rms)  # nothing to differentiate
+    return y if residual is None else (y, summed)
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
@@ -268,7 +315,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
     check_norm_args(x, weight, bias, eps)
     if x.dtype == torch.float64:
         return reference.layer_norm(x, weight, bias, eps)
-    return _norm(x, None, weight, bias, eps, False)[0]
+    return _norm(x, None, weight, bias, eps, False)
 
 
 def rms_norm(x, weight=None, eps=1e-6):
@@ -276,7 +323,7 @@ def rms_norm(x, weight=None, eps=1e-6):
     check_norm_args(x, weight, None, eps)
     if x.dtype == torch.float64:
         return reference.rms_norm(x, weight, eps)
-    return _norm(x, None, weight, None, eps, True)[0]
+    return _norm(x, None, weight, None, eps, True)
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
@@ -284,10 +331,9 @@ def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     check_norm_args(x, weight, bias, eps, residual)
     if residual is None:
         return layer_norm(x, weight, bias, eps), x
-    if torch.promote_types(x.dtype, residual.dtype) == torch.float64:
+    if x.dtype == torch.float64 or residual.dtype == torch.float64:
         return reference.add_layer_norm(x, residual, weight, bias, eps)
-    y, summed, _, _ = _norm(x, residual, weight, bias, eps, False)
-    return y, summed
+    return _norm(x, residual, weight, bias, eps, False)
 
 
 def add_rms_norm(x, residual, weight=None, eps=1e-6):
@@ -295,7 +341,6 @@ def add_rms_norm(x, residual, weight=None, eps=1e-6):
     check_norm_args(x, weight, None, eps, residual)
     if residual is None:
         return rms_norm(x, weight, eps), x
-    if torch.promote_types(x.dtype, residual.dtype) == torch.float64:
+    if x.dtype == torch.float64 or residual.dtype == torch.float64:
         return reference.add_rms_norm(x, residual, weight, eps)
-    y, summed, _, _ = _norm(x, residual, weight, None, eps, True)
-    return y, summed
+    return _norm(x, residual, weight, None, eps, True)

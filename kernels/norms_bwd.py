@@ -13,6 +13,7 @@ program accumulates its share in registers (or, for rows too wide for registers,
 an fp32 buffer that no other program touches) and writes one partial row; a second small reduction
 sums the P partial rows. Same inputs and launch shape give the same bits.
 """
+import functools
 import math
 
 import torch
@@ -34,16 +35,36 @@ def _load_tile(P, stride_pm, block, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _norm_bwd_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
-                     stride_xm, stride_dym, stride_dsm, stride_dxm,
+def _stats_and_partials(Stats, Part, n_rows, n_cols, IS_RMS: tl.constexpr, HAS_W: tl.constexpr):
+    # Mean and Rstd inside the forward's stats buffer; this program's partial rows of dw and db in
+    # the (HAS_W + HAS_B, n_programs, n_cols) buffer, dw's block first.
+    pid = tl.program_id(0).to(tl.int64)
+    n_progs = tl.num_programs(0).to(tl.int64)
+    if IS_RMS:
+        Rstd = Stats
+    else:
+        Rstd = Stats + n_rows
+    DWp = Part + pid * n_cols
+    if HAS_W:
+        DBp = DWp + n_progs * n_cols
+    else:
+        DBp = DWp
+    return Stats, Rstd, DWp, DBp
+
+
+@triton.jit(do_not_specialize=["n_rows"])
+def _norm_bwd_kernel(X, W, DY, DS, DX, Part, Stats,
+                     stride_xm, stride_dym, stride_dsm,
                      n_rows, n_cols,
                      IS_RMS: tl.constexpr, HAS_DS: tl.constexpr, HAS_W: tl.constexpr,
                      HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      PREFETCH: tl.constexpr):
     # Persistent: program pid takes row blocks pid, pid + P, ... With PREFETCH the next block's
     # x / dy / ds tiles are loaded before this block is computed, so their latency overlaps it.
+    # dx is a new contiguous tensor: its row stride is n_cols.
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
+    Mean, Rstd, DWp, DBp = _stats_and_partials(Stats, Part, n_rows, n_cols, IS_RMS, HAS_W)
     n_blocks = tl.cdiv(n_rows, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
@@ -93,17 +114,17 @@ def _norm_bwd_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
             dx = (g - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
         if HAS_DS:
             dx += ds
-        tl.store(DX + rows.to(tl.int64)[:, None] * stride_dxm + cols[None, :], dx.to(DX.dtype.element_ty),
+        tl.store(DX + rows.to(tl.int64)[:, None] * n_cols + cols[None, :], dx.to(DX.dtype.element_ty),
                  mask=mask)
     if HAS_W:
-        tl.store(DWp + pid * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
+        tl.store(DWp + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
     if HAS_B:
-        tl.store(DBp + pid * n_cols + cols, tl.sum(db_acc, axis=0), mask=col_mask)
+        tl.store(DBp + cols, tl.sum(db_acc, axis=0), mask=col_mask)
 
 
-@triton.jit
-def _norm_bwd_looped_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
-                            stride_xm, stride_dym, stride_dsm, stride_dxm,
+@triton.jit(do_not_specialize=["n_rows"])
+def _norm_bwd_looped_kernel(X, W, DY, DS, DX, Part, Stats,
+                            stride_xm, stride_dym, stride_dsm,
                             n_rows, n_cols,
                             IS_RMS: tl.constexpr, HAS_DS: tl.constexpr, HAS_W: tl.constexpr,
                             HAS_B: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -111,8 +132,7 @@ def _norm_bwd_looped_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
     # pass 2 writes dx and adds into this program's own zero-initialized partial row of dw / db.
     pid = tl.program_id(0)
     n_progs = tl.num_programs(0)
-    DWp += pid * n_cols
-    DBp += pid * n_cols
+    Mean, Rstd, DWp, DBp = _stats_and_partials(Stats, Part, n_rows, n_cols, IS_RMS, HAS_W)
     for row in range(pid, n_rows, n_progs):
         rstd = tl.load(Rstd + row)
         if IS_RMS:
@@ -152,96 +172,119 @@ def _norm_bwd_looped_kernel(X, W, DY, DS, DX, DWp, DBp, Mean, Rstd,
                 dx = (g - xhat * c1 - c2) * rstd
             if HAS_DS:
                 dx += tl.load(DS + tl.cast(row, tl.int64) * stride_dsm + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(DX + tl.cast(row, tl.int64) * stride_dxm + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            tl.store(DX + tl.cast(row, tl.int64) * n_cols + cols, dx.to(DX.dtype.element_ty), mask=mask)
+
+
+@triton.jit(do_not_specialize=["n_parts"])
+def _sum_partials_kernel(Part, DW, DB, n_parts, n_cols, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
+                         BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    # The second stage of the dw / db reduction, both in one launch: DW[c] = sum over p of
+    # Part[0, p, c] and DB[c] = sum over p of Part[HAS_W, p, c], in a fixed order, written straight in
+    # the parameters' dtypes.
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    if HAS_W:
+        tl.store(DW + cols, _sum_rows(Part, n_parts, n_cols, cols, BLOCK_P, BLOCK_N).to(DW.dtype.element_ty),
+                 mask=col_mask)
+        Part += tl.cast(n_parts, tl.int64) * n_cols
+    if HAS_B:
+        tl.store(DB + cols, _sum_rows(Part, n_parts, n_cols, cols, BLOCK_P, BLOCK_N).to(DB.dtype.element_ty),
+                 mask=col_mask)
 
 
 @triton.jit
-def _sum_partials_kernel(P, Out, n_parts, n_cols, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
-    # Out[c] = sum over p of P[p, c] in a fixed order: the second stage of the dw / db reduction,
-    # written straight in the parameter's dtype.
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < n_cols
+def _sum_rows(P, n_parts, n_cols, cols, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    # sum over p of P[p, cols] for an (n_parts, n_cols) fp32 matrix, in fp32
     acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     for start in range(0, n_parts, BLOCK_P):
         parts = start + tl.arange(0, BLOCK_P)
-        mask = (parts < n_parts)[:, None] & col_mask[None, :]
-        acc += tl.load(P + parts[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
-    tl.store(Out + cols, tl.sum(acc, axis=0).to(Out.dtype.element_ty), mask=col_mask)
+        mask = (parts < n_parts)[:, None] & (cols < n_cols)[None, :]
+        acc += tl.load(P + parts.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+    return tl.sum(acc, axis=0)
 
 
-def sum_partials(partial, like):
-    """Sum the (n_parts, n_cols) fp32 partial rows into a new tensor shaped and typed like `like`."""
-    n_parts, n_cols = partial.shape
-    out = torch.empty(like.shape, dtype=like.dtype, device=like.device)
-    block_p = min(triton.next_power_of_2(n_parts), 256)
-    block_n = max(16, 4096 // block_p)
-    _sum_partials_kernel[(triton.cdiv(n_cols, block_n),)](partial, out, n_parts, n_cols,
-                                                          BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
-    return out
+def cdiv(a, b):
+    return -(-a // b)
 
 
+@functools.lru_cache(maxsize=None)
 def bwd_config(n_cols):
     """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM."""
     block_n = triton.next_power_of_2(n_cols)
     block_m = max(1, min(128, 4096 // block_n))
     num_warps = max(1, min(16, block_m * block_n // 512))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
-            "progs_per_sm": max(1, 16 // num_warps), "PREFETCH": PREFETCH}
+            "progs_per_sm": max(1, 16 // num_warps)}
 
 
-def as_rows(t, n_cols):
-    """t as an (n_rows, n_cols) view with unit column stride, copying only when no such view exists."""
+@functools.lru_cache(maxsize=None)
+def sum_config(n_parts, n_cols):
+    """(grid, BLOCK_P, BLOCK_N) of the second-stage reduction: 4096-element tiles, BLOCK_P partial rows
+    high (one tile holds all of a full persistent grid's partial rows; two sizes only, fewer compiles)."""
+    block_p = 256 if n_parts > 64 else 64
+    block_n = 4096 // block_p
+    return cdiv(n_cols, block_n), block_p, block_n
+
+
+def rows_of(t, n_cols):
+    """(t as a 2D tensor with unit column stride, its row stride), copying only when no such view exists.
+
+    A contiguous tensor is returned as it is (the kernels only read its data pointer).
+    """
+    if t.is_contiguous():
+        return t, n_cols
     t2 = t.reshape(-1, n_cols)
     if t2.stride(1) != 1 and n_cols > 1:
         t2 = t2.contiguous()  # the kernels index columns as X + col: a column stride needs a copy
-    return t2
+    return t2, t2.stride(0)
 
 
-_SM_COUNT = {}
-
-
+@functools.lru_cache(maxsize=None)
 def sm_count(device):
     """Streaming multiprocessors on a CUDA device (a few "programs" under the CPU interpreter)."""
     if device.type != "cuda":
         return 4
     index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def norm_bwd(dy, saved, dsum, weight, bias, mean, rstd, is_rms):
-    """Launch the backward kernels; returns (ds in saved's dtype, dw like weight, db like bias).
+def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
+    """Launch the backward kernels; returns (ds in saved's dtype, dw like weight or None, db like bias or None).
 
-    A missing weight or bias gets an empty tensor in its place (custom ops return tensors).
+    saved is the forward's normalized input (x, or the sum), stats the forward's fp32 statistics.
     """
     n_cols = saved.shape[-1]
     n_rows = math.prod(saved.shape[:-1])
-    dx = torch.empty(saved.shape, dtype=saved.dtype, device=saved.device)
-    if saved.numel() == 0:
-        return (dx, torch.zeros_like(weight) if weight is not None else saved.new_empty((0,)),
-                torch.zeros_like(bias) if bias is not None else saved.new_empty((0,)))
-    x2, dy2, dx2 = as_rows(saved, n_cols), as_rows(dy, n_cols), dx.view(-1, n_cols)
-    ds2 = as_rows(dsum, n_cols) if dsum is not None else dy2
-    w = weight.contiguous() if weight is not None else x2
-    flags = {"IS_RMS": is_rms, "HAS_DS": dsum is not None, "HAS_W": weight is not None,
-             "HAS_B": bias is not None}
-    fused = n_cols <= MAX_FUSED_N
-    if fused:
-        cfg = dict(bwd_config(n_cols))
-        n_progs = min(sm_count(saved.device) * cfg.pop("progs_per_sm"), triton.cdiv(n_rows, cfg["BLOCK_M"]))
+    device = saved.device
+    dx = torch.empty(saved.shape, dtype=saved.dtype, device=device)
+    has_w, has_b = weight is not None, bias is not None
+    if dx.numel() == 0:
+        return (dx, torch.zeros_like(weight) if has_w else None, torch.zeros_like(bias) if has_b else None)
+    x2, stride_xm = rows_of(saved, n_cols)
+    dy2, stride_dym = rows_of(dy, n_cols)
+    ds2, stride_dsm = rows_of(dsum, n_cols) if dsum is not None else (dy2, stride_dym)
+    w = weight.contiguous() if has_w else x2
+    if n_cols <= MAX_FUSED_N:
+        cfg = bwd_config(n_cols)
+        n_progs = min(sm_count(device) * cfg["progs_per_sm"], cdiv(n_rows, cfg["BLOCK_M"]))
+        part = torch.empty((has_w + has_b, n_progs, n_cols), dtype=torch.float32, device=device)
+        _norm_bwd_kernel[(n_progs,)](
+            x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
+            IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_M=cfg["BLOCK_M"],
+            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], PREFETCH=PREFETCH)
     else:
-        n_progs = min(sm_count(saved.device) * 2, n_rows)
-    alloc = torch.empty if fused else torch.zeros  # the looped kernel adds into its partial row
-    dw_part = alloc((n_progs if weight is not None else 0, n_cols), dtype=torch.float32, device=saved.device)
-    db_part = alloc((n_progs if bias is not None else 0, n_cols), dtype=torch.float32, device=saved.device)
-    args = (x2, w, dy2, ds2, dx2, dw_part if weight is not None else dx2, db_part if bias is not None else dx2,
-            mean if not is_rms else rstd, rstd, x2.stride(0), dy2.stride(0), ds2.stride(0), dx2.stride(0),
-            n_rows, n_cols)
-    if fused:
-        _norm_bwd_kernel[(n_progs,)](*args, **flags, **cfg)
-    else:
-        _norm_bwd_looped_kernel[(n_progs,)](*args, **flags, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
-    dw = sum_partials(dw_part, weight) if weight is not None else saved.new_empty((0,))
-    db = sum_partials(db_part, bias) if bias is not None else saved.new_empty((0,))
+        n_progs = min(sm_count(device) * 2, n_rows)
+        # zeros: the looped kernel adds into its partial rows
+        part = torch.zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32, device=device)
+        _norm_bwd_looped_kernel[(n_progs,)](
+            x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
+            IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_N=LOOP_BLOCK_N,
+            num_warps=8)
+    if not (has_w or has_b):
+        return dx, None, None
+    dw = torch.empty(n_cols, dtype=weight.dtype, device=device) if has_w else None
+    db = torch.empty(n_cols, dtype=bias.dtype, device=device) if has_b else None
+    grid, block_p, block_n = sum_config(n_progs, n_cols)
+    _sum_partials_kernel[(grid,)](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols,
+                                  HAS_W=has_w, HAS_B=has_b, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     return dx, dw, db
