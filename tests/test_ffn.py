@@ -245,7 +245,7 @@ def test_autocast_uses_autocast_dtype():
 
 
 @gpu
-@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+@pytest.mark.parametrize("activation", ["swiglu"])  # gelu's trace is covered by the CPU aot_eager test
 def test_torch_compile_fullgraph(activation):
     tensors = _params(129, 256, 512, 256, activation, True, "cuda")
     ours, ours_grads = _run(kernels.ffn, tensors, torch.bfloat16, torch.ones(129, 256, device="cuda"),
