@@ -37,7 +37,7 @@ import triton.language as tl
 
 from . import reference
 from ._checks import check_norm_args
-from ._runtime import check_device
+from ._runtime import check_device, interpreting
 from .norms_bwd import cdiv, norm_bwd, rows_of
 
 MAX_FUSED_N = 16384  # widest row the one-pass forward kernel keeps in registers
@@ -174,13 +174,13 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
     """
     n_cols = x.shape[-1]
     n_rows = math.prod(x.shape[:-1])
-    device = x.device
-    y = torch.empty(x.shape, dtype=x.dtype, device=device)
+    # (empty_like is the cheapest allocation call on the host; the format makes y contiguous)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
     summed = None
     if residual is not None:
         sum_dtype = x.dtype if residual.dtype == x.dtype else torch.promote_types(x.dtype, residual.dtype)
-        summed = torch.empty(x.shape, dtype=sum_dtype, device=device)
-    stats = torch.empty((1 if is_rms else 2, n_rows), dtype=torch.float32, device=device)
+        summed = torch.empty_like(x, dtype=sum_dtype, memory_format=torch.contiguous_format)
+    stats = x.new_empty((1 if is_rms else 2, n_rows), dtype=torch.float32)
     if y.numel() == 0:
         return y, summed, stats
     # y and the sum are new contiguous tensors (row stride n_cols); x and residual may have strided rows.
@@ -295,9 +295,15 @@ _norm_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 # ---- public API ----------------------------------------------------------------------------------
 
+# Triton decides at import (triton.jit) whether kernels run in its CPU interpreter.
+_KERNEL_DEVICE = "cpu" if interpreting() else "cuda"
+
+
 def _norm(x, residual, weight, bias, eps, is_rms):
     """y, or (y, sum) with a residual: the custom op under torch.compile, else the launchers directly."""
-    check_device(x=x)  # check_norm_args has put every tensor on x's device
+    if x.device.type != _KERNEL_DEVICE:  # check_norm_args has put every tensor on x's device
+        check_device(x=x)  # the shared message
+        raise ValueError(f"x is on {x.device}, but the Triton kernels were set up for {_KERNEL_DEVICE} tensors")
     eps = float(eps)
     if torch.compiler.is_compiling():
         y, summed, _ = _norm_fwd_op(x, residual, weight, bias, eps, is_rms)

@@ -256,7 +256,7 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     n_cols = saved.shape[-1]
     n_rows = math.prod(saved.shape[:-1])
     device = saved.device
-    dx = torch.empty(saved.shape, dtype=saved.dtype, device=device)
+    dx = torch.empty_like(saved, memory_format=torch.contiguous_format)
     has_w, has_b = weight is not None, bias is not None
     if dx.numel() == 0:
         return (dx, torch.zeros_like(weight) if has_w else None, torch.zeros_like(bias) if has_b else None)
@@ -267,7 +267,7 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     if n_cols <= MAX_FUSED_N:
         cfg = bwd_config(n_cols)
         n_progs = min(sm_count(device) * cfg["progs_per_sm"], cdiv(n_rows, cfg["BLOCK_M"]))
-        part = torch.empty((has_w + has_b, n_progs, n_cols), dtype=torch.float32, device=device)
+        part = saved.new_empty((has_w + has_b, n_progs, n_cols), dtype=torch.float32)
         _norm_bwd_kernel[(n_progs,)](
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_M=cfg["BLOCK_M"],
@@ -275,15 +275,15 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     else:
         n_progs = min(sm_count(device) * 2, n_rows)
         # zeros: the looped kernel adds into its partial rows
-        part = torch.zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32, device=device)
+        part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32)
         _norm_bwd_looped_kernel[(n_progs,)](
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_N=LOOP_BLOCK_N,
             num_warps=8)
     if not (has_w or has_b):
         return dx, None, None
-    dw = torch.empty(n_cols, dtype=weight.dtype, device=device) if has_w else None
-    db = torch.empty(n_cols, dtype=bias.dtype, device=device) if has_b else None
+    dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if has_w else None
+    db = torch.empty_like(bias, memory_format=torch.contiguous_format) if has_b else None
     grid, block_p, block_n = sum_config(n_progs, n_cols)
     _sum_partials_kernel[(grid,)](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols,
                                   HAS_W=has_w, HAS_B=has_b, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
