@@ -220,8 +220,8 @@ def bwd_config(n_cols):
 @functools.lru_cache(maxsize=None)
 def sum_config(n_parts, n_cols):
     """(grid, BLOCK_P, BLOCK_N) of the second-stage reduction: 4096-element tiles, BLOCK_P partial rows
-    high (one tile holds all of a full persistent grid's partial rows; two sizes only, fewer compiles)."""
-    block_p = 256 if n_parts > 64 else 64
+    high (one tile holds all of a full persistent grid's partial rows; three sizes only, few compiles)."""
+    block_p = 256 if n_parts > 64 else 64 if n_parts > 8 else 8
     block_n = 4096 // block_p
     return cdiv(n_cols, block_n), block_p, block_n
 
