@@ -7,12 +7,16 @@
 2. torch.compile(fullgraph=True) traces each op, forward and backward, and matches eager;
 3. do_bench (median) at 16384 rows x {768, 2048, 4096, 8192}, bf16: ours, eager (kernels.reference),
    torch.compile of the reference, Liger-Kernel when importable (plain norms only);
-4. a sweep of alternative forward / backward launch shapes for layer_norm and add_rms_norm, as time allows.
+4. host overhead: microseconds of CPU per call on tiny tensors (4 x 768 bf16), ours vs eager PyTorch;
+5. a sweep of alternative forward / backward launch shapes for layer_norm and add_rms_norm, timed as
+   GPU time only (triton.testing.do_bench_cudagraph: the calls replayed from a CUDA graph, no host
+   overhead, no L2 flush), as time allows; the same for our defaults ("graph" column).
 
 Bytes counted (GB/s = bytes / time), with M x N elements of 2 bytes:
     layer_norm, rms_norm:          fwd 2*M*N*2 (read x, write y)       fwd+bwd 5*M*N*2 (+ read x, dy; write dx)
     add_layer_norm, add_rms_norm:  fwd 4*M*N*2 (read x, r; write y, s) fwd+bwd 8*M*N*2 (+ read s, dy, ds; write dx)
-Weight and statistics bytes are ignored. The summary table comes LAST. A full log goes to
+Weight and statistics bytes are ignored. Sections run in the order 1, 2, 4, 3 (torch.compile of the
+reference last among the plain timings), then the CUDA-graph timings of 5 with the time left. The summary table comes LAST. A full log goes to
 $OUT/norms_detail.log when OUT is set. Stops timing before NORMS_SECS (default 170) and still prints.
 """
 import os
@@ -25,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
+from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import norms, norms_bwd, reference  # noqa: E402
@@ -33,7 +37,7 @@ from kernels.testing import assert_close  # noqa: E402
 
 T0 = time.time()
 BUDGET = float(os.environ.get("NORMS_SECS", "170"))
-SWEEP_RESERVE = 70  # seconds the sweep leaves for torch.compile of the reference
+SWEEP_RESERVE = 8  # seconds the sweep (the last section) leaves for the summary
 CEILING = 3000.0  # GB/s, device copy (PEERS.md)
 OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
 WIDTHS = (768, 2048, 4096, 8192)
@@ -111,13 +115,11 @@ def check_case(op, m, n, dtype, w_dtype=None):
 def section_correctness():
     log("== correctness: ours vs float64, tolerance 2 x PyTorch's error + floor (worst err/allowed shown)")
     cases = []
-    for op in OPS:
-        for n, m in ((1, 1151), (1000, 1151), (768, 4099), (3000, 333), (8192, 257), (65536, 9), (20000, 1)):
+    for op in OPS:  # (tests/test_norms.py covers more; these are the widths that matter, and the extremes)
+        for n, m in ((1, 1151), (768, 4099), (3000, 333), (8192, 257), (65536, 9)):
             cases.append((op, m, n, torch.bfloat16, None))
-        for n, m in ((1000, 1151), (65536, 5)):
-            cases.append((op, m, n, torch.float16, None))
-        for n, m in ((768, 1151), (8192, 64)):
-            cases.append((op, m, n, torch.bfloat16, torch.float32))
+        cases.append((op, 1151, 1000, torch.float16, None))
+        cases.append((op, 1151, 768, torch.bfloat16, torch.float32))
     n_fail = 0
     for op, m, n, dtype, w_dtype in cases:
         worst, fails = check_case(op, m, n, dtype, w_dtype)
@@ -161,20 +163,22 @@ def n_bytes(op, n, mode):
     return per * ROWS * n * 2
 
 
-def bench_fn(fn_call, op, n, mode):
-    """Median ms of one provider; fn_call(x, r, w, b) -> outputs."""
+def bench_fn(fn_call, op, n, mode, graph=False):
+    """Median ms of one provider; fn_call(x, r, w, b) -> outputs. graph: GPU time only (CUDA graph replay)."""
     ins = inputs(op, ROWS, n, torch.bfloat16, spread=False)
     leaves = [None if t is None else t.detach().requires_grad_(mode != "fwd") for t in ins]
+    timer = (lambda f: do_bench_cudagraph(f, rep=40, return_mode="median")) if graph else (
+        lambda f: do_bench(f, warmup=10, rep=40, return_mode="median"))
     if mode == "fwd":
         with torch.no_grad():
-            return do_bench(lambda: fn_call(*leaves), warmup=10, rep=40, return_mode="median")
+            return timer(lambda: fn_call(*leaves))
     gouts = [torch.randn(ROWS, n, device="cuda", dtype=torch.bfloat16) for _ in range(2 if op.startswith("add_") else 1)]
     wrt = [t for t in leaves if t is not None]
 
     def step():  # autograd.grad: no accumulation into .grad (no clone when x and r share a gradient)
         outs = fn_call(*leaves)
         torch.autograd.grad(list(outs), wrt, gouts)
-    return do_bench(step, warmup=10, rep=40, return_mode="median")
+    return timer(step)
 
 
 def liger_provider(op):
@@ -198,9 +202,9 @@ PEERS_MD = {("layer_norm", 768): (1278, 823), ("layer_norm", 2048): (2732, 1452)
             ("rms_norm", 4096): (2304, 1474), ("rms_norm", 8192): (2932, 2000)}
 
 
-def record(op, n, mode, prov, fn):
+def record(op, n, mode, prov, fn, graph=False):
     try:
-        ms = bench_fn(fn, op, n, mode)
+        ms = bench_fn(fn, op, n, mode, graph)
         gbs = n_bytes(op, n, mode) / ms * 1e-6
         RESULTS[(op, n, mode, prov)] = gbs
         log(f"  {op:15s} N={n:5d} {mode:7s} {prov:8s} {ms * 1e3:8.1f} us {gbs:7.0f} GB/s")
@@ -208,6 +212,38 @@ def record(op, n, mode, prov, fn):
         raise
     except Exception as e:
         log(f"  {op:15s} N={n:5d} {mode:7s} {prov:8s} failed: {type(e).__name__}: {str(e)[:300]}")
+
+
+def section_host():
+    """CPU microseconds per call on tiny tensors: the launch path's overhead, ours against eager."""
+    log("== host overhead: us per call, 4 x 768 bf16 (fwd under no_grad; fwd+bwd with autograd.grad), "
+        "synchronized once per 200 calls")
+    for op in OPS:
+        row = []
+        for mod in (kernels, reference):
+            ins = inputs(op, 4, 768, torch.bfloat16)
+            for mode in ("fwd", "fwd+bwd"):
+                leaves = [None if t is None else t.detach().requires_grad_(mode != "fwd") for t in ins]
+                wrt = [t for t in leaves if t is not None]
+                gouts = [torch.randn(4, 768, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+
+                def once(mod=mod, mode=mode, leaves=leaves, wrt=wrt, gouts=gouts):
+                    if mode == "fwd":
+                        with torch.no_grad():
+                            call(mod, op, *leaves)
+                    else:
+                        outs = call(mod, op, *leaves)
+                        torch.autograd.grad(list(outs), wrt, gouts[:len(outs)])
+                best = float("inf")
+                for _ in range(5):
+                    torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    for _ in range(200):
+                        once()
+                    torch.cuda.synchronize()
+                    best = min(best, (time.perf_counter() - t0) / 200 * 1e6)
+                row.append(best)
+        log(f"  {op:15s} fwd ours {row[0]:6.1f} eager {row[2]:6.1f} | fwd+bwd ours {row[1]:6.1f} eager {row[3]:6.1f}")
 
 
 def section_timing():
@@ -235,24 +271,36 @@ def section_compile_provider():
                 record(op, n, mode, "compile", compiled)
 
 
-FWD_SWEEP = {768: [(2, 4), (4, 4), (8, 4), (8, 8), (16, 8), (16, 16)],
-             2048: [(1, 4), (2, 4), (4, 4), (4, 8), (8, 8)],
-             4096: [(1, 4), (1, 8), (2, 8), (4, 16)],
-             8192: [(1, 4), (1, 8), (1, 16), (2, 16)]}
-P, S1, S4 = {"PREFETCH": True}, {"num_stages": 1}, {"num_stages": 4}
-BWD_SWEEP = {  # (BLOCK_M, num_warps, programs per SM, extra launch options); PREFETCH default False
-    768: [(2, 4, 4, {}), (2, 4, 8, {}), (4, 4, 4, {}), (4, 8, 2, {}), (4, 8, 3, {}), (8, 8, 2, {}),
-          (8, 16, 1, {}), (4, 8, 2, S1), (4, 8, 2, S4), (4, 8, 2, P), (2, 4, 4, P), (4, 4, 4, P)],
-    2048: [(1, 4, 4, {}), (1, 8, 2, {}), (2, 8, 2, {}), (2, 8, 3, {}), (4, 16, 1, {}), (2, 8, 2, S1),
-           (1, 4, 4, P), (2, 8, 2, P)],
-    4096: [(1, 8, 2, {}), (1, 8, 3, {}), (1, 16, 1, {}), (2, 16, 1, {}), (1, 8, 2, P), (1, 16, 1, P)],
-    8192: [(1, 8, 1, {}), (1, 16, 1, {}), (1, 16, 2, {}), (2, 16, 1, {}), (1, 16, 1, P), (1, 16, 1, S4)]}
+def section_graph():
+    # After every plain timing: a failed graph capture cannot spoil them.
+    log(f"== ours as GPU time only: CUDA graph replay, no L2 flush ({time.time() - T0:.0f}s)")
+    for op in OPS:
+        for n in WIDTHS:
+            for mode in ("fwd", "fwd+bwd"):
+                if left() < SWEEP_RESERVE:
+                    log("  (stopped: time budget)")
+                    return
+                record(op, n, mode, "graph", lambda *a, op=op: call(kernels, op, *a), graph=True)
+
+
+FWD_SWEEP = {768: [(2, 4), (4, 4), (8, 4), (16, 8), (16, 16)],
+             2048: [(1, 4), (2, 4), (4, 4), (4, 16)],
+             4096: [(1, 4), (1, 16), (2, 16), (4, 16)],
+             8192: [(1, 4), (1, 16), (2, 16)]}
+BWD_SWEEP = {  # (BLOCK_M, num_warps, programs per SM, PREFETCH)
+    768: [(2, 4, 4, False), (2, 4, 8, False), (4, 4, 4, False), (8, 8, 2, False), (8, 16, 1, False),
+          (4, 8, 2, True), (2, 4, 4, True)],
+    2048: [(1, 4, 4, False), (1, 8, 2, False), (2, 8, 3, False), (4, 16, 1, False), (2, 8, 2, True)],
+    4096: [(1, 8, 3, False), (1, 16, 1, False), (2, 16, 1, False), (1, 8, 2, True), (1, 16, 1, True)],
+    8192: [(1, 8, 1, False), (1, 16, 2, False), (2, 16, 1, False), (1, 16, 1, True)]}
 
 
 def section_sweep():
-    log(f"== sweep of launch shapes, ours only ({time.time() - T0:.0f}s): fBMxWARPS, bBMxWARPSxPROGS_PER_SM[p = PREFETCH][sNUM_STAGES]; defaults: "
-        + ", ".join(f"N={n} fwd {norms.fwd_config(n)} bwd {norms_bwd.bwd_config(n)}" for n in WIDTHS))
-    fwd_default, bwd_default = norms.fwd_config, norms_bwd.bwd_config
+    log(f"== sweep of launch shapes, ours, GPU time (CUDA graph) ({time.time() - T0:.0f}s): fBMxWARPS, "
+        "bBMxWARPSxPROGS_PER_SM[p = PREFETCH]; defaults: "
+        + ", ".join(f"N={n} fwd {norms.fwd_config(n)} bwd {norms_bwd.bwd_config(n)} PREFETCH={norms_bwd.PREFETCH}"
+                    for n in WIDTHS))
+    fwd_default, bwd_default, prefetch_default = norms.fwd_config, norms_bwd.bwd_config, norms_bwd.PREFETCH
     try:
         for op in ("layer_norm", "add_rms_norm"):
             for n in WIDTHS:
@@ -262,20 +310,20 @@ def section_sweep():
                         return
                     norms.fwd_config = lambda n_cols, bm=bm, nw=nw: {
                         "BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n_cols), "num_warps": nw}
-                    record(op, n, "fwd", f"f{bm}x{nw}", lambda *a, op=op: call(kernels, op, *a))
+                    record(op, n, "fwd", f"f{bm}x{nw}", lambda *a, op=op: call(kernels, op, *a), graph=True)
                 norms.fwd_config = fwd_default
-                for bm, nw, pps, extra in BWD_SWEEP[n]:
+                for bm, nw, pps, prefetch in BWD_SWEEP[n]:
                     if left() < SWEEP_RESERVE:
                         log("  (sweep stopped: time budget)")
                         return
-                    cfg = {"BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n), "num_warps": nw,
-                           "progs_per_sm": pps, "PREFETCH": False, **extra}
-                    norms_bwd.bwd_config = lambda n_cols, cfg=cfg: dict(cfg)
-                    tag = ("p" if "PREFETCH" in extra else "") + (f"s{extra['num_stages']}" if "num_stages" in extra else "")
-                    record(op, n, "fwd+bwd", f"b{bm}x{nw}x{pps}{tag}", lambda *a, op=op: call(kernels, op, *a))
-                norms_bwd.bwd_config = bwd_default
+                    cfg = {"BLOCK_M": bm, "BLOCK_N": triton.next_power_of_2(n), "num_warps": nw, "progs_per_sm": pps}
+                    norms_bwd.bwd_config = lambda n_cols, cfg=cfg: cfg
+                    norms_bwd.PREFETCH = prefetch
+                    record(op, n, "fwd+bwd", f"b{bm}x{nw}x{pps}{'p' if prefetch else ''}",
+                           lambda *a, op=op: call(kernels, op, *a), graph=True)
+                norms_bwd.bwd_config, norms_bwd.PREFETCH = bwd_default, prefetch_default
     finally:
-        norms.fwd_config, norms_bwd.bwd_config = fwd_default, bwd_default
+        norms.fwd_config, norms_bwd.bwd_config, norms_bwd.PREFETCH = fwd_default, bwd_default, prefetch_default
 
 
 def table():
@@ -283,8 +331,9 @@ def table():
     log("== summary (GB/s; % of the 3.0 TB/s copy ceiling; ratio = ours / best of the peers measured)")
     log("   fwd bytes 2*M*N*2, fwd+bwd 5*M*N*2; add variants 4*M*N*2 and 8*M*N*2 (residual and sum counted);")
     log("   fwd+bwd timed with torch.autograd.grad (no .grad accumulation); PEERS.md = best peer there")
+    log("   graph = ours as GPU time only (CUDA graph, no L2 flush); best sweep is GPU time too, compare with graph")
     log(f"{'op':15s} {'N':>5s} {'mode':7s} | {'ours':>5s} {'%ceil':>5s} | {'eager':>5s} {'compile':>7s} {'liger':>5s}"
-        f" | {'ratio':>5s} | {'PEERS.md':>8s} {'ratio':>5s} | best sweep (GB/s)")
+        f" | {'ratio':>5s} | {'PEERS.md':>8s} {'ratio':>5s} | {'graph':>5s} | best sweep (GB/s)")
     for op in OPS:
         for n in WIDTHS:
             for mode in ("fwd", "fwd+bwd"):
@@ -299,7 +348,7 @@ def table():
                 log(f"{op:15s} {n:5d} {mode:7s} | {fmt(ours)} {fmt(ours and 100 * ours / CEILING)} | "
                     f"{fmt(get('eager'))} {fmt(get('compile'), 7)} {fmt(get('liger'))} | "
                     f"{(f'{ours / max(peers):5.2f}' if ours and peers else '    -')} | "
-                    f"{fmt(md, 8)} {(f'{ours / md:5.2f}' if ours and md else '    -')} | "
+                    f"{fmt(md, 8)} {(f'{ours / md:5.2f}' if ours and md else '    -')} | {fmt(get('graph'))} | "
                     f"{f'{best} {sweep[best]:.0f}' if best else ''}")
     log(f"total {time.time() - T0:.0f}s on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
         f"triton {triton.__version__}")
@@ -311,9 +360,11 @@ def main():
     try:
         section_correctness()
         section_compile()
+        section_host()
         section_timing()
-        section_sweep()
         section_compile_provider()
+        section_graph()
+        section_sweep()
     except OutOfTime:
         log("!! stopped by SIGTERM: printing what was measured")
     except Exception:
