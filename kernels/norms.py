@@ -26,6 +26,9 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
 - torch.compile: the forward and backward launches are torch.library custom ops (`kernels::norm_fwd`,
   `kernels::norm_bwd`) with fake implementations and a registered autograd formula, so
   `torch.compile(fullgraph=True)` traces the public functions without graph breaks.
+- host overhead: in eager mode the public functions skip the custom-op dispatcher (an
+  autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient),
+  launch shapes are cached per width, no autotuning, one forward launch and two backward launches.
 """
 import functools
 import math

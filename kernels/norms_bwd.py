@@ -10,8 +10,8 @@ For the add variants the gradient arriving on the returned sum is added to ds, a
 d(x) and d(residual). dw and db are reduced deterministically without atomics: a persistent grid of
 about one wave of programs walks the rows (program p takes row blocks p, p + P, p + 2P, ...), each
 program accumulates its share in registers (or, for rows too wide for registers, in its own row of
-an fp32 buffer that no other program touches) and writes one partial row; a second small reduction
-sums the P partial rows. Same inputs and launch shape give the same bits.
+an fp32 buffer that no other program touches) and writes one partial row; a second launch sums the
+P partial rows of dw and of db (one launch for both). Same inputs and launch shape give the same bits.
 """
 import functools
 import math
