@@ -267,15 +267,16 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     if n_cols <= MAX_FUSED_N:
         cfg = bwd_config(n_cols)
         n_progs = min(sm_count(device) * cfg["progs_per_sm"], cdiv(n_rows, cfg["BLOCK_M"]))
-        part = saved.new_empty((has_w + has_b, n_progs, n_cols), dtype=torch.float32)
+        part = saved.new_empty((has_w + has_b, n_progs, n_cols), dtype=torch.float32) if has_w or has_b else dx
         _norm_bwd_kernel[(n_progs,)](
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_M=cfg["BLOCK_M"],
             BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], PREFETCH=PREFETCH)
     else:
         n_progs = min(sm_count(device) * 2, n_rows)
-        # zeros: the looped kernel adds into its partial rows
-        part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32)
+        # zeros: the looped kernel adds into its partial rows (no partials without weight and bias: dx
+        # stands in as an unused pointer, as in every launch with a missing tensor)
+        part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32) if has_w or has_b else dx
         _norm_bwd_looped_kernel[(n_progs,)](
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_N=LOOP_BLOCK_N,
