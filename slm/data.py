@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slm.tokenizer import eot_id, load_tokenizer, train_tokenizer
+from slm.tokenizer import eot_id, train_tokenizer
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".pyi", ".c", ".h", ".cc", ".cpp", ".hpp", ".rs",
                  ".go", ".js", ".ts", ".java", ".sh", ".toml", ".yaml", ".yml", ".json", ".html",

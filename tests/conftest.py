@@ -24,3 +24,13 @@ def device():
 def _seed(request):
     # Fresh random inputs per case, reproducible per test id (crc32: hash() is salted per process).
     torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # The test shapes are tiny: intra-op threads only spin on a shared 2-core CI machine (the model
+    # tests ran up to 100x slower under load with the default thread count).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,6 +17,7 @@ import kernels
 from kernels import reference
 from kernels.attention import attention
 from kernels.testing import assert_close
+from spies import LaunchSpy
 
 attention_mod = importlib.import_module("kernels.attention")  # the module (kernels.attention is the function)
 bwd_mod = importlib.import_module("kernels.attention_bwd")
@@ -197,23 +198,12 @@ def test_noncontiguous_grad_output(device):
 
 # ---- the Triton path really runs, and the autograd / op plumbing ---------------------------------
 
-class _LaunchSpy:
-    """Stands in for a (possibly autotuned) kernel object and counts grid launches."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
-
-
 def test_triton_path_executes(device, monkeypatch):
     assert kernels.IMPLEMENTATION["attention"] == "triton"
     assert kernels.attention is attention
     spies = {}
     for mod, name in ((attention_mod, "_fwd_tuned"), (bwd_mod, "_dkdv_tuned"), (bwd_mod, "_dq_tuned")):
-        spies[name] = _LaunchSpy(getattr(mod, name))
+        spies[name] = LaunchSpy(getattr(mod, name))
         monkeypatch.setattr(mod, name, spies[name])
 
     def boom(*a, **kw):

@@ -14,13 +14,6 @@ from slm.gpt import GPT
 from slm.transformer import LayerNorm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiniest(**overrides):
     d = dict(vocab_size=23, block_size=12, n_layer=1, n_head=2, n_kv_head=1, n_embd=32, mlp_hidden=40)

@@ -20,14 +20,6 @@ from slm.transformer import MLP, Block, LayerNorm, RMSNorm
 ACTIVATIONS = ("relu", "gelu", "silu", "relu2", "swiglu", "geglu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny shapes: intra-op threads only spin on a shared 2-core machine (100x slower under load).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small(**overrides):
     """A small config for CPU tests (odd vocab and block sizes)."""

@@ -11,14 +11,6 @@ from slm.config import GPTConfig, from_preset
 from slm.gpt import GPT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny shapes: intra-op threads only spin on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small(**overrides):
     d = dict(vocab_size=67, block_size=24, n_layer=3, n_head=4, n_embd=32, backend="torch")

@@ -13,6 +13,7 @@ import torch
 import kernels
 from kernels import norms, norms_bwd, reference
 from kernels.testing import assert_close
+from spies import LaunchSpy
 
 CUDA = torch.cuda.is_available()
 OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
@@ -207,24 +208,13 @@ def test_no_graph_without_grad(device):
     assert torch.equal(kernels.layer_norm(x, w), kernels.layer_norm(x, w.requires_grad_()).detach())
 
 
-class Spy:
-    """Wraps a Triton kernel and counts launches through `kernel[grid](...)`."""
-
-    def __init__(self, kernel):
-        self.kernel, self.launches = kernel, 0
-
-    def __getitem__(self, grid):
-        self.launches += 1
-        return self.kernel[grid]
-
-
 def test_triton_path_executes(device, monkeypatch):
     # One forward launch; the backward is one main launch plus one second-stage launch for dw and db.
     assert all(kernels.IMPLEMENTATION[op] == "triton" for op in OPS)
     spies = {}
     for mod, name in ((norms, "_norm_fwd_kernel"), (norms_bwd, "_norm_bwd_kernel"),
                       (norms_bwd, "_sum_partials_kernel")):
-        spies[name] = Spy(getattr(mod, name))
+        spies[name] = LaunchSpy(getattr(mod, name))
         monkeypatch.setattr(mod, name, spies[name])
     x = make_x((8, W), torch.float32, device).requires_grad_()
     w = torch.ones(W, device=device, requires_grad=True)
