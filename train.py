@@ -10,6 +10,8 @@ states are checkpointed). Multi-node: torchrun's own --nnodes/--rdzv-* flags.
 """
 import argparse
 import dataclasses
+import json
+import logging
 import math
 import os
 import random
@@ -77,6 +79,11 @@ class TrainConfig:
 
 
 RESERVED_MODEL_FIELDS = {"vocab_size", "block_size", "backend"}  # set through TrainConfig
+TRAIN_CONFIG = "train_config.json"  # saved in each checkpoint, read back by --resume
+# Flags about this invocation rather than the training trajectory: --resume never restores them.
+RUN_CONTROL = {"resume", "stop_step", "out_dir", "device", "quiet", "compile", "backend", "peak_flops",
+               "log_interval", "eval_interval", "eval_iters", "ckpt_interval", "sample_tokens",
+               "sample_prompt"}
 
 
 def _parse_bool(text):
@@ -122,9 +129,29 @@ def build_parser():
     return parser
 
 
+def given_flags(argv):
+    """The destinations of the flags actually present in argv (their defaults suppressed)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def saved_train_config(out_dir):
+    """The TrainConfig fields a checkpoint in out_dir/ckpt was trained with, or None."""
+    path = Path(out_dir) / "ckpt" / TRAIN_CONFIG
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def parse_args(argv=None):
-    """(TrainConfig, model overrides dict) from command-line flags."""
+    """(TrainConfig, model overrides dict) from command-line flags. With --resume the checkpoint's
+    saved training flags are the defaults, so a plain `--resume` continues the same run."""
     ns = vars(build_parser().parse_args(argv))
+    if ns["resume"]:
+        saved = saved_train_config(ns["out_dir"])
+        if saved is not None:
+            given = given_flags(argv)
+            ns.update({k: v for k, v in saved.items() if k in ns and k not in given | RUN_CONTROL})
     cfg = TrainConfig(**{k: v for k, v in ns.items() if not k.startswith("model.")})
     overrides = {k[6:]: v for k, v in ns.items() if k.startswith("model.") and v is not None}
     if cfg.preset not in PRESETS:
@@ -246,6 +273,12 @@ def main(argv=None):
     dist = Dist(cfg.device)
     log = print if dist.master else (lambda *a, **k: None)
     device, dtype = model_utils.device_and_dtype(dist.device_request, cfg.dtype)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # Triton launches on the current device
+    if dist.master:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # the backend choice line
+    # `auto` means Triton on CUDA; a model trained on the CPU of a GPU machine uses the reference.
+    backend = "torch" if cfg.backend == "auto" and device.type != "cuda" else cfg.backend
     if cfg.block_size <= 0:
         cfg.block_size = default_block_size(cfg.preset, device)
     torch.manual_seed(cfg.seed)
@@ -265,13 +298,13 @@ def main(argv=None):
     if cfg.resume:
         if not (ckpt_dir / "config.json").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        model = model_utils.load_checkpoint(ckpt_dir, map_location="cpu", backend=cfg.backend)["model"]
+        model = model_utils.load_checkpoint(ckpt_dir, map_location="cpu", backend=backend)["model"]
         if overrides:
             log(f"resume: the checkpoint's model config is used; ignoring {overrides}")
     else:
         vocab = -(-dataset.vocab_size // 64) * 64  # padded to a multiple of 64 for the matmuls
         mcfg = from_preset(cfg.preset, **overrides, vocab_size=vocab,
-                           block_size=cfg.block_size, backend=cfg.backend)
+                           block_size=cfg.block_size, backend=backend)
         model = GPT(mcfg)
         torch.manual_seed(cfg.seed + dist.rank)  # same init everywhere, own dropout masks per rank
     if model.config.vocab_size < dataset.vocab_size or model.config.block_size < cfg.block_size:
@@ -308,7 +341,12 @@ def main(argv=None):
     def save(step):
         extra = {"train_config": dataclasses.asdict(cfg), "rng": gathered_rng()}
         if dist.master:
-            files = {"tokenizer.json": tokenizer_path} if tokenizer_path else None
+            train_config = Path(cfg.out_dir) / TRAIN_CONFIG
+            train_config.parent.mkdir(parents=True, exist_ok=True)
+            train_config.write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+            files = {TRAIN_CONFIG: train_config}
+            if tokenizer_path:
+                files["tokenizer.json"] = tokenizer_path
             model_utils.save_checkpoint(ckpt_dir, raw_model, optimizer, step=step, extra=extra,
                                         files=files)
             log(f"checkpoint: {ckpt_dir} (step {step})")
@@ -383,11 +421,11 @@ def main(argv=None):
 def sample_text(model, tokenizer_path, cfg, device, autocast):
     """A short sample from the prompt (token ids shown when there is no tokenizer)."""
     tok = load_tokenizer(tokenizer_path) if tokenizer_path else None
-    ids = tok.encode(cfg.sample_prompt).ids if tok else [0]
+    ids = (tok.encode(cfg.sample_prompt).ids if tok else []) or [0]  # token 0: end of text
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model.eval()
     with torch.no_grad(), autocast:
-        out = model.generate(torch.tensor([ids], device=device), cfg.sample_tokens,
+        out = model.generate(torch.tensor([ids], dtype=torch.long, device=device), cfg.sample_tokens,
                              temperature=0.8, top_k=50, generator=gen)
     out = out[0].tolist()
     return tok.decode(out) if tok else " ".join(map(str, out))

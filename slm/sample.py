@@ -4,6 +4,7 @@ Loads the model (slm.model_utils.load_checkpoint) and the tokenizer saved beside
 (tokenizer.json), then generates with the KV cache. temperature 0 = greedy.
 """
 import argparse
+import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,6 +37,10 @@ def sample(ckpt, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=50, num
            seed=1337, device="auto", dtype="auto", backend=None, tokenizer=None):
     """A list of `num_samples` generated strings, each the prompt plus its continuation."""
     device, dtype = model_utils.device_and_dtype(device, dtype)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # Triton launches on the current device
+    if backend in (None, "auto") and device.type != "cuda":
+        backend = "torch"  # `auto` means Triton on CUDA; an explicit --backend=triton still applies
     ckpt = Path(ckpt)
     if not (ckpt / "config.json").is_file():
         raise FileNotFoundError(f"no checkpoint in {ckpt} (expected {ckpt / 'config.json'})")
@@ -60,6 +65,7 @@ def sample(ckpt, prompt="\n", max_new_tokens=200, temperature=0.8, top_k=50, num
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the backend choice line
     texts = sample(args.ckpt, args.prompt, args.max_new_tokens, args.temperature, args.top_k,
                    args.num_samples, args.seed, args.device, args.dtype, args.backend,
                    args.tokenizer)
@@ -73,5 +79,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except (ValueError, FileNotFoundError, OSError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError, OSError) as e:
         sys.exit(f"error: {e}")

@@ -124,6 +124,12 @@ def test_resume_is_bit_identical(corpus, tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    # A plain --resume restores the run's own training flags from the checkpoint.
+    train.main(args(corpus, tmp_path / "d", *common, "--stop-step=4"))
+    plain = train.main(["--resume", f"--out-dir={tmp_path / 'd'}", "--quiet", "--sample-tokens=0"])
+    assert plain["step"] == 8
+    wd = load_file(tmp_path / "d" / "ckpt" / "model.safetensors")
+    assert all(torch.equal(wa[k], wd[k]) for k in wa)
     # Not trivially equal: another seed ends elsewhere.
     other = train.main(args(corpus, tmp_path / "c", *common, "--seed=7"))
     assert other["val_loss"] != whole["val_loss"]
