@@ -180,6 +180,9 @@ def check_kernel_args(q, k, v, scale, device=True):
     D = q.shape[-1]
     if not (16 <= D <= 256 and D % 8 == 0):
         raise ValueError(f"q's head dim must be a multiple of 8 in 16..256 for the Triton attention, got {D}")
+    if q.shape[0] * q.shape[1] > 65535:  # B*H is the launch grid's second axis, capped by CUDA
+        raise ValueError(f"q's batch x heads must be at most 65535 for the Triton attention, got "
+                         f"{q.shape[0]} x {q.shape[1]}; split the batch")
 
 
 def attention_fwd(q, k, v, causal=True, scale=None, config=None, use_tma=None):

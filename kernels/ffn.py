@@ -206,6 +206,14 @@ def _cast(x, *params):
     return [t if t is None or t.dtype == dtype else t.to(dtype) for t in (x, *params)]
 
 
+def _check_index_range(x2, *weights):
+    """The GEMM kernels offset rows with int32 arithmetic: rows x width must stay below 2^31."""
+    width = max(max(w.shape) for w in weights)
+    if x2.shape[0] * width >= 2**31:
+        raise ValueError(f"x has {x2.shape[0]} rows, which with width {width} exceeds the Triton FFN's "
+                         f"int32 indexing (rows x width < 2^31); split the batch")
+
+
 def _needs_pre(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -216,6 +224,7 @@ def linear_act(x, w, b=None, activation="gelu"):
     check_device(x=x)  # w and b are on x's device (checked above)
     x, w, b = _cast(x, w, b)
     x2, save_pre = x.reshape(-1, x.shape[-1]), _needs_pre(x, w, b)
+    _check_index_range(x2, w)
     if torch.compiler.is_compiling():
         out, _ = torch.ops.kernels.linear_act_fwd(x2, w, b, activation, save_pre)
     else:
@@ -229,6 +238,7 @@ def ffn(x, w_in, b_in, w_out, b_out, activation):
     check_device(x=x)  # the weights are on x's device (checked above)
     x, w_in, b_in, w_out, b_out = _cast(x, w_in, b_in, w_out, b_out)
     x2, save_pre = x.reshape(-1, x.shape[-1]), _needs_pre(x, w_in, b_in, w_out, b_out)
+    _check_index_range(x2, w_in, w_out)
     if torch.compiler.is_compiling():
         y, _ = torch.ops.kernels.ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     else:

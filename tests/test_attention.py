@@ -419,3 +419,9 @@ def test_gpu_autotune_does_not_retune(device, monkeypatch):
     q2, k2, v2 = make_qkv(1, 2, 2, 900, 900, 64, torch.bfloat16, device)  # same power-of-two bucket
     attention(q2, k2, v2)
     assert dict(tuned.cache) == cached and tuned.cache[key] is cached[key]
+
+
+def test_batch_times_heads_above_the_grid_limit_is_a_clear_error(device):
+    q = torch.randn(1, 1, 1, 16, device=device, dtype=torch.float16).expand(65536, 1, 1, 16)
+    with pytest.raises(ValueError, match="batch x heads"):
+        attention(q, q, q)

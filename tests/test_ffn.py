@@ -258,3 +258,13 @@ def test_torch_compile_fullgraph(activation):
     la = torch.compile(kernels.linear_act, fullgraph=True)
     x, w = [t.to(torch.bfloat16) for t in tensors[:2]]
     torch.testing.assert_close(la(x, w, None, activation), kernels.linear_act(x, w, None, activation))
+
+
+def test_too_many_rows_for_int32_indexing_is_a_clear_error(device):
+    # 2^24 rows x width 256 >= 2^31: a zero-stride view, so nothing that large is allocated.
+    x = torch.randn(1, 1, 8, device=device, dtype=torch.float16).expand(2**12, 2**12, 8)
+    w = torch.randn(256, 8, device=device, dtype=torch.float16)
+    with pytest.raises(ValueError, match="int32 indexing"):
+        kernels.linear_act(x, w, None, "relu")
+    with pytest.raises(ValueError, match="int32 indexing"):
+        kernels.ffn(x, w, None, torch.randn(8, 256, device=device, dtype=torch.float16), None, "gelu")
