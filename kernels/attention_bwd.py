@@ -86,8 +86,8 @@ _PRUNED_TO = [0]
 
 # Hopper-pruned candidates per padded head dim: (BLOCK_M, BLOCK_N, num_warps, num_stages). The first
 # entry is the untuned default: what the autotuner picked on the FlashAttention grid (bf16, B*T = 16384,
-# T >= 2048) on the H200 (gpu_logs run1 and run3). Candidates that never won there and measured slow in
-# the run1 sweep (D128, T4096) are left out, which also saves their compiles:
+# T >= 2048) on an H200 by tools/gpu_attention.py (2026-11-27). Candidates that never won there and measured slow in
+# that script's config sweep (D128, T4096) are left out, which also saves their compiles:
 #   fwd:  (128, 128, 8, 3) 437 TFLOP/s, (128, 64, 8, 3) 421, (64, 64, 4, 3) 405, (128, 64, 4, 3) 233
 #   bwd with dK/dV at (64, 128, 8, 3) 2.36 ms (the pick), (64, 64, 4, 3) 3.16, (64, 128, 4, 3) 5.41,
 #       (128, 64, 8, 3) 5.89, (128, 128, 8, 2) 6.28
@@ -100,7 +100,7 @@ FWD_TABLE = {
     256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
 }
 # Backward: the inner (looped) block may also be 32 with a deeper pipeline, as in Triton's tutorial
-# (D64 dK/dV picked (32, 128, 4, 4) at T >= 2048 in run3; at D128 it lost to (64, 128, 8, 3)).
+# (D64 dK/dV picked (32, 128, 4, 4) at T >= 2048 there; at D128 it lost to (64, 128, 8, 3)).
 DKDV_TABLE = {
     64: [(32, 128, 4, 4), (64, 64, 4, 3), (64, 128, 8, 3)],
     128: [(64, 128, 8, 3), (64, 64, 4, 3)],

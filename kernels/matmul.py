@@ -25,7 +25,7 @@ So results equal eager PyTorch's up to the GEMMs' fp32 summation order. Without 
 kept d_act in fp32 (fewer roundings, not less error at the max): at M=1 the max error of d_pre and
 dW_in = d_pre^T x is the last rounding of a handful of the largest |d_pre| (half an ulp), and
 PyTorch's extra rounding of d_act moved those products to the other side often enough to fail the
-2x rule by chance (fp16 relu2 dW_in, H200 run 3).
+2x rule by chance (fp16 relu2 dW_in, seen on an H200 on 2026-11-27).
 Activations: relu, gelu (tanh approximation), silu, relu2 = relu(x)^2, and the gated two above.
 Dtypes: fp16 and bf16 (fp32 accumulation, fp32 epilogue, output in the input dtype) and fp32
 (tl.dot with input_precision="ieee": no TF32, so fp32 matches PyTorch's fp32 matmul, whose TF32 is

@@ -27,7 +27,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto (bf16 autocast on CUDA) | float32 | ...")
-    p.add_argument("--backend", default=None, help="auto | triton | torch (default: as trained on CUDA, the reference on a CPU)")
+    p.add_argument("--backend", default=None,
+                   help="auto | triton | torch (default: as trained on CUDA, the reference on a CPU)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.json to use instead of the checkpoint's")
     return p
