@@ -21,8 +21,8 @@ position S - T + i (bottom-right alignment, as when decoding against a KV cache)
 - Configs are autotuned per (next power of two of T, of S, of B * H, of B * H_kv, padded D, causal,
   dtype) from a short Hopper-pruned list (kernels/attention_bwd.py); later calls in the same bucket
   launch the remembered pick directly. Small problems (T * S * B * H < 2^24) and KERNELS_AUTOTUNE=0
-  take the list's first config untuned. Under TRITON_INTERPRET=1 a single small config runs (CPU tests). The interpreter's bf16 tl.dot is wrong, so bf16 is GPU-only
-  in tests.
+  take the list's first config untuned. Under TRITON_INTERPRET=1 a single small config runs (CPU
+  tests). The interpreter's bf16 tl.dot is wrong, so bf16 is GPU-only in tests.
 - `attention` goes through `AttentionFn` (autograd). Under torch.compile its forward and backward call
   the custom ops `torch.ops.kernels.attention_fwd` / `attention_bwd` (with fake implementations), so
   `torch.compile` traces through without graph breaks; in eager mode they call the same launchers

@@ -52,6 +52,8 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """Fused QKV projection, RoPE (if configured), causal attention through the backend's op with
+    grouped-query heads and an optional KV cache, output projection."""
 
     def __init__(self, config, backend="auto"):
         super().__init__()
