@@ -59,3 +59,16 @@ def assert_close(actual, truth, baseline, *, name="output", floor=None, factor=2
             f"(= {factor} x PyTorch's {base_err:.3e} + floor {floor:.0e}); max rel error {rel:.3e}; "
             f"first bad indices {bad}")
     return err, allowed
+
+
+def call_norm(ops, name, x, residual, weight, bias, eps=1e-5):
+    """Call norm op `name` of `ops` (`kernels` or `kernels.reference`) with one argument list for all
+    four (residual and bias dropped where the op has none); always returns a tuple of outputs."""
+    fn = getattr(ops, name)
+    if name == "layer_norm":
+        return (fn(x, weight, bias, eps),)
+    if name == "rms_norm":
+        return (fn(x, weight, eps),)
+    if name == "add_layer_norm":
+        return fn(x, residual, weight, bias, eps)
+    return fn(x, residual, weight, eps)

@@ -197,19 +197,25 @@ def test_crash_mid_write_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, f
     assert torch.equal(out["model"].lm_head.weight, good.lm_head.weight)
 
 
+def _fail_rename(monkeypatch, nth, message, and_after=False):
+    """Make model_utils' nth os.rename raise OSError(message); earlier renames go through, later
+    ones too unless and_after (the process is dead: nothing after the crash may run)."""
+    real_rename, calls = os.rename, []
+
+    def rename(a, b):
+        calls.append(a)
+        if len(calls) == nth or (and_after and len(calls) > nth):
+            raise OSError(message)
+        real_rename(a, b)
+
+    monkeypatch.setattr(mu.os, "rename", rename)
+
+
 def test_crash_between_the_renames_is_recovered(tmp_path, monkeypatch):
     good, _ = _trained(small())
     mu.save_checkpoint(tmp_path / "ckpt", good, step=1)
-    renames = []
-    real_rename = os.rename
-
-    def rename_then_crash(a, b):
-        renames.append((a, b))
-        if len(renames) >= 2:  # the old checkpoint is moved aside, then the process dies
-            raise OSError("power cut")
-        real_rename(a, b)
-
-    monkeypatch.setattr(mu.os, "rename", rename_then_crash)
+    # The old checkpoint is moved aside, then the process dies before the new one moves in.
+    _fail_rename(monkeypatch, 2, "power cut", and_after=True)
     with pytest.raises(OSError, match="power cut"):
         mu.save_checkpoint(tmp_path / "ckpt", _trained(small())[0], step=2)
     monkeypatch.undo()
@@ -226,15 +232,7 @@ def test_crash_between_the_renames_is_recovered(tmp_path, monkeypatch):
 def test_failed_swap_rolls_back(tmp_path, monkeypatch):
     good, _ = _trained(small())
     mu.save_checkpoint(tmp_path / "ckpt", good, step=1)
-    real_rename, calls = os.rename, []
-
-    def second_rename_fails(a, b):
-        calls.append(a)
-        if len(calls) == 2:
-            raise OSError("rename failed")
-        real_rename(a, b)
-
-    monkeypatch.setattr(mu.os, "rename", second_rename_fails)
+    _fail_rename(monkeypatch, 2, "rename failed")
     with pytest.raises(OSError, match="rename failed"):
         mu.save_checkpoint(tmp_path / "ckpt", _trained(small())[0], step=2)
     monkeypatch.undo()

@@ -13,6 +13,7 @@ import torch
 import kernels
 from kernels import norms, norms_bwd, reference
 from kernels.testing import assert_close
+from kernels.testing import call_norm as call
 from spies import LaunchSpy
 
 CUDA = torch.cuda.is_available()
@@ -44,17 +45,6 @@ def make_x(shape, dtype, device):
     x = x * torch.exp(torch.randn(*shape[:-1], 1, dtype=torch.float64)) + 4 * torch.randn(*shape[:-1], 1,
                                                                                                dtype=torch.float64)
     return x.to(device=device, dtype=dtype)
-
-
-def call(mod, op, x, r, w, b, eps):
-    fn = getattr(mod, op)
-    if op == "layer_norm":
-        return (fn(x, w, b, eps),)
-    if op == "rms_norm":
-        return (fn(x, w, eps),)
-    if op == "add_layer_norm":
-        return fn(x, r, w, b, eps)
-    return fn(x, r, w, eps)
 
 
 def run(mod, op, inputs, grads, eps, cast=None):

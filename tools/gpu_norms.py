@@ -34,6 +34,7 @@ from triton.testing import do_bench, do_bench_cudagraph  # noqa: E402
 import kernels  # noqa: E402
 from kernels import norms, norms_bwd, reference  # noqa: E402
 from kernels.testing import assert_close  # noqa: E402
+from kernels.testing import call_norm as call  # noqa: E402
 
 T0 = time.time()
 BUDGET = float(os.environ.get("NORMS_SECS", "170"))
@@ -63,17 +64,6 @@ def log(msg=""):
 
 def left():
     return BUDGET - (time.time() - T0)
-
-
-def call(mod, op, x, r, w, b, eps=1e-5):
-    fn = getattr(mod, op)
-    if op == "layer_norm":
-        return (fn(x, w, b, eps),)
-    if op == "rms_norm":
-        return (fn(x, w, eps),)
-    if op == "add_layer_norm":
-        return fn(x, r, w, b, eps)
-    return fn(x, r, w, eps)
 
 
 def inputs(op, m, n, dtype, w_dtype=None, spread=True):
