@@ -298,7 +298,9 @@ def main(argv=None):
     if cfg.resume:
         if not (ckpt_dir / "config.json").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        model = model_utils.load_checkpoint(ckpt_dir, map_location="cpu", backend=backend)["model"]
+        mcfg = model_utils.load_config(ckpt_dir)[0]  # the weights are loaded once, below
+        mcfg.backend = backend
+        model = GPT(mcfg)
         if overrides:
             log(f"resume: the checkpoint's model config is used; ignoring {overrides}")
     else:

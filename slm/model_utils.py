@@ -205,16 +205,21 @@ def _recover(directory):
     raise FileNotFoundError(f"no checkpoint at {directory}")
 
 
+def load_config(directory):
+    """(GPTConfig, resolved backend as saved) of a checkpoint, without reading its tensors."""
+    from slm.config import GPTConfig
+    saved = json.loads((_recover(Path(directory)) / CONFIG).read_text())
+    saved_backend = saved.pop("resolved_backend", None)
+    return GPTConfig.from_dict(saved), saved_backend
+
+
 def load_checkpoint(directory, model=None, optimizer=None, map_location="cpu", backend=None):
     """Load a checkpoint written by save_checkpoint. Builds the GPT from config.json when model is None
     (with `backend`, else the config's requested backend). Returns a dict: model, config, step, extra,
     backend (the one saved), directory."""
-    from slm.config import GPTConfig
     from slm.gpt import GPT
     directory = _recover(Path(directory))
-    saved = json.loads((directory / CONFIG).read_text())
-    saved_backend = saved.pop("resolved_backend", None)
-    config = GPTConfig.from_dict(saved)
+    config, saved_backend = load_config(directory)
     if model is None:
         if backend is not None:
             config.backend = backend
