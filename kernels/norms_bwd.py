@@ -20,9 +20,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import FastLaunch
+
 MAX_FUSED_N = 8192   # widest row the one-pass backward keeps in registers (x, dy, two accumulators)
 LOOP_BLOCK_N = 4096  # chunk width of the looped backward kernel
-PREFETCH = False     # default of the one-pass kernel's PREFETCH switch (tools/gpu_norms.py times both)
+PREFETCH = None      # None: bwd_config's choice per width; True / False force it (tests, tools/gpu_norms.py)
 
 
 @triton.jit
@@ -203,18 +205,29 @@ def _sum_rows(P, n_parts, n_cols, cols, BLOCK_P: tl.constexpr, BLOCK_N: tl.const
     return tl.sum(acc, axis=0)
 
 
+_bwd_launch = FastLaunch(_norm_bwd_kernel)
+_bwd_looped_launch = FastLaunch(_norm_bwd_looped_kernel)
+_sum_launch = FastLaunch(_sum_partials_kernel)
+
+
 def cdiv(a, b):
     return -(-a // b)
 
 
 @functools.lru_cache(maxsize=None)
 def bwd_config(n_cols):
-    """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM."""
+    """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM, prefetch.
+
+    From the H100 sweep (tools/gpu_norms.py, 2026-11-27, CUDA-graph GPU time): up to 1024 columns, 2048
+    elements per tile with 4 warps and 4 programs per SM, loading the next tile ahead (768: 61 us
+    against 74 us for 4 x 1024 tiles of 8 warps without it); 2048 columns gain ~4% from the prefetch;
+    wider rows keep 4096-element tiles without it.
+    """
     block_n = triton.next_power_of_2(n_cols)
-    block_m = max(1, min(128, 4096 // block_n))
+    block_m = max(1, min(128, (2048 if block_n <= 1024 else 4096) // block_n))
     num_warps = max(1, min(16, block_m * block_n // 512))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
-            "progs_per_sm": max(1, 16 // num_warps)}
+            "progs_per_sm": max(1, 16 // num_warps), "PREFETCH": block_n <= 2048}
 
 
 @functools.lru_cache(maxsize=None)
@@ -268,16 +281,17 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
         cfg = bwd_config(n_cols)
         n_progs = min(sm_count(device) * cfg["progs_per_sm"], cdiv(n_rows, cfg["BLOCK_M"]))
         part = saved.new_empty((has_w + has_b, n_progs, n_cols), dtype=torch.float32) if has_w or has_b else dx
-        _norm_bwd_kernel[(n_progs,)](
+        _bwd_launch[(n_progs,)](
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_M=cfg["BLOCK_M"],
-            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"], PREFETCH=PREFETCH)
+            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
+            PREFETCH=cfg["PREFETCH"] if PREFETCH is None else PREFETCH)
     else:
         n_progs = min(sm_count(device) * 2, n_rows)
         # zeros: the looped kernel adds into its partial rows (no partials without weight and bias: dx
         # stands in as an unused pointer, as in every launch with a missing tensor)
         part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32) if has_w or has_b else dx
-        _norm_bwd_looped_kernel[(n_progs,)](
+        _bwd_looped_launch[(n_progs,)](
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_N=LOOP_BLOCK_N,
             num_warps=8)
@@ -286,6 +300,6 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if has_w else None
     db = torch.empty_like(bias, memory_format=torch.contiguous_format) if has_b else None
     grid, block_p, block_n = sum_config(n_progs, n_cols)
-    _sum_partials_kernel[(grid,)](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols,
+    _sum_launch[(grid,)](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols,
                                   HAS_W=has_w, HAS_B=has_b, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     return dx, dw, db

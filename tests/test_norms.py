@@ -108,7 +108,7 @@ def test_fp32_weight_with_half_input(op, shape, device):
 @pytest.mark.parametrize("op", OPS)
 def test_backward_prefetch_variant(op, device, monkeypatch):
     # The one-pass backward's PREFETCH switch (next row block loaded before this one is computed).
-    monkeypatch.setattr(norms_bwd, "PREFETCH", not norms_bwd.PREFETCH)
+    monkeypatch.setattr(norms_bwd, "PREFETCH", not norms_bwd.bwd_config(W)["PREFETCH"])
     check(op, (1151, W), torch.float32, device)
     if not CUDA:  # several rows per block and a ragged last block (the interpreter runs 4 programs)
         check(op, (2, 5, 1000), torch.float32, device)
@@ -202,8 +202,7 @@ def test_triton_path_executes(device, monkeypatch):
     # One forward launch; the backward is one main launch plus one second-stage launch for dw and db.
     assert all(kernels.IMPLEMENTATION[op] == "triton" for op in OPS)
     spies = {}
-    for mod, name in ((norms, "_norm_fwd_kernel"), (norms_bwd, "_norm_bwd_kernel"),
-                      (norms_bwd, "_sum_partials_kernel")):
+    for mod, name in ((norms, "_fwd_launch"), (norms_bwd, "_bwd_launch"), (norms_bwd, "_sum_launch")):
         spies[name] = LaunchSpy(getattr(mod, name))
         monkeypatch.setattr(mod, name, spies[name])
     x = make_x((8, W), torch.float32, device).requires_grad_()
