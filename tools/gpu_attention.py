@@ -9,7 +9,9 @@
    fwd and fwd+bwd, for ours, SDPA flash (FA2), SDPA cuDNN and default SDPA (triton do_bench median);
    and the TMA-descriptor forward (attention.USE_TMA, column 'tma fwd') at each point;
 4. host overhead per call at a tiny shape (ours vs eager SDPA), the autotuner's picks per bucket and,
-   while time is left (ATT_BUDGET_S, default 100 s), a sweep of explicit configs (tuning hints).
+   while time is left (ATT_BUDGET_S, default 100 s), a sweep of explicit configs (tuning hints);
+   ATT_SWEEP_ONLY=1 runs only that sweep, on ATT_SWEEP_SHAPES (e.g. 128x1024,128x16384) and
+   ATT_SWEEP_PARTS (of fwd, dkdv, dq).
 Sections 1-2 run without autotuning (each bucket's first config: few compiles); section 3 tunes at the
 grid's own shapes (the autotune key holds the B*H bucket, so test shapes do not decide grid configs).
 The summary table is printed last. With OUT set, the full log also goes to $OUT/attention.log.
@@ -284,7 +286,9 @@ def config_sweep():
     # key block (one program each) and BLOCK_M the looped query block.
     log("== 4b. explicit config sweep (BLOCK_M, BLOCK_N, warps, stages): fwd ms, whole-backward ms with one "
         "kernel fixed, TFLOP/s")
-    for D, T in ((128, 1024), (64, 512), (128, 8192), (64, 4096)):
+    shapes = os.environ.get("ATT_SWEEP_SHAPES", "128x1024,64x512,128x8192,64x4096")
+    parts = os.environ.get("ATT_SWEEP_PARTS", "fwd,dkdv,dq").split(",")
+    for D, T in (tuple(int(v) for v in s.split("x")) for s in shapes.split(",")):
         q, k, v, dout = grid_inputs(D, T, grad=False)
         out, lse = att.attention_fwd(q, k, v, True)
         flops = fwd_flops(D, T)
@@ -294,7 +298,7 @@ def config_sweep():
                 log("  (time budget reached, sweep stopped)")
                 return
             row = []
-            for part in ("fwd", "dkdv", "dq"):
+            for part in parts:
                 try:
                     if part == "fwd":
                         for tma in (False, True):
@@ -331,6 +335,10 @@ def table(results):
 
 
 def main():
+    if os.environ.get("ATT_SWEEP_ONLY"):  # tuning hints alone: ATT_SWEEP_SHAPES=DxT,..., ATT_SWEEP_PARTS=dkdv,dq
+        autotune_picks()
+        config_sweep()
+        return
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
         f"cudnn {torch.backends.cudnn.version()}")
     bwd.TUNE = False  # checks: each bucket's first config, no tuning (fewer compiles)

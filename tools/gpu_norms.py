@@ -41,7 +41,7 @@ BUDGET = float(os.environ.get("NORMS_SECS", "170"))
 SWEEP_RESERVE = 8  # seconds the sweep (the last section) leaves for the summary
 CEILING = 3000.0  # GB/s, device copy (PEERS.md)
 OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
-WIDTHS = (768, 2048, 4096, 8192)
+WIDTHS = tuple(int(n) for n in os.environ.get("NORMS_WIDTHS", "768,2048,4096,8192").split(","))
 ROWS = 16384
 LINES = []
 
@@ -236,6 +236,51 @@ def section_host():
         log(f"  {op:15s} fwd ours {row[0]:6.1f} eager {row[2]:6.1f} | fwd+bwd ours {row[1]:6.1f} eager {row[3]:6.1f}")
 
 
+def section_profile():
+    """Where the time of one 16384 x 768 bf16 fwd+bwd goes: the host (cProfile, top functions by own
+    time) and the device (torch.profiler, CUDA time per kernel), ours and eager."""
+    import cProfile
+    import io
+    import pstats
+    for op in ("layer_norm", "rms_norm"):
+        for mod in (kernels, reference):
+            name = "ours" if mod is kernels else "eager"
+            ins = inputs(op, ROWS, 768, torch.bfloat16)
+            leaves = [None if t is None else t.detach().requires_grad_() for t in ins]
+            wrt = [t for t in leaves if t is not None]
+            gout = torch.randn(ROWS, 768, device="cuda", dtype=torch.bfloat16)
+
+            def once():
+                outs = call(mod, op, *leaves)
+                torch.autograd.grad(list(outs), wrt, [gout])
+            for _ in range(20):
+                once()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(200):
+                once()
+            host = (time.perf_counter() - t0) / 200 * 1e6
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - t0) / 200 * 1e6
+            log(f"== profile {op} {name} 16384x768 fwd+bwd: host {host:.1f} us/call enqueued, {wall:.1f} us/call with the sync")
+            if mod is kernels:
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(200):
+                    once()
+                prof.disable()
+                torch.cuda.synchronize()
+                buf = io.StringIO()
+                pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+                log("\n".join(line for line in buf.getvalue().splitlines()[6:] if line.strip()))
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as tp:
+                for _ in range(20):
+                    once()
+                torch.cuda.synchronize()
+            for ev in sorted(tp.key_averages(), key=lambda e: -e.device_time_total)[:8]:
+                log(f"   {ev.key[:70]:70s} {ev.device_time_total / 20:8.1f} us/call  x{ev.count // 20}")
+
+
 def section_timing():
     log(f"== timing, bf16, {ROWS} rows (do_bench median)")
     for op in OPS:
@@ -347,14 +392,10 @@ def table():
 def main():
     assert torch.cuda.is_available(), "tools/gpu_norms.py needs a CUDA device"
     torch.manual_seed(0)
+    chosen = os.environ.get("NORMS_SECTIONS", "correctness,compile,host,timing,compile_provider,graph,sweep")
     try:
-        section_correctness()
-        section_compile()
-        section_host()
-        section_timing()
-        section_compile_provider()
-        section_graph()
-        section_sweep()
+        for name in chosen.split(","):
+            globals()[f"section_{name.strip()}"]()
     except OutOfTime:
         log("!! stopped by SIGTERM: printing what was measured")
     except Exception:
