@@ -218,16 +218,16 @@ def cdiv(a, b):
 def bwd_config(n_cols):
     """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM, prefetch.
 
-    From the H100 sweep (tools/gpu_norms.py, 2026-11-27, CUDA-graph GPU time): up to 1024 columns, 2048
-    elements per tile with 4 warps and 4 programs per SM, loading the next tile ahead (768: 61 us
-    against 74 us for 4 x 1024 tiles of 8 warps without it); 2048 columns gain ~4% from the prefetch;
-    wider rows keep 4096-element tiles without it.
+    From the H100 sweep (tools/gpu_norms.py, 2026-11-27, CUDA-graph GPU time): loading the next tile
+    ahead (PREFETCH) wins at every width (layer_norm fwd+bwd 2235 / 2688 / 2838 / 2748 GB/s at 768 /
+    2048 / 4096 / 8192 against 1703 / 2517 / 2672 / 2669 without it); up to 1024 columns 2048-element
+    tiles with 4 warps and 4 programs per SM, wider rows 4096-element tiles.
     """
     block_n = triton.next_power_of_2(n_cols)
     block_m = max(1, min(128, (2048 if block_n <= 1024 else 4096) // block_n))
     num_warps = max(1, min(16, block_m * block_n // 512))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
-            "progs_per_sm": max(1, 16 // num_warps), "PREFETCH": block_n <= 2048}
+            "progs_per_sm": max(1, 16 // num_warps), "PREFETCH": True}
 
 
 @functools.lru_cache(maxsize=None)
