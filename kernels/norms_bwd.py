@@ -218,16 +218,23 @@ def cdiv(a, b):
 def bwd_config(n_cols):
     """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM, prefetch.
 
-    From the H100 sweep (tools/gpu_norms.py, 2026-11-27, CUDA-graph GPU time): loading the next tile
-    ahead (PREFETCH) wins at every width (layer_norm fwd+bwd 2235 / 2688 / 2838 / 2748 GB/s at 768 /
-    2048 / 4096 / 8192 against 1703 / 2517 / 2672 / 2669 without it); up to 1024 columns 2048-element
-    tiles with 4 warps and 4 programs per SM, wider rows 4096-element tiles.
+    From the H100 sweeps (tools/gpu_norms.py, 2026-11-27, CUDA-graph GPU time): up to 1024 columns
+    2048-element tiles with 4 warps and 4 programs per SM (768: 61 us against 74 us for 4 x 1024 tiles
+    of 8 warps), wider rows 4096-element tiles. Loading the next tile ahead (PREFETCH) wins 2-8% at
+    every width for layer_norm, rms_norm and add_rms_norm, but loses 2-16% for add_layer_norm, whose
+    third prefetched tile (the sum's gradient) and bias accumulator cost too many registers; norm_bwd
+    turns it off there (`prefetch_for`).
     """
     block_n = triton.next_power_of_2(n_cols)
     block_m = max(1, min(128, (2048 if block_n <= 1024 else 4096) // block_n))
     num_warps = max(1, min(16, block_m * block_n // 512))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
             "progs_per_sm": max(1, 16 // num_warps), "PREFETCH": True}
+
+
+def prefetch_for(cfg, is_rms, has_dsum):
+    """The width's PREFETCH choice, off for add_layer_norm (see bwd_config)."""
+    return cfg["PREFETCH"] and (is_rms or not has_dsum)
 
 
 @functools.lru_cache(maxsize=None)
@@ -285,7 +292,7 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_M=cfg["BLOCK_M"],
             BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
-            PREFETCH=cfg["PREFETCH"] if PREFETCH is None else PREFETCH)
+            PREFETCH=prefetch_for(cfg, is_rms, dsum is not None) if PREFETCH is None else PREFETCH)
     else:
         n_progs = min(sm_count(device) * 2, n_rows)
         # zeros: the looped kernel adds into its partial rows (no partials without weight and bias: dx

@@ -318,6 +318,22 @@ def section_graph():
                 record(op, n, mode, "graph", lambda *a, op=op: call(kernels, op, *a), graph=True)
 
 
+def section_prefetch():
+    """The backward's PREFETCH switch forced on and off at the default launch shapes, every op and width."""
+    log(f"== backward PREFETCH on (p1) / off (p0), default shapes, GPU time (CUDA graph) ({time.time() - T0:.0f}s)")
+    try:
+        for op in OPS:
+            for n in WIDTHS:
+                for prefetch in (True, False):
+                    if left() < SWEEP_RESERVE:
+                        log("  (stopped: time budget)")
+                        return
+                    norms_bwd.PREFETCH = prefetch
+                    record(op, n, "fwd+bwd", f"p{int(prefetch)}", lambda *a, op=op: call(kernels, op, *a), graph=True)
+    finally:
+        norms_bwd.PREFETCH = None
+
+
 FWD_SWEEP = {768: [(2, 4), (4, 4), (8, 4), (16, 8), (16, 16)],
              2048: [(1, 4), (2, 4), (4, 4), (4, 16)],
              4096: [(1, 4), (1, 16), (2, 16), (4, 16)],
