@@ -28,7 +28,10 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
   `torch.compile(fullgraph=True)` traces the public functions without graph breaks.
 - host overhead: in eager mode the public functions skip the custom-op dispatcher (an
   autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient),
-  launch shapes are cached per width, no autotuning, one forward launch and two backward launches.
+  launch shapes are cached per width, no autotuning, one forward launch and two backward launches,
+  each through the compiled kernel's launcher (kernels/_launch.py). Still, at 16384 x 768 a
+  fwd+bwd costs more CPU time (autograd.Function plus three launches) than GPU time, so per-call
+  timings there measure the host (bench/RESULTS.md).
 """
 import functools
 import math
