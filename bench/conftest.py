@@ -1,12 +1,14 @@
 """Options, session-wide measurements and the JSON post-processing of the benchmark suite.
 
 - TRITON_INTERPRET=1 is set here when there is no CUDA device, before any module imports `kernels`.
-- `--bench-size small|full`: on CUDA, `small` (the default) is a reduced grid budgeted at about
-  6 minutes on one H100 (most of it torch.compile / FlexAttention compilation): attention at
+- `--bench-size small|full`: on CUDA, `small` (the default) is a reduced grid: attention at
   T in {1024, 16384}, norms at N in {768, 4096} (add variants 4096), every FFN but ReLU's second
-  shape, the training step. `full` is every shape of the kernel issues and PEERS.md (about 20
-  minutes; run it one file at a time and pass all the JSON files to bench.report). On the CPU the
-  shapes are tiny whatever is asked, and only correctness runs (with --benchmark-disable).
+  shape, the training step. On a fresh H100 machine it took 12.5 minutes (2026-11-27: attention 4.7,
+  norms 3.7, FFN 2.9, training step 1.2), most of it compiling the torch.compile / FlexAttention
+  peers and autotuning ours; select with `-k` to run less. `full` is every shape of the kernel issues
+  and PEERS.md, a few times longer; run it one file at a time and pass all the JSON files to
+  bench.report. On the CPU the shapes are tiny whatever is asked, and only correctness runs (with
+  --benchmark-disable).
 - `--bench-dtype bf16[,fp16,...]`: dtypes to run on CUDA (default bf16; the CPU runs fp32, because
   the interpreter's bf16 `tl.dot` is wrong).
 - The card's ceilings are measured once per session (bf16 8192^3 matmul, device copy) and written
@@ -26,7 +28,7 @@ from bench import common  # noqa: E402
 def pytest_addoption(parser):
     group = parser.getgroup("slm bench")
     group.addoption("--bench-size", choices=("small", "full"), default="small",
-                    help="grid size on CUDA: small (default, a few minutes on one H100) or full")
+                    help="grid size on CUDA: small (default; ~12 minutes on a fresh H100) or full")
     group.addoption("--bench-dtype", default="bf16",
                     help="comma-separated dtypes to benchmark on CUDA: bf16, fp16, fp32 (default bf16)")
 
