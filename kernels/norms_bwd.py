@@ -308,5 +308,5 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     db = torch.empty_like(bias, memory_format=torch.contiguous_format) if has_b else None
     grid, block_p, block_n = sum_config(n_progs, n_cols)
     _sum_launch[(grid,)](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols,
-                                  HAS_W=has_w, HAS_B=has_b, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
+                         HAS_W=has_w, HAS_B=has_b, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
     return dx, dw, db
