@@ -12,6 +12,7 @@ the optional parts):
    the table is printed after each pass;
 3. torch.compile(fullgraph=True) through our ops and autocast;
 4. if time is left: the fused GEMMs alone vs cuBLAS and the autotuner's per-config timings.
+FFN_POINTS=act:D:H,... replaces the shapes; FFN_QUICK=1 runs only steps 2 (ours, eager) and 4.
 """
 import os
 import sys
@@ -35,6 +36,9 @@ BUDGET = float(os.environ.get("FFN_BUDGET_S", "100"))
 DEVICE = "cuda"
 POINTS = [("gelu", 768, 3072), ("relu", 768, 3072), ("swiglu", 768, 2048),
           ("gelu", 2048, 8192), ("relu", 2048, 8192), ("swiglu", 2048, 5440)]
+if os.environ.get("FFN_POINTS"):  # e.g. geglu:768:2048,swiglu:768:2048
+    POINTS = [(a, int(d), int(h)) for a, d, h in (s.split(":") for s in os.environ["FFN_POINTS"].split(","))]
+QUICK = bool(os.environ.get("FFN_QUICK"))  # only ours and eager, then the GEMM detail (no checks, no compile)
 
 
 def log(*parts):
@@ -199,7 +203,7 @@ def gemm_detail(p):
 def main():
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
         f"autotune {'on' if matmul.autotune_enabled() else 'off'}")
-    fails = correctness()
+    fails = "not run (FFN_QUICK)" if QUICK else correctness()
     torch.manual_seed(0)
     liger = liger_swiglu()
     log(f"Liger SwiGLU {'importable' if liger else 'not importable'}")
@@ -212,6 +216,10 @@ def main():
         if liger is not None and p.activation == "swiglu":
             p.time("liger", liger)
     table(points)
+    if QUICK:
+        for p in points:
+            gemm_detail(p)
+        return
     compiled = torch.compile(reference.ffn)
     for p in points:  # pass 2: torch.compile, while the budget lasts (each shape compiles anew)
         if elapsed() > BUDGET:
