@@ -18,6 +18,11 @@ Bytes counted (GB/s = bytes / time), with M x N elements of 2 bytes:
 Weight and statistics bytes are ignored. Sections run in the order 1, 2, 4, 3 (torch.compile of the
 reference last among the plain timings), then the CUDA-graph timings of 5 with the time left. The summary table comes LAST. A full log goes to
 $OUT/norms_detail.log when OUT is set. Stops timing before NORMS_SECS (default 170) and still prints.
+
+NORMS_SECTIONS picks sections by name, in the order given (default
+correctness,compile,host,timing,compile_provider,graph,sweep; also `profile`: host cProfile and
+device kernel times of one 16384 x 768 fwd+bwd, and `prefetch`: the backward's PREFETCH switch on
+and off at every op and width); NORMS_WIDTHS the widths (default 768,2048,4096,8192).
 """
 import os
 import signal
