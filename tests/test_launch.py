@@ -46,3 +46,18 @@ def test_cached_binary_per_fact_set():
         x = buf[offset:offset + 1000]
         launch[(8,)](x, torch.empty_like(x), 1000, 2.0, BLOCK=128, num_warps=4)
     assert len(launch._compiled) == 2  # aligned (offsets 0 and 4) and misaligned (offset 1)
+
+
+def test_launch_hooks_send_calls_through_triton(monkeypatch):
+    # A profiler's launch hook must see every launch: any installed hook turns the direct path off.
+    from types import SimpleNamespace
+
+    from kernels import _launch
+
+    def knobs(enter, exit_=None):
+        return SimpleNamespace(runtime=SimpleNamespace(launch_enter_hook=enter, launch_exit_hook=exit_))
+    empty_chain, chain = SimpleNamespace(calls=[]), SimpleNamespace(calls=[print])
+    for setting, active in (((None,), False), ((empty_chain, empty_chain), False), ((chain,), True),
+                            ((print,), True), ((None, print), True)):
+        monkeypatch.setattr(_launch, "_knobs", knobs(*setting))
+        assert _launch._hooks_active() is active
