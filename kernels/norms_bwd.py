@@ -24,7 +24,7 @@ from ._launch import FastLaunch
 
 MAX_FUSED_N = 8192   # widest row the one-pass backward keeps in registers (x, dy, two accumulators)
 LOOP_BLOCK_N = 4096  # chunk width of the looped backward kernel
-PREFETCH = None      # None: bwd_config's choice per width; True / False force it (tests, tools/gpu_norms.py)
+PREFETCH = None      # None: prefetch_for's choice; True / False force it (tests, tools/gpu_norms.py)
 
 
 @triton.jit
@@ -216,7 +216,7 @@ def cdiv(a, b):
 
 @functools.lru_cache(maxsize=None)
 def bwd_config(n_cols):
-    """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM, prefetch.
+    """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM.
 
     From the H100 sweeps (tools/gpu_norms.py, 2026-11-27, CUDA-graph GPU time): up to 1024 columns
     2048-element tiles with 4 warps and 4 programs per SM (768: 61 us against 74 us for 4 x 1024 tiles
@@ -229,12 +229,13 @@ def bwd_config(n_cols):
     block_m = max(1, min(128, (2048 if block_n <= 1024 else 4096) // block_n))
     num_warps = max(1, min(16, block_m * block_n // 512))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,
-            "progs_per_sm": max(1, 16 // num_warps), "PREFETCH": True}
+            "progs_per_sm": max(1, 16 // num_warps)}
 
 
-def prefetch_for(cfg, is_rms, has_dsum):
-    """The width's PREFETCH choice, off for add_layer_norm (see bwd_config)."""
-    return cfg["PREFETCH"] and (is_rms or not has_dsum)
+def prefetch_for(is_rms, has_dsum):
+    """Whether the one-pass backward loads the next tile ahead: at every width, except for
+    add_layer_norm (see bwd_config)."""
+    return is_rms or not has_dsum
 
 
 @functools.lru_cache(maxsize=None)
@@ -292,7 +293,7 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
             x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
             IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_M=cfg["BLOCK_M"],
             BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
-            PREFETCH=prefetch_for(cfg, is_rms, dsum is not None) if PREFETCH is None else PREFETCH)
+            PREFETCH=prefetch_for(is_rms, dsum is not None) if PREFETCH is None else PREFETCH)
     else:
         n_progs = min(sm_count(device) * 2, n_rows)
         # zeros: the looped kernel adds into its partial rows (no partials without weight and bias: dx

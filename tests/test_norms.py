@@ -108,7 +108,7 @@ def test_fp32_weight_with_half_input(op, shape, device):
 @pytest.mark.parametrize("op", OPS)
 def test_backward_prefetch_variant(op, device, monkeypatch):
     # The one-pass backward's PREFETCH switch (next row block loaded before this one is computed).
-    default = norms_bwd.prefetch_for(norms_bwd.bwd_config(W), "rms" in op, op.startswith("add_"))
+    default = norms_bwd.prefetch_for("rms" in op, op.startswith("add_"))
     monkeypatch.setattr(norms_bwd, "PREFETCH", not default)
     check(op, (1151, W), torch.float32, device)
     if not CUDA:  # several rows per block and a ragged last block (the interpreter runs 4 programs)
