@@ -40,6 +40,7 @@ import kernels  # noqa: E402
 from kernels import norms, norms_bwd, reference  # noqa: E402
 from kernels.testing import assert_close  # noqa: E402
 from kernels.testing import call_norm as call  # noqa: E402
+from tools.host_costs import per_call  # noqa: E402
 
 T0 = time.time()
 BUDGET = float(os.environ.get("NORMS_SECS", "170"))
@@ -229,15 +230,7 @@ def section_host():
                     else:
                         outs = call(mod, op, *leaves)
                         torch.autograd.grad(list(outs), wrt, gouts[:len(outs)])
-                best = float("inf")
-                for _ in range(5):
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    for _ in range(200):
-                        once()
-                    torch.cuda.synchronize()
-                    best = min(best, (time.perf_counter() - t0) / 200 * 1e6)
-                row.append(best)
+                row.append(per_call(once, n=200))
         log(f"  {op:15s} fwd ours {row[0]:6.1f} eager {row[2]:6.1f} | fwd+bwd ours {row[1]:6.1f} eager {row[3]:6.1f}")
 
 
