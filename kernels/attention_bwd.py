@@ -62,6 +62,11 @@ TUNE = os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
 TUNE_MIN_WORK = 1 << 24
 
 
+def _head_dim_key(block_d):
+    """The tables' key for a padded head dim."""
+    return 64 if block_d <= 64 else 128 if block_d <= 128 else 256
+
+
 def _prune_by_head_dim(table):
     """An early_config_prune hook choosing the config list by padded head dim (Hopper, 228 KB smem).
 
@@ -69,9 +74,9 @@ def _prune_by_head_dim(table):
     entry untuned, which saves compiling every candidate for each small shape seen in tests and decoding.
     """
     def prune(configs, named_args, **kwargs):
-        block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D"))
-        key = 64 if block_d <= 64 else 128 if block_d <= 128 else 256
-        wanted = table[key]
+        key = _head_dim_key(kwargs.get("BLOCK_D", named_args.get("BLOCK_D")))
+        q = named_args.get("Q")
+        wanted = FP32_TABLE[key] if q is not None and q.element_size() == 4 else table[key]
         if not TUNE or named_args["T_BUCKET"] * named_args["S_BUCKET"] * named_args["BH_BUCKET"] < TUNE_MIN_WORK:
             wanted = wanted[:1]
         kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
@@ -99,11 +104,14 @@ FWD_TABLE = {
     128: [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)],
     256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
 }
-# Backward: the inner (looped) block may also be 32 with a deeper pipeline, as in Triton's tutorial
-# (D64 dK/dV picked (32, 128, 4, 4) at T >= 2048 there; at D128 it lost to (64, 128, 8, 3)).
+# Backward: the inner (looped) block may also be 32 with a deeper pipeline, as in Triton's tutorial.
+# dK/dV re-measured on 2026-11-27 (tools/gpu_attention_bwd.py, H200, each head dim in its DKDV_FORM):
+# D64 (64, 64, 4, 3) 0.767 ms at T1024, (32, 128, 4, 4) 1.007; D128 (64, 128, 8, 2) 0.820 / 3.860 ms at
+# T1024 / T8192, (32, 128, 8, 3) 0.825 / 4.132, (64, 128, 8, 3) 0.881 / 3.940. Every D128 candidate
+# spills registers (the dK and dV accumulators take 128 per thread); two stages spill least.
 DKDV_TABLE = {
-    64: [(32, 128, 4, 4), (64, 64, 4, 3), (64, 128, 8, 3)],
-    128: [(64, 128, 8, 3), (64, 64, 4, 3)],
+    64: [(64, 64, 4, 3), (32, 128, 4, 4)],
+    128: [(64, 128, 8, 2), (32, 128, 8, 3), (64, 128, 8, 3)],
     256: [(64, 64, 4, 2), (64, 128, 8, 2), (64, 64, 8, 2)],
 }
 DQ_TABLE = {
@@ -111,6 +119,9 @@ DQ_TABLE = {
     128: [(128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3)],
     256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 8, 2)],
 }
+# fp32 inputs (a correctness path: IEEE fp32 dots) take small tiles in every kernel: the 16-bit tables'
+# tiles, twice the bytes, overflow the 227 KB of shared memory (dK/dV at (64, 128, 8, 2) asked 384 KB).
+FP32_TABLE = {64: [(32, 64, 4, 2)], 128: [(32, 64, 4, 2)], 256: [(32, 32, 4, 1)]}
 INTERPRET_FWD = [(32, 16, 4, 1)]
 INTERPRET_DKDV = [(16, 32, 4, 1)]
 INTERPRET_DQ = [(32, 16, 4, 1)]
@@ -125,7 +136,7 @@ def autotuned(kernel, table, interpret_shapes, extra_key=()):
     key = TUNE_KEY + list(extra_key)
     if interpreting():
         return triton.autotune(configs=_configs(interpret_shapes), key=key)(kernel)
-    shapes = sorted({s for rows in table.values() for s in rows})
+    shapes = sorted({s for t in (table, FP32_TABLE) for rows in t.values() for s in rows})
     return triton.autotune(configs=_configs(shapes), key=key, do_bench=_tune_bench,
                            prune_configs_by={"early_config_prune": _prune_by_head_dim(table)})(kernel)
 
@@ -177,25 +188,56 @@ def _attn_bwd_preprocess_kernel(Out, DO, Delta, stride_ob, stride_oh, stride_ot,
 @triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_n, offs_d, lo, hi,
                          seqlen_q, diag, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                         EVEN_D: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """Accumulate dK, dV (BLOCK_N, BLOCK_D) over query blocks [lo, hi); MASKED applies the causal mask."""
+                         EVEN_D: tl.constexpr, MASKED: tl.constexpr, CHECK_ROWS: tl.constexpr,
+                         DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, S_ROWS: tl.constexpr):
+    """Accumulate dK, dV (BLOCK_N, BLOCK_D) over query blocks [lo, hi); MASKED applies the causal mask.
+
+    CHECK_ROWS: the range may end inside a block (rows >= seqlen_q read as q = do = 0, L = +inf, so
+    P = 0); without it the loads are unmasked. Q and DO are tensor descriptors (USE_TMA: out-of-range
+    rows read as 0) or pointers to the head's rows.
+    """
     offs_m = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
-        q = load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
-        # Rows past the end get L = +inf, hence P = 0.
-        lse2 = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
-        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale      # (BLOCK_N, BLOCK_M)
-        if MASKED:
-            qk_t = tl.where(rows[None, :] + diag >= offs_n[:, None], qk_t, float("-inf"))
-        p_t = tl.exp2(qk_t - lse2[None, :])
-        do = load_tile(DO + rows[:, None] * stride_dot + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM, True,
-                       EVEN_D)
-        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-        delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
-        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        if USE_TMA:
+            q = Q.load([start_m, 0])
+        else:
+            q = load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM,
+                          CHECK_ROWS, EVEN_D)
+        if CHECK_ROWS:
+            lse2 = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
+        else:
+            lse2 = tl.load(Lse + rows) * 1.4426950408889634
+        if USE_TMA:
+            do = DO.load([start_m, 0])
+        else:
+            do = load_tile(DO + rows[:, None] * stride_dot + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM,
+                           CHECK_ROWS, EVEN_D)
+        if CHECK_ROWS:
+            delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
+        else:
+            delta = tl.load(Delta + rows)
+        if S_ROWS:
+            # S = Q K^T by query rows: k and v are the dots' B operands, read from shared memory, and
+            # P, dS are transposed for the dV, dK products instead (fewer registers held across the loop).
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale        # (BLOCK_M, BLOCK_N)
+            if MASKED:
+                qk = tl.where(rows[:, None] + diag >= offs_n[None, :], qk, float("-inf"))
+            p = tl.exp2(qk - lse2[:, None])
+            dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=DOT_PRECISION)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = p * (dp - delta[:, None])
+            dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=DOT_PRECISION)
+        else:
+            qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale      # (BLOCK_N, BLOCK_M)
+            if MASKED:
+                qk_t = tl.where(rows[None, :] + diag >= offs_n[:, None], qk_t, float("-inf"))
+            p_t = tl.exp2(qk_t - lse2[None, :])
+            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            ds_t = p_t * (dp_t - delta[None, :])
+            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
@@ -207,7 +249,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV,
                           n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, sm_scale, T_BUCKET, S_BUCKET,
                           BH_BUCKET, KV_BUCKET,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, S_ROWS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     off_b = (pid_bkv // n_kv_heads).to(tl.int64)
@@ -234,17 +277,29 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV,
         m_lo = 0
         m_mid = 0
         m_full = 0
+    # Whole query blocks below m_end need no row check; the last, partial one does.
+    m_end = tl.maximum(seqlen_q // BLOCK_M * BLOCK_M, m_full)
     for g in range(0, group):
         off_h = (off_kh * group + g).to(tl.int64)
-        q_base = Q + off_b * stride_qb + off_h * stride_qh
-        do_base = DO + off_b * stride_dob + off_h * stride_doh
+        q_src = Q + off_b * stride_qb + off_h * stride_qh
+        do_src = DO + off_b * stride_dob + off_h * stride_doh
+        if USE_TMA:
+            q_src = tl.make_tensor_descriptor(q_src, shape=[seqlen_q, HEAD_DIM], strides=[stride_qt, 1],
+                                              block_shape=[BLOCK_M, BLOCK_D])
+            do_src = tl.make_tensor_descriptor(do_src, shape=[seqlen_q, HEAD_DIM], strides=[stride_dot, 1],
+                                               block_shape=[BLOCK_M, BLOCK_D])
         row_base = (off_b * n_heads + off_h) * seqlen_q
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                                      stride_qt, stride_dot, offs_n, offs_d, m_lo, m_mid, seqlen_q, diag, qk_scale,
-                                      HEAD_DIM, BLOCK_M, EVEN_D, True, DOT_PRECISION)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, Lse + row_base, Delta + row_base,
-                                      stride_qt, stride_dot, offs_n, offs_d, m_full, seqlen_q, seqlen_q, diag,
-                                      qk_scale, HEAD_DIM, BLOCK_M, EVEN_D, False, DOT_PRECISION)
+        lse_g = Lse + row_base
+        delta_g = Delta + row_base
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, lse_g, delta_g, stride_qt, stride_dot, offs_n,
+                                      offs_d, m_lo, m_mid, seqlen_q, diag, qk_scale, HEAD_DIM, BLOCK_M, EVEN_D,
+                                      True, True, DOT_PRECISION, USE_TMA, S_ROWS)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, lse_g, delta_g, stride_qt, stride_dot, offs_n,
+                                      offs_d, m_full, m_end, seqlen_q, diag, qk_scale, HEAD_DIM, BLOCK_M, EVEN_D,
+                                      False, False, DOT_PRECISION, USE_TMA, S_ROWS)
+        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, lse_g, delta_g, stride_qt, stride_dot, offs_n,
+                                      offs_d, m_end, seqlen_q, seqlen_q, diag, qk_scale, HEAD_DIM, BLOCK_M, EVEN_D,
+                                      False, True, DOT_PRECISION, USE_TMA, S_ROWS)
     mask = (offs_n < seqlen_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(DK + off_b * stride_dkb + kv_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=mask)
@@ -259,6 +314,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, offs_
     """Accumulate dQ (BLOCK_M, BLOCK_D) over key blocks [lo, hi); MASKED checks key bounds (and causality)."""
     offs_n = tl.arange(0, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
         k = load_tile(K + cols[:, None] * stride_kt + offs_d[None, :], cols, seqlen_k, offs_d, HEAD_DIM, MASKED,
                       EVEN_D)
@@ -311,11 +367,11 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, Lse, Delta, DQ,
     else:
         hi = seqlen_k
         n_full = seqlen_k // BLOCK_N * BLOCK_N
-    k_base = K + off_b * stride_kb + off_kh * stride_kh
-    v_base = V + off_b * stride_vb + off_kh * stride_vh
-    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, 0, n_full,
+    k_src = K + off_b * stride_kb + off_kh * stride_kh
+    v_src = V + off_b * stride_vb + off_kh * stride_vh
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_src, v_src, stride_kt, stride_vt, offs_m, offs_d, 0, n_full,
                             seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, False, CAUSAL, DOT_PRECISION)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_base, v_base, stride_kt, stride_vt, offs_m, offs_d, n_full, hi,
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_src, v_src, stride_kt, stride_vt, offs_m, offs_d, n_full, hi,
                             seqlen_k, diag, qk_scale, HEAD_DIM, BLOCK_N, EVEN_D, True, CAUSAL, DOT_PRECISION)
     mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(DQ + off_b * stride_dqb + off_h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :],
@@ -358,8 +414,30 @@ def _launch(tuned, raw, grid, args, meta, config, key=None):
         raw[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
 
 
-def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None):
-    """(dq, dk, dv) from the saved output and log-sum-exp; config = {"dkdv": tuple, "dq": tuple} forces blocks."""
+# The dK/dV loop's form per padded head dim: (S_ROWS, TMA). S_ROWS computes S = Q K^T by query rows
+# (k, v as the dots' B operands) instead of S^T = K Q^T; TMA loads q and dO through tensor descriptors
+# (when 16-byte aligned). Measured with tools/gpu_attention_bwd.py (H200, 2026-11-27, whole backward,
+# bf16 causal, B*T = 16384): D64 T1024 0.767 ms with both at (64, 64, 4, 3) against 0.863-0.898 ms for
+# the S^T pointer form; at D128 the S^T pointer form stays best (0.820 vs 0.892 ms at T1024). The dQ
+# kernel keeps pointer loads (TMA for its k and v measured 7% slower at D64 and D128, T1024).
+DKDV_FORM = {64: (True, True), 128: (False, False), 256: (False, False)}
+
+
+def _aligned16(*tensors):
+    """TMA needs 16-byte aligned bases and strides (true for D % 8 == 0 unless the views are offset)."""
+    return all(t.data_ptr() % 16 == 0 and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:3])
+               for t in tensors)
+
+
+def _tma_alloc(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None, s_rows=None, use_tma=None):
+    """(dq, dk, dv) from the saved output and log-sum-exp; config = {"dkdv": tuple, "dq": tuple} forces blocks.
+
+    s_rows / use_tma force the dK/dV loop's form (benchmarking; None = DKDV_FORM for the head dim).
+    """
     B, H, T, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -378,14 +456,19 @@ def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None):
     _attn_bwd_preprocess_kernel[(triton.cdiv(T, 64), B * H)](
         out, dout, delta, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T,
         HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
+    rows_form, tma = DKDV_FORM[_head_dim_key(meta["BLOCK_D"])]
+    rows_form = rows_form if s_rows is None else bool(s_rows)
+    tma = (tma if use_tma is None else bool(use_tma)) and _aligned16(q, k, v, dout)
     meta = dict(meta, CAUSAL=bool(causal))
+    if tma and q.is_cuda:
+        triton.set_allocator(_tma_alloc)  # device-side descriptors need a little global scratch
     scale = float(scale)
     common = (H, H_kv, T, S, scale * LOG2E, scale, *buckets)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *sdo[:3])
     config = config or {}
     _launch(_dkdv_tuned, _attn_bwd_dkdv_kernel, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
             (q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
-            meta, config.get("dkdv"), (buckets, q.dtype))
+            dict(meta, USE_TMA=tma, S_ROWS=rows_form), config.get("dkdv"), (buckets, q.dtype))
     _launch(_dq_tuned, _attn_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
             (q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
             (buckets, q.dtype))

@@ -10,13 +10,15 @@ Forward: the first GEMM applies bias and activation in its epilogue (the pre-act
 an extra trip through memory); the second GEMM has no epilogue to fuse and is cuBLAS (F.linear).
 Backward, with d = dy (M, D_out):
     d_pre   = (d @ w_out) * act'(pre)       one Triton GEMM, the derivative in its epilogue, which
-                                            also re-forms a = act(pre) and sums db_in (fp32 atomics)
+                                            also sums db_in (fp32 atomics)
     dw_out  = d.T @ a,  db_out = d.sum(0)   cuBLAS / torch reduction
     dx      = d_pre @ w_in, dw_in = d_pre.T @ x     cuBLAS: plain GEMMs, nothing to fuse
-Saved for backward: x, w_in, w_out and the pre-activation x @ w_in.T + b_in ((M, H), or (M, 2H) =
-gate then up when gated) in the compute dtype. The hidden activation a is not saved: the backward
-GEMM's epilogue recomputes it from pre for free while it reads pre anyway. linear_act saves x, w
-and pre; its backward has no GEMM producing the upstream gradient, so d_pre comes from one fused
+Saved for backward: x, w_in, w_out, the pre-activation x @ w_in.T + b_in ((M, H), or (M, 2H) =
+gate then up when gated) and the hidden activation a = act(pre) (M, H), in the compute dtype. a is
+the second GEMM's input, in memory anyway: keeping it costs memory (as in eager PyTorch and
+torch.compile, which keep it too), while re-forming it in the backward epilogue would cost one more
+(M, H) write there (measured slower on the H100, bench/RESULTS.md). linear_act saves x, w and pre;
+its backward has no GEMM producing the upstream gradient, so d_pre comes from one fused
 elementwise Triton pass (with the bias sums), then cuBLAS for dx and dw.
 The pre-activation is only written when autograd will need it (grad enabled and an input
 requires grad).
@@ -66,12 +68,13 @@ def _linear_act_bwd(grad, x, w, pre, activation, has_bias):
 
 
 def _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre):
+    """(y, pre, a): pre and the hidden activation a for the backward, or empty tensors without save_pre."""
     a, pre = linear_act_fwd(x, w_in, b_in, activation, save_pre)
-    return F.linear(a, w_out, b_out), pre
+    return F.linear(a, w_out, b_out), pre, a if save_pre else a.new_empty(0)
 
 
-def _ffn_bwd(dy, x, w_in, w_out, pre, activation, has_b_in, has_b_out):
-    d_pre, a, db_in = act_bwd(dy, w_out, pre, activation, store_act=True, bias_grad=has_b_in)
+def _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
+    d_pre, _, db_in = act_bwd(dy, w_out, pre, activation, store_act=False, bias_grad=has_b_in)
     db_in = db_in.to(x.dtype) if has_b_in else x.new_empty(0)
     db_out = dy.sum(0) if has_b_out else x.new_empty(0)
     return d_pre @ w_in, d_pre.t() @ x, db_in, dy.t() @ a, db_out
@@ -98,16 +101,16 @@ class LinearActFn(torch.autograd.Function):
 class FFNFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_in, b_in, w_out, b_out, activation, save_pre):
-        y, pre = _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
-        ctx.save_for_backward(x, w_in, w_out, pre)
+        y, pre, a = _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
+        ctx.save_for_backward(x, w_in, w_out, pre, a)
         ctx.activation, ctx.has_b_in, ctx.has_b_out = activation, b_in is not None, b_out is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, w_in, w_out, pre = ctx.saved_tensors
+        x, w_in, w_out, pre, a = ctx.saved_tensors
         _check_saved(pre)
-        dx, dw_in, db_in, dw_out, db_out = _ffn_bwd(dy, x, w_in, w_out, pre, ctx.activation, ctx.has_b_in,
+        dx, dw_in, db_in, dw_out, db_out = _ffn_bwd(dy, x, w_in, w_out, pre, a, ctx.activation, ctx.has_b_in,
                                                     ctx.has_b_out)
         return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,
                 None, None)
@@ -155,38 +158,39 @@ _linear_act_fwd_op.register_autograd(_linear_act_backward, setup_context=_linear
 
 @torch.library.custom_op("kernels::ffn_fwd", mutates_args=())
 def _ffn_fwd_op(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor],
-                activation: str, save_pre: bool) -> tuple[Tensor, Tensor]:
+                activation: str, save_pre: bool) -> tuple[Tensor, Tensor, Tensor]:
     return _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
 
 
 @_ffn_fwd_op.register_fake
 def _(x, w_in, b_in, w_out, b_out, activation, save_pre):
-    return x.new_empty(x.shape[0], w_out.shape[0]), x.new_empty(_pre_shape(x, w_in, save_pre))
+    hidden = (x.shape[0], _hidden(w_in, activation)) if save_pre else (0,)
+    return x.new_empty(x.shape[0], w_out.shape[0]), x.new_empty(_pre_shape(x, w_in, save_pre)), x.new_empty(hidden)
 
 
 @torch.library.custom_op("kernels::ffn_bwd", mutates_args=())
-def _ffn_bwd_op(dy: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, pre: Tensor, activation: str,
+def _ffn_bwd_op(dy: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, pre: Tensor, a: Tensor, activation: str,
                 has_b_in: bool, has_b_out: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _ffn_bwd(dy, x, w_in, w_out, pre, activation, has_b_in, has_b_out)
+    return _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out)
 
 
 @_ffn_bwd_op.register_fake
-def _(dy, x, w_in, w_out, pre, activation, has_b_in, has_b_out):
+def _(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
     return (torch.empty_like(x), torch.empty_like(w_in), x.new_empty(w_in.shape[0] if has_b_in else 0),
             torch.empty_like(w_out), x.new_empty(w_out.shape[0] if has_b_out else 0))
 
 
 def _ffn_setup(ctx, inputs, output):
     x, w_in, b_in, w_out, b_out, activation, _ = inputs
-    ctx.save_for_backward(x, w_in, w_out, output[1])
+    ctx.save_for_backward(x, w_in, w_out, output[1], output[2])
     ctx.activation, ctx.has_b_in, ctx.has_b_out = activation, b_in is not None, b_out is not None
 
 
-def _ffn_backward(ctx, dy, _grad_pre):
-    x, w_in, w_out, pre = ctx.saved_tensors
+def _ffn_backward(ctx, dy, _grad_pre, _grad_a):
+    x, w_in, w_out, pre, a = ctx.saved_tensors
     _check_saved(pre)
     dx, dw_in, db_in, dw_out, db_out = torch.ops.kernels.ffn_bwd(
-        dy, x, w_in, w_out, pre, ctx.activation, ctx.has_b_in, ctx.has_b_out)
+        dy, x, w_in, w_out, pre, a, ctx.activation, ctx.has_b_in, ctx.has_b_out)
     return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,
             None, None)
 
@@ -240,7 +244,7 @@ def ffn(x, w_in, b_in, w_out, b_out, activation):
     x2, save_pre = x.reshape(-1, x.shape[-1]), _needs_pre(x, w_in, b_in, w_out, b_out)
     _check_index_range(x2, w_in, w_out)
     if torch.compiler.is_compiling():
-        y, _ = torch.ops.kernels.ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, save_pre)
+        y, _, _ = torch.ops.kernels.ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     else:
         y = FFNFn.apply(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     return y.reshape(*x.shape[:-1], y.shape[-1])

@@ -188,7 +188,7 @@ def gemm_detail(p):
     c1 = bench(lambda: F.linear(x, w_in, b_in))
     pre = matmul.linear_act_fwd(x, w_in, b_in, p.activation, True)[1]
     dy = p.dy
-    g2 = bench(lambda: matmul.act_bwd(dy, w_out, pre, p.activation, True, b_in is not None))
+    g2 = bench(lambda: matmul.act_bwd(dy, w_out, pre, p.activation, False, b_in is not None))
     c2 = bench(lambda: dy @ w_out)
     log(f"  {p.activation} {p.D}->{p.H}: fused GEMM1 {f1 / g1 * 1e-9:.0f} vs cuBLAS linear {f1 / c1 * 1e-9:.0f}; "
         f"fused bwd GEMM {f2 / g2 * 1e-9:.0f} vs cuBLAS dy@w_out {f2 / c2 * 1e-9:.0f} TFLOP/s")
