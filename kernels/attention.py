@@ -36,8 +36,8 @@ import triton.language as tl
 
 from ._checks import check_attention_args
 from ._runtime import check_device
-from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, \
-    load_tile, plan, unit_last_stride
+from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, _tma_alloc, attention_bwd, \
+    autotuned, load_tile, plan, unit_last_stride
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -153,10 +153,6 @@ _fwd_tuned = autotuned(_attn_fwd_kernel, FWD_TABLE, INTERPRET_FWD, extra_key=["U
 
 # Tensor-descriptor (TMA) loads in the forward. Off until timed on the H100 (tools/gpu_attention.py).
 USE_TMA = False
-
-
-def _tma_alloc(size, alignment, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def _tma_ok(*tensors):
