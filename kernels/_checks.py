@@ -66,6 +66,22 @@ def check_norm_args(x, weight, bias, eps, residual=None):
         raise ValueError(f"eps must be a positive number, got {eps!r}")
 
 
+def norm_args_ok(x, weight, bias, eps, residual=None, dtypes=FLOAT_DTYPES):
+    """True only where check_norm_args passes and x (and residual) have one of `dtypes`: a cheap test for
+    the common case on hot paths, which run check_norm_args (and its messages) whenever it says False."""
+    if not (isinstance(x, torch.Tensor) and x.dtype in dtypes and x.dim() and eps.__class__ is float and eps > 0):
+        return False
+    n, device = x.shape[-1], x.device
+    return (_vector_ok(weight, n, device) and _vector_ok(bias, n, device)
+            and (residual is None or (isinstance(residual, torch.Tensor) and residual.dtype in dtypes
+                                      and residual.shape == x.shape and residual.device == device)))
+
+
+def _vector_ok(t, n, device):
+    return t is None or (isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] == n
+                         and t.dtype in FLOAT_DTYPES and t.device == device)
+
+
 def check_activation(activation):
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")

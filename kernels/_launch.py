@@ -10,7 +10,15 @@ reuse it: each tensor's dtype and 16-byte alignment, each int's class (equal to 
 fits in 32 bits), the value of any other argument. The first call with new facts goes through Triton's
 own path (compiling if needed) and so does every call under the CPU interpreter or while a launch
 hook is installed (profilers, Proton), so behaviour never differs from a plain launch, only its cost.
+
+A call site that launches one shape many times can go further with a `LaunchPlan` (grid and meta
+built once): `launcher[plan](*args)` reuses the plan's previous binary without building the key when
+the arguments differ from that launch's only in the tensors' addresses (same types, dtypes and
+non-tensor values, every tensor 16-byte aligned): the same facts, checked in a few C-level passes.
 """
+import functools
+import operator
+
 import torch
 import triton
 
@@ -24,8 +32,10 @@ except ImportError:  # older Triton: no launch hooks to respect, and no direct p
 
 def _hooks_active():
     # Triton 3.6 keeps an (empty) HookChain in the knobs where older versions kept None.
-    return any(h is not None and getattr(h, "calls", True)
-               for h in (_knobs.runtime.launch_enter_hook, _knobs.runtime.launch_exit_hook))
+    runtime = _knobs.runtime
+    enter, exit_ = runtime.launch_enter_hook, runtime.launch_exit_hook
+    return bool((enter is not None and getattr(enter, "calls", True))
+                or (exit_ is not None and getattr(exit_, "calls", True)))
 
 
 def _fact(a, _tensor=torch.Tensor):
@@ -41,8 +51,55 @@ def _fact(a, _tensor=torch.Tensor):
     return a  # None and other constants are compiled in
 
 
+class LaunchPlan:
+    """A grid and the constexprs / launch options (num_warps) for many launches from one call site."""
+
+    __slots__ = ("grid", "meta", "last")
+
+    def __init__(self, grid, **meta):
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))
+        self.meta = meta
+        self.last = None  # _Repeat of the latest direct launch with this plan
+
+
+_dtype_of = operator.attrgetter("dtype")
+_data_ptr = torch.Tensor.data_ptr
+
+
+def _picker(positions):
+    # args -> the tuple of args at these positions (itemgetter returns a bare item for one position)
+    if len(positions) > 1:
+        return operator.itemgetter(*positions)
+    return lambda args: tuple(args[i] for i in positions)
+
+
+class _Repeat:
+    """A launch's binary and what its arguments looked like, to recognize a call with the same facts."""
+
+    __slots__ = ("launcher", "device", "types", "tensors_of", "dtypes", "values_of", "values", "entry")
+
+    def __init__(self, launcher, device, args, entry):
+        self.launcher, self.device, self.entry = launcher, device, entry
+        self.types = tuple(map(type, args))
+        is_tensor = [isinstance(a, torch.Tensor) for a in args]
+        self.tensors_of = _picker([i for i, t in enumerate(is_tensor) if t])
+        self.values_of = _picker([i for i, t in enumerate(is_tensor) if not t])
+        self.dtypes = tuple(map(_dtype_of, self.tensors_of(args)))
+        self.values = self.values_of(args)
+
+    def matches(self, launcher, device, args):
+        # types first: they make the other passes safe (tensors where tensors were, True is not 1)
+        if not (self.launcher is launcher and self.device == device and tuple(map(type, args)) == self.types
+                and self.values_of(args) == self.values):
+            return False
+        tensors = self.tensors_of(args)
+        return (tuple(map(_dtype_of, tensors)) == self.dtypes
+                and not functools.reduce(operator.or_, map(_data_ptr, tensors), 0) % 16)
+
+
 class FastLaunch:
-    """`FastLaunch(kernel)[grid](*args, **meta)` launches like `kernel[grid](*args, **meta)`.
+    """`FastLaunch(kernel)[grid](*args, **meta)` launches like `kernel[grid](*args, **meta)`, and
+    `FastLaunch(kernel)[plan](*args)` like `kernel[plan.grid](*args, **plan.meta)`.
 
     Runtime arguments are passed positionally, constexprs and launch options (num_warps) by name.
     """
@@ -50,30 +107,60 @@ class FastLaunch:
     def __init__(self, kernel):
         self.kernel = kernel
         self.direct = not interpreting() and _knobs is not None
-        self._compiled = {}  # key -> (compiled kernel, the constexpr values in parameter order)
+        # key -> (compiled kernel, its launcher, function and packed metadata, the constexpr values in
+        # parameter order)
+        self._compiled = {}
         self._driver = None
 
     def __getitem__(self, grid):
+        if grid.__class__ is LaunchPlan:
+            return lambda *args: self.launch_plan(grid, args)
         return lambda *args, **meta: self.launch(grid, args, meta)
 
     def launch(self, grid, args, meta):
         if not self.direct or _hooks_active():
             return self.kernel[grid](*args, **meta)
+        device = self._current_device()
+        hit = self._cached(device, args, meta)
+        if hit is None:
+            return self._first(grid, args, meta, device)
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        return self._run(hit, grid, device, args)
+
+    def launch_plan(self, plan, args):
+        if not self.direct or _hooks_active():
+            return self.kernel[plan.grid](*args, **plan.meta)
+        device = self._current_device()
+        last = plan.last
+        if last is not None and last.matches(self, device, args):
+            return self._run(last.entry, plan.grid, device, args)
+        hit = self._cached(device, args, plan.meta)
+        if hit is None:
+            return self._first(plan.grid, args, plan.meta, device)
+        if all(a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)):
+            plan.last = _Repeat(self, device, args, hit)
+        return self._run(hit, plan.grid, device, args)
+
+    def _current_device(self):
         if self._driver is None:
             self._driver = triton.runtime.driver.active
-        device = self._driver.get_current_device()
-        key = (tuple(meta.items()), device, *map(_fact, args))
-        hit = self._compiled.get(key)
-        if hit is None:
-            compiled = self.kernel[grid](*args, **meta)
-            names = self.kernel.arg_names[len(args):]
-            if compiled is not None and all(n in meta for n in names):
-                self._compiled[key] = (compiled, tuple(meta[n] for n in names))
-            return compiled
-        compiled, constants = hit
-        g1 = grid[1] if len(grid) > 1 else 1
-        g2 = grid[2] if len(grid) > 2 else 1
-        stream = self._driver.get_current_stream(device)
-        compiled.run(grid[0], g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None,
-                     *args, *constants)
+        return self._driver.get_current_device()
+
+    def _cached(self, device, args, meta):
+        return self._compiled.get((tuple(meta.items()), device, *map(_fact, args)))
+
+    def _first(self, grid, args, meta, device):
+        # Through Triton (compiling if needed); its binary is cached when every constexpr was given.
+        compiled = self.kernel[grid](*args, **meta)
+        names = self.kernel.arg_names[len(args):]
+        if compiled is not None and all(n in meta for n in names):
+            key = (tuple(meta.items()), device, *map(_fact, args))
+            self._compiled[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata,
+                                   tuple(meta[n] for n in names))
+        return compiled
+
+    def _run(self, hit, grid, device, args):
+        compiled, run, function, metadata, constants = hit
+        run(*grid, self._driver.get_current_stream(device), function, metadata, None, None, None,
+            *args, *constants)
         return compiled

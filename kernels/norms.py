@@ -28,10 +28,12 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
   `torch.compile(fullgraph=True)` traces the public functions without graph breaks.
 - host overhead: in eager mode the public functions skip the custom-op dispatcher (an
   autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient),
-  launch shapes are cached per width, no autotuning, one forward launch and two backward launches,
-  each through the compiled kernel's launcher (kernels/_launch.py). Still, at 16384 x 768 a
-  fwd+bwd costs more CPU time (autograd.Function plus three launches) than GPU time, so per-call
-  timings there measure the host (bench/RESULTS.md).
+  check the common case in one cheap test (the full checker and its messages run when it fails),
+  launch plans (grid, constexprs, the last binary) are cached per shape, no autotuning, one forward
+  launch and two backward launches, each through the compiled kernel's launcher (kernels/_launch.py).
+  Still, at 16384 x 768 a fwd+bwd costs more CPU time (autograd.Function plus three launches) than
+  GPU time, so per-call timings there measure the host (bench/RESULTS.md; tools/host_profile_cpu.py
+  times the host path on a machine without a GPU).
 """
 import functools
 import math
@@ -42,10 +44,10 @@ import triton
 import triton.language as tl
 
 from . import reference
-from ._checks import check_norm_args
-from ._launch import FastLaunch
+from ._checks import check_norm_args, norm_args_ok
+from ._launch import FastLaunch, LaunchPlan
 from ._runtime import check_device, interpreting
-from .norms_bwd import cdiv, norm_bwd, rows_of
+from .norms_bwd import cdiv, n_cols_rows, norm_bwd, rows_of
 
 MAX_FUSED_N = 16384  # widest row the one-pass forward kernel keeps in registers
 LOOP_BLOCK_N = 4096  # chunk width of the looped forward kernel
@@ -180,38 +182,42 @@ def fwd_config(n_cols):
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": max(1, min(16, block_m * block_n // 1024))}
 
 
+@functools.lru_cache(maxsize=1024)
+def _fwd_plan(n_rows, n_cols, is_rms, has_res, has_w, has_b, config):
+    """The forward's grid and constexprs for a shape. `config` is fwd_config, passed in so that a tool
+    swapping it (tools/gpu_norms.py sweeps launch shapes) gets new plans."""
+    flags = dict(IS_RMS=is_rms, HAS_RES=has_res, HAS_W=has_w, HAS_B=has_b)
+    if n_cols <= MAX_FUSED_N:
+        cfg = config(n_cols)
+        return LaunchPlan((cdiv(n_rows, cfg["BLOCK_M"]),), **flags, **cfg)
+    return LaunchPlan((n_rows,), **flags, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+
+
 def norm_fwd(x, residual, weight, bias, eps, is_rms):
     """Launch the forward kernel; returns (y, the sum or None, stats).
 
     stats is fp32 (2, n_rows) for LayerNorm (mean, rstd) and (1, n_rows) for RMSNorm (rstd).
     Arguments are assumed checked (the public functions do it).
     """
-    n_cols = x.shape[-1]
-    n_rows = math.prod(x.shape[:-1])
-    # (empty_like is the cheapest allocation call on the host; the format makes y contiguous)
+    n_cols, n_rows = n_cols_rows(x)
+    # (empty_like and new_empty with int sizes are the cheapest allocation calls on the host; the
+    # format makes y contiguous)
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     summed = None
     if residual is not None:
         sum_dtype = x.dtype if residual.dtype == x.dtype else torch.promote_types(x.dtype, residual.dtype)
         summed = torch.empty_like(x, dtype=sum_dtype, memory_format=torch.contiguous_format)
-    stats = x.new_empty((1 if is_rms else 2, n_rows), dtype=torch.float32)
-    if y.numel() == 0:
+    stats = x.new_empty(1 if is_rms else 2, n_rows, dtype=torch.float32)
+    if n_rows == 0 or n_cols == 0:
         return y, summed, stats
     # y and the sum are new contiguous tensors (row stride n_cols); x and residual may have strided rows.
     x2, stride_xm = rows_of(x, n_cols)
     r2, stride_rm = rows_of(residual, n_cols) if residual is not None else (x2, stride_xm)
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2
-    args = (x2, r2, w, b, y, summed if summed is not None else y, stats, stride_xm, stride_rm, n_rows, n_cols, eps)
-    if n_cols <= MAX_FUSED_N:
-        cfg = fwd_config(n_cols)
-        _fwd_launch[(cdiv(n_rows, cfg["BLOCK_M"]),)](
-            *args, IS_RMS=is_rms, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-            **cfg)
-    else:
-        _fwd_looped_launch[(n_rows,)](
-            *args, IS_RMS=is_rms, HAS_RES=residual is not None, HAS_W=weight is not None, HAS_B=bias is not None,
-            BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+    plan = _fwd_plan(n_rows, n_cols, is_rms, residual is not None, weight is not None, bias is not None, fwd_config)
+    (_fwd_launch if n_cols <= MAX_FUSED_N else _fwd_looped_launch)[plan](
+        x2, r2, w, b, y, summed if summed is not None else y, stats, stride_xm, stride_rm, n_rows, n_cols, eps)
     return y, summed, stats
 
 
@@ -236,7 +242,12 @@ def _backward(ctx, dy, dsum, bwd):
     if ctx.dtypes is None:
         return dx, None, dw, db
     x_dtype, res_dtype = ctx.dtypes  # add variants: d(x) = d(residual) = d(sum), each in its dtype
-    return dx.to(x_dtype), dx.to(res_dtype), dw, db
+    return _cast(dx, x_dtype), _cast(dx, res_dtype), dw, db
+
+
+def _cast(t, dtype):
+    # t.to(dtype) returns t itself when it has that dtype, but costs about 1 us of host time anyway
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 class NormFn(torch.autograd.Function):
@@ -311,13 +322,24 @@ _norm_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 # Triton decides at import (triton.jit) whether kernels run in its CPU interpreter.
 _KERNEL_DEVICE = "cpu" if interpreting() else "cuda"
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _kernels_take(x, residual, weight, bias, eps):
+    """The hot path's whole argument check: True where the checks below would all pass on the way to
+    the kernels (valid arguments, no float64, x on the kernels' device); False sends a call through them."""
+    return (norm_args_ok(x, weight, bias, eps, residual, KERNEL_DTYPES)
+            and (x.is_cpu if _KERNEL_DEVICE == "cpu" else x.is_cuda))
+
+
+def _check_kernel_device(x):
+    if x.device.type != _KERNEL_DEVICE:  # check_norm_args has put every tensor on x's device
+        check_device(x=x)  # the shared message
+        raise ValueError(f"x is on {x.device}, but the Triton kernels were set up for {_KERNEL_DEVICE} tensors")
 
 
 def _norm(x, residual, weight, bias, eps, is_rms):
     """y, or (y, sum) with a residual: the custom op under torch.compile, else the launchers directly."""
-    if x.device.type != _KERNEL_DEVICE:  # check_norm_args has put every tensor on x's device
-        check_device(x=x)  # the shared message
-        raise ValueError(f"x is on {x.device}, but the Triton kernels were set up for {_KERNEL_DEVICE} tensors")
     eps = float(eps)
     if torch.compiler.is_compiling():
         y, summed, _ = _norm_fwd_op(x, residual, weight, bias, eps, is_rms)
@@ -332,35 +354,43 @@ def _norm(x, residual, weight, bias, eps, is_rms):
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dim."""
-    check_norm_args(x, weight, bias, eps)
-    if x.dtype == torch.float64:
-        return reference.layer_norm(x, weight, bias, eps)
+    if not _kernels_take(x, None, weight, bias, eps):
+        check_norm_args(x, weight, bias, eps)
+        if x.dtype == torch.float64:
+            return reference.layer_norm(x, weight, bias, eps)
+        _check_kernel_device(x)
     return _norm(x, None, weight, bias, eps, False)
 
 
 def rms_norm(x, weight=None, eps=1e-6):
     """x / sqrt(mean(x^2) + eps) * weight over the last dim."""
-    check_norm_args(x, weight, None, eps)
-    if x.dtype == torch.float64:
-        return reference.rms_norm(x, weight, eps)
+    if not _kernels_take(x, None, weight, None, eps):
+        check_norm_args(x, weight, None, eps)
+        if x.dtype == torch.float64:
+            return reference.rms_norm(x, weight, eps)
+        _check_kernel_device(x)
     return _norm(x, None, weight, None, eps, True)
 
 
 def add_layer_norm(x, residual, weight=None, bias=None, eps=1e-5):
     """(layer_norm(x + residual), x + residual), reading x and residual once."""
-    check_norm_args(x, weight, bias, eps, residual)
-    if residual is None:
-        return layer_norm(x, weight, bias, eps), x
-    if x.dtype == torch.float64 or residual.dtype == torch.float64:
-        return reference.add_layer_norm(x, residual, weight, bias, eps)
+    if residual is None or not _kernels_take(x, residual, weight, bias, eps):
+        check_norm_args(x, weight, bias, eps, residual)
+        if residual is None:
+            return layer_norm(x, weight, bias, eps), x
+        if x.dtype == torch.float64 or residual.dtype == torch.float64:
+            return reference.add_layer_norm(x, residual, weight, bias, eps)
+        _check_kernel_device(x)
     return _norm(x, residual, weight, bias, eps, False)
 
 
 def add_rms_norm(x, residual, weight=None, eps=1e-6):
     """(rms_norm(x + residual), x + residual), reading x and residual once."""
-    check_norm_args(x, weight, None, eps, residual)
-    if residual is None:
-        return rms_norm(x, weight, eps), x
-    if x.dtype == torch.float64 or residual.dtype == torch.float64:
-        return reference.add_rms_norm(x, residual, weight, eps)
+    if residual is None or not _kernels_take(x, residual, weight, None, eps):
+        check_norm_args(x, weight, None, eps, residual)
+        if residual is None:
+            return rms_norm(x, weight, eps), x
+        if x.dtype == torch.float64 or residual.dtype == torch.float64:
+            return reference.add_rms_norm(x, residual, weight, eps)
+        _check_kernel_device(x)
     return _norm(x, residual, weight, None, eps, True)

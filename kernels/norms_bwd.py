@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import FastLaunch
+from ._launch import FastLaunch, LaunchPlan
 
 MAX_FUSED_N = 8192   # widest row the one-pass backward keeps in registers (x, dy, two accumulators)
 LOOP_BLOCK_N = 4096  # chunk width of the looped backward kernel
@@ -247,6 +247,12 @@ def sum_config(n_parts, n_cols):
     return cdiv(n_cols, block_n), block_p, block_n
 
 
+def n_cols_rows(t):
+    """(width, rows) of t viewed as (rows, width); numel // width is cheaper than a product of the shape."""
+    n_cols = t.shape[-1]
+    return n_cols, t.numel() // n_cols if n_cols else math.prod(t.shape[:-1])
+
+
 def rows_of(t, n_cols):
     """(t as a 2D tensor with unit column stride, its row stride), copying only when no such view exists.
 
@@ -269,45 +275,59 @@ def sm_count(device):
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=1024)
+def _bwd_plans(n_rows, n_cols, device, is_rms, has_ds, has_w, has_b, config, prefetch):
+    """(programs, main launch plan, second-stage plan or None) for a shape. `config` and `prefetch` are
+    bwd_config and PREFETCH, passed in so that a tool swapping them (tools/gpu_norms.py) gets new plans."""
+    flags = dict(IS_RMS=is_rms, HAS_DS=has_ds, HAS_W=has_w, HAS_B=has_b)
+    n_sm = sm_count(device)
+    if n_cols <= MAX_FUSED_N:
+        cfg = config(n_cols)
+        n_progs = min(n_sm * cfg["progs_per_sm"], cdiv(n_rows, cfg["BLOCK_M"]))
+        main = LaunchPlan((n_progs,), **flags, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                          num_warps=cfg["num_warps"],
+                          PREFETCH=prefetch_for(is_rms, has_ds) if prefetch is None else prefetch)
+    else:
+        n_progs = min(n_sm * 2, n_rows)
+        main = LaunchPlan((n_progs,), **flags, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+    if not (has_w or has_b):
+        return n_progs, main, None
+    grid, block_p, block_n = sum_config(n_progs, n_cols)
+    return n_progs, main, LaunchPlan((grid,), HAS_W=has_w, HAS_B=has_b, BLOCK_P=block_p, BLOCK_N=block_n,
+                                     num_warps=4)
+
+
 def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     """Launch the backward kernels; returns (ds in saved's dtype, dw like weight or None, db like bias or None).
 
     saved is the forward's normalized input (x, or the sum), stats the forward's fp32 statistics.
     """
-    n_cols = saved.shape[-1]
-    n_rows = math.prod(saved.shape[:-1])
-    device = saved.device
+    n_cols, n_rows = n_cols_rows(saved)
     dx = torch.empty_like(saved, memory_format=torch.contiguous_format)
     has_w, has_b = weight is not None, bias is not None
-    if dx.numel() == 0:
+    if n_rows == 0 or n_cols == 0:
         return (dx, torch.zeros_like(weight) if has_w else None, torch.zeros_like(bias) if has_b else None)
     x2, stride_xm = rows_of(saved, n_cols)
     dy2, stride_dym = rows_of(dy, n_cols)
     ds2, stride_dsm = rows_of(dsum, n_cols) if dsum is not None else (dy2, stride_dym)
     w = weight.contiguous() if has_w else x2
+    n_progs, main, second = _bwd_plans(n_rows, n_cols, saved.device, is_rms, dsum is not None,
+                                       has_w, has_b, bwd_config, PREFETCH)
+    # No partials without weight and bias: dx stands in as an unused pointer, as in every launch with a
+    # missing tensor.
+    part = dx
     if n_cols <= MAX_FUSED_N:
-        cfg = bwd_config(n_cols)
-        n_progs = min(sm_count(device) * cfg["progs_per_sm"], cdiv(n_rows, cfg["BLOCK_M"]))
-        part = saved.new_empty((has_w + has_b, n_progs, n_cols), dtype=torch.float32) if has_w or has_b else dx
-        _bwd_launch[(n_progs,)](
-            x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
-            IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_M=cfg["BLOCK_M"],
-            BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
-            PREFETCH=prefetch_for(is_rms, dsum is not None) if PREFETCH is None else PREFETCH)
+        if second is not None:
+            part = saved.new_empty(has_w + has_b, n_progs, n_cols, dtype=torch.float32)
+        _bwd_launch[main](x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols)
     else:
-        n_progs = min(sm_count(device) * 2, n_rows)
-        # zeros: the looped kernel adds into its partial rows (no partials without weight and bias: dx
-        # stands in as an unused pointer, as in every launch with a missing tensor)
-        part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32) if has_w or has_b else dx
-        _bwd_looped_launch[(n_progs,)](
-            x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols,
-            IS_RMS=is_rms, HAS_DS=dsum is not None, HAS_W=has_w, HAS_B=has_b, BLOCK_N=LOOP_BLOCK_N,
-            num_warps=8)
-    if not (has_w or has_b):
+        if second is not None:  # zeros: the looped kernel adds into its partial rows
+            part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32)
+        _bwd_looped_launch[main](x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows,
+                                 n_cols)
+    if second is None:
         return dx, None, None
     dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if has_w else None
     db = torch.empty_like(bias, memory_format=torch.contiguous_format) if has_b else None
-    grid, block_p, block_n = sum_config(n_progs, n_cols)
-    _sum_launch[(grid,)](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols,
-                         HAS_W=has_w, HAS_B=has_b, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4)
+    _sum_launch[second](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols)
     return dx, dw, db

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._launch import FastLaunch, _fact
+from kernels._launch import FastLaunch, LaunchPlan, _fact
 
 CUDA = torch.cuda.is_available()
 
@@ -61,3 +61,91 @@ def test_launch_hooks_send_calls_through_triton(monkeypatch):
                             ((print,), True), ((None, print), True)):
         monkeypatch.setattr(_launch, "_knobs", knobs(*setting))
         assert _launch._hooks_active() is active
+
+
+@pytest.mark.parametrize("n", [17, 1000])
+def test_plan_matches_plain_launch(n, device):
+    plan = LaunchPlan((triton.cdiv(n, 128),), BLOCK=128, num_warps=4)
+    launch = FastLaunch(_scale_kernel)
+    buf = torch.randn(n + 8, device=device)
+    for offset in (0, 1, 4, 0):
+        x = buf[offset:offset + n]
+        y = torch.empty_like(x)
+        launch[plan](x, y, n, 0.5)
+        torch.testing.assert_close(y, x * 0.5, rtol=0, atol=0)
+
+
+class _FakeCompiled:
+    """A binary that records, when run, the facts it was compiled for."""
+
+    def __init__(self, facts, log):
+        self.facts, self.log = facts, log
+        self.function = self.packed_metadata = None
+
+    def run(self, *launch_args):
+        self.log.append(self.facts)
+
+
+class _FakeKernel:
+    """`kernel[grid](*args, **meta)` "compiles" a _FakeCompiled for the arguments' facts and runs it."""
+
+    arg_names = ("X", "Y", "n", "alpha", "BLOCK")
+
+    def __init__(self):
+        self.log = []
+
+    def __getitem__(self, grid):
+        def first(*args, **meta):  # Triton's own path: compile (here: look the facts up) and run
+            compiled = _FakeCompiled(_facts(args, meta), self.log)
+            self.log.append("through triton")
+            compiled.run()
+            return compiled
+        return first
+
+
+class _Driver:
+    device = 0
+
+    def get_current_device(self):
+        return self.device
+
+    def get_current_stream(self, device):
+        return 0
+
+
+def _facts(args, meta):
+    return tuple(meta.items()), tuple(map(_fact, args))
+
+
+def test_plan_reuses_a_binary_only_for_the_same_facts():
+    # The direct path, on any machine: a stand-in kernel records which binary each launch ran. A plan's
+    # shortcut must pick the binary a full key lookup would: one built for exactly the current facts.
+    kernel, driver = _FakeKernel(), _Driver()
+    launch = FastLaunch(kernel)
+    launch.kernel, launch.direct, launch._driver = kernel, True, driver
+    plan = LaunchPlan((8,), BLOCK=128, num_warps=4)
+    buf = torch.zeros(1040)
+    x, y = buf[:1000], buf[16:1016]
+    aligned = (x, y, 1000, 0.5)
+    calls = [aligned, aligned,                                   # through Triton, then recorded by the plan
+             (buf[1:1001], y, 1000, 0.5), (buf[1:1001], y, 1000, 0.5), aligned,  # misaligned
+             (x.double(), y, 1000, 0.5), aligned,                # dtype
+             (x, y, 1001, 0.5), aligned,                         # int class
+             (x, y, 1, 0.5), (x, y, 1, 0.5), (x, y, True, 0.5),  # True is not 1
+             (x, None, 1000, 0.5), aligned,
+             (x, y, 1000, 2.0)]                                  # a float's value: the same binary
+    for args in calls:
+        kernel.log.clear()
+        launch[plan](*args)
+        ran = kernel.log[-1]
+        assert ran == _facts(args, plan.meta), args
+    launch[plan](*aligned)
+    driver.device = 1  # another device: its own binary, through Triton first
+    kernel.log.clear()
+    launch[plan](*aligned)
+    assert kernel.log[0] == "through triton"
+    other = FastLaunch(_FakeKernel())  # a plan's shortcut belongs to the launcher that recorded it
+    other.direct, other._driver = True, driver
+    launch[plan](*aligned)
+    other[plan](*aligned)
+    assert other.kernel.log[0] == "through triton"

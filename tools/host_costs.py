@@ -124,7 +124,7 @@ def decompose(x, w, b, g):
     launchers = {"fwd launch": norms._fwd_launch, "bwd launch": norms_bwd._bwd_launch, "sum launch": norms_bwd._sum_launch}
     for name, obj in launchers.items():
         spent[name] = 0.0
-        obj.launch = timed(name, obj.launch)
+        obj.launch_plan = timed(name, obj.launch_plan)  # the norms launch through LaunchPlans
     try:
         norms.norm_fwd, norms.norm_bwd = timed("norm_fwd", real_fwd), timed("norm_bwd", real_bwd)
         total = per_call(lambda: torch.autograd.grad(kernels.layer_norm(xl, wl, bl), [xl, wl, bl], [g]), n=400)

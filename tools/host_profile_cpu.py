@@ -1,0 +1,193 @@
+"""Microseconds of CPU per call of the norms' Python host path, on a machine without a GPU:
+
+    python tools/host_profile_cpu.py            # the table: four ops, fwd and fwd+bwd, and yardsticks
+    python tools/host_profile_cpu.py --profile add_layer_norm   # plus cProfile of one op's fwd+bwd
+    python tools/host_profile_cpu.py --json     # the same numbers as one JSON line
+    python tools/host_profile_cpu.py --against /tmp/base 5   # before / after: alternating runs here
+        # and in another checkout (git worktree add /tmp/base HEAD), 5 rounds, best of each row
+
+The kernels run nowhere: TRITON_INTERPRET=1 makes the launchers accept CPU tensors, and every
+FastLaunch is given a stand-in for Triton's compiled kernel whose `run` does nothing, with a stand-in
+driver (device 0, stream 0). FastLaunch still takes its direct path (launch plans, key, cache
+lookup, argument tuple), so what is timed is everything ours does on the host except the launch in
+Triton's launcher (about 8-10 us per launch on the H100 host, tools/host_costs.py) and CUDA
+allocation costs. The outputs are uninitialized memory; the reference ops (and F.layer_norm) compute
+on the CPU. Tiny tensors (4 x 768 bf16), one thread; best of several loops. Compare the numbers with
+one another (before / after a change, ours / eager / an empty autograd.Function) on one machine, not
+with the GPU host's; a shared machine's noise needs several alternating runs (--against).
+"""
+import json
+import os
+import sys
+import time
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels then take CPU tensors
+# --root DIR: time the kernels package of another checkout (what --against runs)
+ROOT = sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv else os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import norms, norms_bwd  # noqa: E402
+from kernels._launch import FastLaunch  # noqa: E402
+from kernels.testing import call_norm  # noqa: E402
+
+OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
+
+
+class _NoopCompiled:
+    function = packed_metadata = None
+
+    @staticmethod
+    def run(*args):
+        pass
+
+
+class _NoopKernel:
+    """Stands in for a triton.jit kernel: `kernel[grid](...)` "compiles" to a launcher doing nothing."""
+
+    def __init__(self, kernel):
+        self.arg_names = kernel.arg_names
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: _NoopCompiled
+
+
+class _Driver:
+    @staticmethod
+    def get_current_device():
+        return 0
+
+    @staticmethod
+    def get_current_stream(device):
+        return 0
+
+
+def stub_launches():
+    """Every FastLaunch of the norms takes its direct path to a launcher that does nothing."""
+    for mod in (norms, norms_bwd):
+        for obj in vars(mod).values():
+            if isinstance(obj, FastLaunch):
+                obj.kernel, obj.direct, obj._driver = _NoopKernel(obj.kernel), True, _Driver()
+
+
+def per_call(fn, n=300, repeats=15):
+    for _ in range(20):  # warm up: first calls fill the launch caches
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / n * 1e6)
+    return best
+
+
+class Ident(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def inputs(op, rows=4, n=768, dtype=torch.bfloat16):
+    x = torch.randn(rows, n, dtype=dtype)
+    r = torch.randn(rows, n, dtype=dtype) if op.startswith("add_") else None
+    w = torch.randn(n, dtype=dtype)
+    b = torch.randn(n, dtype=dtype) if "layer" in op else None
+    return x, r, w, b
+
+
+def op_calls(mod, op):
+    """(fwd under no_grad, fwd + autograd.grad) closures for op of mod (kernels or kernels.reference)."""
+    ins = inputs(op)
+    leaves = [None if t is None else t.detach().requires_grad_() for t in ins]
+    wrt = [t for t in leaves if t is not None]
+    gouts = [torch.randn_like(ins[0]) for _ in range(2)]
+
+    def fwd():
+        with torch.no_grad():
+            call_norm(mod, op, *leaves)
+
+    def fwd_bwd():
+        outs = call_norm(mod, op, *leaves)
+        torch.autograd.grad(list(outs), wrt, gouts[:len(outs)])
+    return fwd, fwd_bwd
+
+
+def measure():
+    """{row name: us per call}: the four ops (ours and the reference) and the yardsticks."""
+    out = {}
+    for op in OPS:
+        for mod, who in ((kernels, "ours"), (kernels.reference, "ref")):
+            fwd, fwd_bwd = op_calls(mod, op)
+            out[f"{op} {who} fwd"], out[f"{op} {who} fwd+bwd"] = per_call(fwd), per_call(fwd_bwd)
+    x, _, w, b = inputs("layer_norm")
+    xl, wl, bl = (t.detach().requires_grad_() for t in (x, w, b))
+    g = torch.randn_like(x)
+    out["empty autograd.Function fwd+grad"] = per_call(lambda: torch.autograd.grad(Ident.apply(xl), [xl], [g]))
+    out["F.layer_norm fwd+grad"] = per_call(
+        lambda: torch.autograd.grad(F.layer_norm(xl, (768,), wl, bl), [xl, wl, bl], [g]))
+    out["torch.empty_like(x)"] = per_call(lambda: torch.empty_like(x))
+    return out
+
+
+def table(us):
+    print("us per call, 4 x 768 bf16, launches stubbed (ours) / CPU compute (reference, F.*)")
+    print(f"  {'op':16s} {'ours fwd':>9s} {'ours f+b':>9s} {'ref fwd':>9s} {'ref f+b':>9s}")
+    for op in OPS:
+        row = [us[f"{op} {who} {mode}"] for who in ("ours", "ref") for mode in ("fwd", "fwd+bwd")]
+        print(f"  {op:16s}" + "".join(f" {v:9.1f}" for v in row))
+    for name in ("empty autograd.Function fwd+grad", "F.layer_norm fwd+grad", "torch.empty_like(x)"):
+        print(f"  {name:40s} {us[name]:7.1f}")
+
+
+def profile(op, calls=3000):
+    import cProfile
+    import pstats
+    _, fwd_bwd = op_calls(kernels, op)
+    per_call(fwd_bwd, n=10, repeats=1)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fwd_bwd()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def against(other, rounds):
+    """Alternate runs of this tool here and in the checkout `other`; print the best of each row."""
+    import subprocess
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    best = {}
+    for _ in range(rounds):
+        for root in (other, here):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json", "--root", root],
+                                 capture_output=True, text=True, check=True).stdout
+            for name, us in json.loads(out.splitlines()[-1]).items():
+                best.setdefault(name, {})[root] = min(best.get(name, {}).get(root, float("inf")), us)
+    print(f"{'row':40s} {'before':>8s} {'after':>8s} {'ratio':>6s}  (us per call, best of {rounds} runs each)")
+    for name, us in best.items():
+        print(f"{name:40s} {us[other]:8.1f} {us[here]:8.1f} {us[here] / us[other]:6.2f}")
+
+
+if __name__ == "__main__":
+    if "--against" in sys.argv:
+        i = sys.argv.index("--against")
+        against(os.path.abspath(sys.argv[i + 1]), int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
+        sys.exit()
+    torch.set_num_threads(1)
+    stub_launches()
+    us = measure()
+    if "--json" in sys.argv:  # for scripts that compare runs (the machine's noise needs many)
+        print(json.dumps(us))
+    else:
+        table(us)
+    if "--profile" in sys.argv:
+        profile(sys.argv[sys.argv.index("--profile") + 1])
