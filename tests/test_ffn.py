@@ -136,6 +136,30 @@ def test_tma_and_pointer_paths(device):
                  reference.ffn(x.half(), *params16, "swiglu"), name="pointer-path output")
 
 
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
+    # kernels/matmul_persistent.py (non-gated forward, gated backward) against the per-tile kernels: same
+    # roundings, so the same numbers, and the house rule against float64. M > SMALL_M (the persistent
+    # kernels' range on the GPU; the interpreter takes them at any M), odd M, an edge tile in N.
+    M = matmul.SMALL_M + 77 if CUDA else 77
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    tensors = _params(M, 24, 40, 32, activation, True, device)
+    grad_out = torch.randn(M, 32, dtype=torch.float64, device=device)
+    runs = []
+    for persistent in (True, False):
+        monkeypatch.setattr(matmul, "PERSISTENT", persistent)
+        runs.append(_run(kernels.ffn, tensors, dtype, grad_out, activation))
+    (out_p, grads_p), (out_t, grads_t) = runs
+    torch.testing.assert_close(out_p, out_t, rtol=0, atol=0)
+    for name, g_p, g_t in zip(NAMES, grads_p, grads_t):
+        if name == "b_in":  # fp32 atomic sums in either order, then rounded: at most an ulp apart
+            torch.testing.assert_close(g_p.float(), g_t.float(), rtol=torch.finfo(dtype).eps, atol=0)
+        else:
+            torch.testing.assert_close(g_p, g_t, rtol=0, atol=0, msg=lambda m: f"d{name}: {m}")
+    monkeypatch.setattr(matmul, "PERSISTENT", True)
+    _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
+
+
 @pytest.mark.skipif(CUDA, reason="on the GPU it tunes four configs per kernel; tools/gpu_ffn.py and the "
                                    "benchmark suite run the autotuned path there")
 def test_autotuned_launch_path(device, monkeypatch):

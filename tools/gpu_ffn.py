@@ -12,7 +12,8 @@ the optional parts):
    the table is printed after each pass;
 3. torch.compile(fullgraph=True) through our ops and autocast;
 4. if time is left: the fused GEMMs alone vs cuBLAS and the autotuner's per-config timings.
-FFN_POINTS=act:D:H,... replaces the shapes; FFN_QUICK=1 runs only steps 2 (ours, eager) and 4.
+FFN_POINTS=act:D:H,... replaces the shapes; FFN_QUICK=1 runs only steps 2 (ours, eager) and 4;
+FFN_PERSISTENT=1 turns matmul.PERSISTENT on (kernels/matmul_persistent.py) for the whole run.
 """
 import os
 import sys
@@ -192,6 +193,19 @@ def gemm_detail(p):
     c2 = bench(lambda: dy @ w_out)
     log(f"  {p.activation} {p.D}->{p.H}: fused GEMM1 {f1 / g1 * 1e-9:.0f} vs cuBLAS linear {f1 / c1 * 1e-9:.0f}; "
         f"fused bwd GEMM {f2 / g2 * 1e-9:.0f} vs cuBLAS dy@w_out {f2 / c2 * 1e-9:.0f} TFLOP/s")
+    was = matmul.PERSISTENT
+    for persistent in (False, True):  # the fused GEMMs both ways (where the persistent one applies)
+        matmul.PERSISTENT = persistent
+        ms = bench(lambda: matmul.linear_act_fwd(x, w_in, b_in, p.activation, True))
+        ms_bwd = bench(lambda: matmul.act_bwd(dy, w_out, pre, p.activation, False, b_in is not None))
+        got = (*matmul.linear_act_fwd(x, w_in, b_in, p.activation, True),
+               matmul.act_bwd(dy, w_out, pre, p.activation, False, b_in is not None)[0])
+        if not persistent:
+            ref = got
+        diff = max((a.float() - r.float()).abs().max().item() for a, r in zip(got, ref))
+        log(f"    fused GEMMs {'persistent' if persistent else 'per-tile'}: forward {f1 / ms * 1e-9:.0f}, backward "
+            f"{f2 / ms_bwd * 1e-9:.0f} TFLOP/s, max |diff| to per-tile {diff:.1e}")
+    matmul.PERSISTENT = was
     for kernel in (matmul._linear_act_fwd_tuned, matmul._act_bwd_tuned):
         timings = getattr(kernel, "configs_timings", None) or {}
         listing = ", ".join(f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
@@ -201,6 +215,7 @@ def gemm_detail(p):
 
 
 def main():
+    matmul.PERSISTENT = os.environ.get("FFN_PERSISTENT") == "1"
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
         f"autotune {'on' if matmul.autotune_enabled() else 'off'}")
     fails = "not run (FFN_QUICK)" if QUICK else correctness()
