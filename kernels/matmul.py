@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 
 from . import matmul_persistent
+from .matmul_persistent import grouped_tile
 from ._activations import activation, activation_and_grad
 from ._runtime import interpreting
 
@@ -127,20 +128,6 @@ def _launch(tuned, plain, M, N, two_acc, args, constexprs):
 def _m_bucket(m):
     """The next power of two of m, at most 65536 (plain int math: this runs on every launch)."""
     return min(1 << (max(m, 1) - 1).bit_length(), 1 << 16)
-
-
-@triton.jit
-def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-    """Grouped ordering: GROUP row-tiles share each column sweep, so their B tiles stay in L2."""
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP * num_pid_n
-    first_m = (pid // per_group) * GROUP
-    group_m = min(num_pid_m - first_m, GROUP)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
-    return pid_m * BLOCK_M, pid_n * BLOCK_N
 
 
 @triton.jit
@@ -234,7 +221,7 @@ def _linear_act_fwd_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, stride_xk, 
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                            TMA: tl.constexpr, EVEN_K: tl.constexpr, USE_TMA: tl.constexpr):
     # N is the output width (H when gated; W then has 2N rows, the up rows starting at row N).
-    start_m, start_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
+    start_m, start_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, 8)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     w_rows = N
@@ -275,7 +262,7 @@ def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, 
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     TMA: tl.constexpr, EVEN_K: tl.constexpr, USE_TMA: tl.constexpr):
     # N is the hidden width H; Pre and DPre are (M, 2N) when gated (gate columns, then up columns).
-    start_m, start_n = _tile(M, N, BLOCK_M, BLOCK_N, 8)
+    start_m, start_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, 8)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N

@@ -4,7 +4,7 @@ or not, and the backward d_pre = (dy @ w_out) * act'(pre) (the GEMM case, withou
 Why: in the one-tile-per-program kernels the epilogue (bias, activation, the stores) runs while the
 SM's tensor cores idle, and its memory traffic is as large as the GEMM's inputs at FFN shapes
 (measured on the H100: fused GEMM 417-425 TFLOP/s against 650-670 for cuBLAS on the bare GEMM).
-Here one program per SM walks the output tiles (grouped order, as kernels/matmul._tile); the tile
+Here one program per SM walks the output tiles (grouped order, `grouped_tile`); the tile
 loop and its K loop are flattened (`tl.range(..., flatten=True)`) so Triton's pipeliner issues the
 next tile's TMA loads during this tile's epilogue, and the epilogue stores through tensor descriptors
 (asynchronous bulk copies: the SM goes on to the next tile's main loop while they drain).
@@ -26,8 +26,9 @@ from ._runtime import interpreting
 
 
 @triton.jit
-def _tile_of(tile_id, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
-    """Grouped ordering of output tiles, as kernels/matmul._tile, for a tile index."""
+def grouped_tile(tile_id, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr):
+    """(first row, first column) of output tile tile_id in grouped order: GROUP row-tiles share each
+    column sweep, so their B tiles stay in L2 (the per-tile kernels pass their program id)."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     per_group = GROUP * num_pid_n
@@ -55,7 +56,7 @@ def _linear_act_fwd_persistent_kernel(X, W, Bias, Pre, Out, M, N, K, stride_xm, 
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
-        start_m, start_n = _tile_of(tile_id, M, N, BLOCK_M, BLOCK_N, 8)
+        start_m, start_n = grouped_tile(tile_id, M, N, BLOCK_M, BLOCK_N, 8)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
@@ -98,7 +99,7 @@ def _act_bwd_persistent_kernel(G, W, Pre, DPre, DBias, M, N, K, stride_gm, strid
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
     for tile_id in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
-        start_m, start_n = _tile_of(tile_id, M, N, BLOCK_M, BLOCK_N, 8)
+        start_m, start_n = grouped_tile(tile_id, M, N, BLOCK_M, BLOCK_N, 8)
         d_act = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for ki in range(k_tiles):
             d_act = tl.dot(g_desc.load([start_m, ki * BLOCK_K]), w_desc.load([ki * BLOCK_K, start_n]), d_act)
