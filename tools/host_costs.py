@@ -16,28 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 import kernels  # noqa: E402
 from kernels import norms_bwd  # noqa: E402
 from kernels._checks import check_norm_args  # noqa: E402
-
-
-def per_call(fn, n=400):
-    best = float("inf")
-    for _ in range(5):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-        best = min(best, (time.perf_counter() - t0) / n * 1e6)
-    return best
-
-
-class Ident(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
+from tools.host_timing import Ident, per_call  # noqa: E402,F401 (per_call: tools/gpu_norms.py imports it here)
 
 
 def main():

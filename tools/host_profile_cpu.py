@@ -19,7 +19,6 @@ with the GPU host's; a shared machine's noise needs several alternating runs (--
 import json
 import os
 import sys
-import time
 
 os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels then take CPU tensors
 # --root DIR: time the kernels package of another checkout (what --against runs)
@@ -33,6 +32,8 @@ import torch.nn.functional as F  # noqa: E402
 import kernels  # noqa: E402
 from kernels import norms, norms_bwd  # noqa: E402
 from kernels._launch import FastLaunch  # noqa: E402
+import host_timing  # noqa: E402 (tools/, this script's directory)
+from host_timing import Ident  # noqa: E402
 from kernels.testing import call_norm  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
@@ -75,25 +76,7 @@ def stub_launches():
 
 
 def per_call(fn, n=300, repeats=15):
-    for _ in range(20):  # warm up: first calls fill the launch caches
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / n * 1e6)
-    return best
-
-
-class Ident(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
+    return host_timing.per_call(fn, n, repeats, warmup=20)
 
 
 def inputs(op, rows=4, n=768, dtype=torch.bfloat16):
