@@ -9,12 +9,13 @@ With P = softmax(S), S = scale * Q K^T, and the saved per-row log-sum-exp L (nat
     dS   = P * (dP - delta),  delta = rowsum(dO * O)      (the preprocess kernel)
     dQ   = scale * dS K,      dK = scale * dS^T Q
 
-Three kernels: `_attn_bwd_preprocess_kernel` (delta), `_attn_bwd_dkdv_kernel` (one program per key
-block and kv head; it loops over the query heads of its GQA group, so the group's dK/dV is summed in
-registers, deterministically, without atomics), `_attn_bwd_dq_kernel` (one program per query block
-and head). Causal loops are split into masked diagonal blocks and unmasked off-diagonal blocks.
-Exponentials use exp2 with log2(e) folded into the scale. Rows with no key (causal, T > S) carry
-L = +inf, so their P, dQ and contributions to dK/dV are exactly 0.
+Three kernels: `_attn_bwd_preprocess_kernel` (delta, and L * log2(e), both into buffers padded to a
+multiple of PAD_ROWS rows per head), `_attn_bwd_dkdv_kernel` (one program per key block and kv head;
+with GQA it loops over the query heads of its group, so the group's dK/dV is summed in registers,
+deterministically, without atomics), `_attn_bwd_dq_kernel` (one program per query block and head).
+Causal loops are split into masked diagonal blocks and unmasked off-diagonal blocks. Exponentials use
+exp2 with log2(e) folded into the scale. Rows with no key (causal, T > S) carry L = +inf, so their
+P, dQ and contributions to dK/dV are exactly 0; so do the padding rows.
 """
 import functools
 import os
@@ -105,13 +106,14 @@ FWD_TABLE = {
     256: [(64, 64, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3)],
 }
 # Backward: the inner (looped) block may also be 32 with a deeper pipeline, as in Triton's tutorial.
-# dK/dV re-measured on 2026-11-27 (tools/gpu_attention_bwd.py, H200, each head dim in its DKDV_FORM):
-# D64 (64, 64, 4, 3) 0.767 ms at T1024, (32, 128, 4, 4) 1.007; D128 (64, 128, 8, 2) 0.820 / 3.860 ms at
-# T1024 / T8192, (32, 128, 8, 3) 0.825 / 4.132, (64, 128, 8, 3) 0.881 / 3.940. Every D128 candidate
-# spills registers (the dK and dV accumulators take 128 per thread); two stages spill least.
+# dK/dV re-measured on 2026-11-27 after its loop lost its row masks (tools/gpu_attention_bwd.py, H200,
+# whole backward, bf16 causal, B*T = 16384): D64 T1024 (64, 64, 4, 3) 0.664 ms, (64, 64, 4, 2) 0.682,
+# (32, 128, 4, 4) 0.692; D128 T1024 / T8192 (64, 128, 8, 3) 0.699 / 3.488 ms, (64, 128, 8, 2)
+# 0.713 / 3.663, (32, 128, 8, 3) 0.727 / 3.757 (ptxas: 255 registers and 2-16 bytes of spills for the
+# 64-row tiles, none for the 32-row ones).
 DKDV_TABLE = {
-    64: [(64, 64, 4, 3), (32, 128, 4, 4)],
-    128: [(64, 128, 8, 2), (32, 128, 8, 3), (64, 128, 8, 3)],
+    64: [(64, 64, 4, 3), (64, 64, 4, 2), (32, 128, 4, 4)],
+    128: [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 3)],
     256: [(64, 64, 4, 2), (64, 128, 8, 2), (64, 64, 8, 2)],
 }
 DQ_TABLE = {
@@ -167,9 +169,14 @@ def load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, CHECK_ROWS: tl
 
 
 @triton.jit
-def _attn_bwd_preprocess_kernel(Out, DO, Delta, stride_ob, stride_oh, stride_ot, stride_dob, stride_doh,
-                                stride_dot, n_heads, seqlen_q,
+def _attn_bwd_preprocess_kernel(Out, DO, Lse, Delta, Lse2, stride_ob, stride_oh, stride_ot, stride_dob, stride_doh,
+                                stride_dot, n_heads, seqlen_q, padded_q,
                                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO * O) and lse2 = L * log2(e), per row, into buffers of padded_q rows per head.
+
+    Padding rows (seqlen_q <= row < padded_q) get delta = 0 and lse2 = +inf (P = 0 there), so the
+    dK/dV loop may read a whole last query block without row masks.
+    """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     off_b = (pid_bh // n_heads).to(tl.int64)
@@ -182,80 +189,64 @@ def _attn_bwd_preprocess_kernel(Out, DO, Delta, stride_ob, stride_oh, stride_ot,
     do = load_tile(DO + off_b * stride_dob + off_h * stride_doh + rows[:, None] * stride_dot + offs_d[None, :],
                    rows, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(Delta + pid_bh.to(tl.int64) * seqlen_q + rows, delta, mask=rows < seqlen_q)
+    lse = tl.load(Lse + pid_bh.to(tl.int64) * seqlen_q + rows, mask=rows < seqlen_q, other=float("inf"))
+    out_rows = pid_bh.to(tl.int64) * padded_q + rows
+    tl.store(Delta + out_rows, delta, mask=rows < padded_q)
+    tl.store(Lse2 + out_rows, lse * 1.4426950408889634, mask=rows < padded_q)
 
 
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, Lse, Delta, stride_qt, stride_dot, offs_n, offs_d, lo, hi,
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, Lse2, Delta, stride_qt, stride_dot, offs_n, offs_d, lo, hi,
                          seqlen_q, diag, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                         EVEN_D: tl.constexpr, MASKED: tl.constexpr, CHECK_ROWS: tl.constexpr,
-                         DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, S_ROWS: tl.constexpr):
+                         EVEN_D: tl.constexpr, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Accumulate dK, dV (BLOCK_N, BLOCK_D) over query blocks [lo, hi); MASKED applies the causal mask.
 
-    CHECK_ROWS: the range may end inside a block (rows >= seqlen_q read as q = do = 0, L = +inf, so
-    P = 0); without it the loads are unmasked. Q and DO are tensor descriptors (USE_TMA: out-of-range
-    rows read as 0) or pointers to the head's rows.
+    S^T = K Q^T is computed by key rows, so P^T and dS^T come out of their dots in the layout the dV and
+    dK dots take as their register operand (no transposes); k and v stay in shared memory.
+    hi may pass seqlen_q (the last block's padding rows): Lse2 and Delta are padded buffers (+inf and 0
+    there, so P = dS = 0) and q, dO rows are clamped to the last row, so no load carries a row mask
+    (each mask costs registers, and this loop has none to spare at D = 128).
     """
     offs_m = tl.arange(0, BLOCK_M)
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m
-        if USE_TMA:
-            q = Q.load([start_m, 0])
-        else:
-            q = load_tile(Q + rows[:, None] * stride_qt + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM,
-                          CHECK_ROWS, EVEN_D)
-        if CHECK_ROWS:
-            lse2 = tl.load(Lse + rows, mask=rows < seqlen_q, other=float("inf")) * 1.4426950408889634
-        else:
-            lse2 = tl.load(Lse + rows) * 1.4426950408889634
-        if USE_TMA:
-            do = DO.load([start_m, 0])
-        else:
-            do = load_tile(DO + rows[:, None] * stride_dot + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM,
-                           CHECK_ROWS, EVEN_D)
-        if CHECK_ROWS:
-            delta = tl.load(Delta + rows, mask=rows < seqlen_q, other=0.0)
-        else:
-            delta = tl.load(Delta + rows)
-        if S_ROWS:
-            # S = Q K^T by query rows: k and v are the dots' B operands, read from shared memory, and
-            # P, dS are transposed for the dV, dK products instead (fewer registers held across the loop).
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale        # (BLOCK_M, BLOCK_N)
-            if MASKED:
-                qk = tl.where(rows[:, None] + diag >= offs_n[None, :], qk, float("-inf"))
-            p = tl.exp2(qk - lse2[:, None])
-            dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv, input_precision=DOT_PRECISION)
-            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
-            ds = p * (dp - delta[:, None])
-            dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk, input_precision=DOT_PRECISION)
-        else:
-            qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale      # (BLOCK_N, BLOCK_M)
-            if MASKED:
-                qk_t = tl.where(rows[None, :] + diag >= offs_n[:, None], qk_t, float("-inf"))
-            p_t = tl.exp2(qk_t - lse2[None, :])
-            dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-            dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-            ds_t = p_t * (dp_t - delta[None, :])
-            dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+        in_rows = tl.minimum(rows, seqlen_q - 1)
+        q = load_tile(Q + in_rows[:, None] * stride_qt + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM,
+                      False, EVEN_D)
+        do = load_tile(DO + in_rows[:, None] * stride_dot + offs_d[None, :], rows, seqlen_q, offs_d, HEAD_DIM,
+                       False, EVEN_D)
+        lse2 = tl.load(Lse2 + rows)
+        delta = tl.load(Delta + rows)
+        qk_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale      # (BLOCK_N, BLOCK_M)
+        if MASKED:
+            qk_t = tl.where(rows[None, :] + diag >= offs_n[:, None], qk_t, float("-inf"))
+        p_t = tl.exp2(qk_t - lse2[None, :])
+        dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+        dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     return dk, dv
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
-def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV,
+def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse2, Delta, DK, DV,
                           stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                           stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
                           stride_dkb, stride_dkh, stride_dkt, stride_dvb, stride_dvh, stride_dvt,
-                          n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, sm_scale, T_BUCKET, S_BUCKET,
-                          BH_BUCKET, KV_BUCKET,
+                          n_heads, n_kv_heads, seqlen_q, seqlen_k, padded_q, qk_scale, sm_scale, T_BUCKET,
+                          S_BUCKET, BH_BUCKET, KV_BUCKET,
                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-                          DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr, S_ROWS: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                          DOT_PRECISION: tl.constexpr, GQA: tl.constexpr, BLOCK_M: tl.constexpr,
+                          BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bkv = tl.program_id(1)
     off_b = (pid_bkv // n_kv_heads).to(tl.int64)
     off_kh = pid_bkv % n_kv_heads
-    group = n_heads // n_kv_heads
+    # Without GQA the loop over the group's heads is compiled away (one head): fewer live registers.
+    group = 1
+    if GQA:
+        group = n_heads // n_kv_heads
     EVEN_D: tl.constexpr = HEAD_DIM == BLOCK_D
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -272,34 +263,23 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, Lse, Delta, DK, DV,
         # Queries before m_lo see none of these keys; from m_full on they see all of them.
         m_lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
         m_full = tl.cdiv(tl.maximum(start_n + BLOCK_N - 1 - diag, 0), BLOCK_M) * BLOCK_M
-        m_mid = tl.minimum(m_full, seqlen_q)
     else:
         m_lo = 0
-        m_mid = 0
         m_full = 0
-    # Whole query blocks below m_end need no row check; the last, partial one does.
-    m_end = tl.maximum(seqlen_q // BLOCK_M * BLOCK_M, m_full)
+    m_end = tl.cdiv(seqlen_q, BLOCK_M) * BLOCK_M  # the last block's padding rows contribute 0
     for g in range(0, group):
         off_h = (off_kh * group + g).to(tl.int64)
         q_src = Q + off_b * stride_qb + off_h * stride_qh
         do_src = DO + off_b * stride_dob + off_h * stride_doh
-        if USE_TMA:
-            q_src = tl.make_tensor_descriptor(q_src, shape=[seqlen_q, HEAD_DIM], strides=[stride_qt, 1],
-                                              block_shape=[BLOCK_M, BLOCK_D])
-            do_src = tl.make_tensor_descriptor(do_src, shape=[seqlen_q, HEAD_DIM], strides=[stride_dot, 1],
-                                               block_shape=[BLOCK_M, BLOCK_D])
-        row_base = (off_b * n_heads + off_h) * seqlen_q
-        lse_g = Lse + row_base
+        row_base = (off_b * n_heads + off_h) * padded_q
+        lse_g = Lse2 + row_base
         delta_g = Delta + row_base
         dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, lse_g, delta_g, stride_qt, stride_dot, offs_n,
-                                      offs_d, m_lo, m_mid, seqlen_q, diag, qk_scale, HEAD_DIM, BLOCK_M, EVEN_D,
-                                      True, True, DOT_PRECISION, USE_TMA, S_ROWS)
+                                      offs_d, m_lo, tl.minimum(m_full, m_end), seqlen_q, diag, qk_scale, HEAD_DIM,
+                                      BLOCK_M, EVEN_D, True, DOT_PRECISION)
         dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, lse_g, delta_g, stride_qt, stride_dot, offs_n,
                                       offs_d, m_full, m_end, seqlen_q, diag, qk_scale, HEAD_DIM, BLOCK_M, EVEN_D,
-                                      False, False, DOT_PRECISION, USE_TMA, S_ROWS)
-        dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, q_src, do_src, lse_g, delta_g, stride_qt, stride_dot, offs_n,
-                                      offs_d, m_end, seqlen_q, seqlen_q, diag, qk_scale, HEAD_DIM, BLOCK_M, EVEN_D,
-                                      False, True, DOT_PRECISION, USE_TMA, S_ROWS)
+                                      False, DOT_PRECISION)
     mask = (offs_n < seqlen_k)[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(DK + off_b * stride_dkb + kv_h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :],
              (dk * sm_scale).to(DK.dtype.element_ty), mask=mask)
@@ -334,12 +314,12 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kt, stride_vt, offs_
 
 
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
-def _attn_bwd_dq_kernel(Q, K, V, DO, Lse, Delta, DQ,
+def _attn_bwd_dq_kernel(Q, K, V, DO, Lse2, Delta, DQ,
                         stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt,
                         stride_vb, stride_vh, stride_vt, stride_dob, stride_doh, stride_dot,
                         stride_dqb, stride_dqh, stride_dqt,
-                        n_heads, n_kv_heads, seqlen_q, seqlen_k, qk_scale, sm_scale, T_BUCKET, S_BUCKET,
-                        BH_BUCKET, KV_BUCKET,
+                        n_heads, n_kv_heads, seqlen_q, seqlen_k, padded_q, qk_scale, sm_scale, T_BUCKET,
+                        S_BUCKET, BH_BUCKET, KV_BUCKET,
                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
                         DOT_PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # the longest causal rows first
@@ -356,9 +336,9 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, Lse, Delta, DQ,
     do = load_tile(DO + off_b * stride_dob + off_h * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
                    offs_m, seqlen_q, offs_d, HEAD_DIM, True, EVEN_D)
     row_mask = offs_m < seqlen_q
-    row_base = pid_bh.to(tl.int64) * seqlen_q
-    lse2 = tl.load(Lse + row_base + offs_m, mask=row_mask, other=float("inf")) * 1.4426950408889634
-    delta = tl.load(Delta + row_base + offs_m, mask=row_mask, other=0.0)
+    row_base = pid_bh.to(tl.int64) * padded_q
+    lse2 = tl.load(Lse2 + row_base + offs_m, mask=offs_m < padded_q, other=float("inf"))
+    delta = tl.load(Delta + row_base + offs_m, mask=offs_m < padded_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diag = seqlen_k - seqlen_q
     if CAUSAL:
@@ -380,6 +360,11 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, Lse, Delta, DQ,
 
 _dkdv_tuned = autotuned(_attn_bwd_dkdv_kernel, DKDV_TABLE, INTERPRET_DKDV)
 _dq_tuned = autotuned(_attn_bwd_dq_kernel, DQ_TABLE, INTERPRET_DQ)
+
+
+# The padded per-row buffers (lse2, delta) hold a multiple of this many rows per head: at least every
+# BLOCK_M of the dK/dV tables, so its last query block reads them whole.
+PAD_ROWS = 128
 
 
 def unit_last_stride(t):
@@ -414,62 +399,52 @@ def _launch(tuned, raw, grid, args, meta, config, key=None):
         raw[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
 
 
-# The dK/dV loop's form per padded head dim: (S_ROWS, TMA). S_ROWS computes S = Q K^T by query rows
-# (k, v as the dots' B operands) instead of S^T = K Q^T; TMA loads q and dO through tensor descriptors
-# (when 16-byte aligned). Measured with tools/gpu_attention_bwd.py (H200, 2026-11-27, whole backward,
-# bf16 causal, B*T = 16384): D64 T1024 0.767 ms with both at (64, 64, 4, 3) against 0.863-0.898 ms for
-# the S^T pointer form; at D128 the S^T pointer form stays best (0.820 vs 0.892 ms at T1024). The dQ
-# kernel keeps pointer loads (TMA for its k and v measured 7% slower at D64 and D128, T1024).
-DKDV_FORM = {64: (True, True), 128: (False, False), 256: (False, False)}
+def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None):
+    """(dq, dk, dv) from the saved output and log-sum-exp; config = {"dkdv": tuple, "dq": tuple} forces blocks."""
+    grads, launches = backward_launches(dout, q, k, v, out, lse, causal, scale, config)
+    for launch in launches:
+        launch()
+    return grads
 
 
-def _aligned16(*tensors):
-    """TMA needs 16-byte aligned bases and strides (true for D % 8 == 0 unless the views are offset)."""
-    return all(t.data_ptr() % 16 == 0 and all((st * t.element_size()) % 16 == 0 for st in t.stride()[:3])
-               for t in tensors)
-
-
-def _tma_alloc(size, alignment, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
-def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None, s_rows=None, use_tma=None):
-    """(dq, dk, dv) from the saved output and log-sum-exp; config = {"dkdv": tuple, "dq": tuple} forces blocks.
-
-    s_rows / use_tma force the dK/dV loop's form (benchmarking; None = DKDV_FORM for the head dim).
-    """
+def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
+    """((dq, dk, dv), [preprocess, dK/dV, dQ launch closures]): the gradients are filled once the
+    closures ran, in order (tools/gpu_attention_bwd.py times each one alone)."""
     B, H, T, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if dq.numel() == 0 or dk.numel() == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
+        return (dq.zero_(), dk.zero_(), dv.zero_()), []
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1 or out.stride(-1) != 1:
         q, k, v, out = (unit_last_stride(t) for t in (q, k, v, out))
     lse = lse.contiguous()
     meta, buckets = plan(B, H, H_kv, T, S, D, q.dtype)
-    delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    padded_q = triton.cdiv(T, PAD_ROWS) * PAD_ROWS
+    delta = torch.empty((B, H, padded_q), dtype=torch.float32, device=q.device)
+    lse2 = torch.empty((B, H, padded_q), dtype=torch.float32, device=q.device)
     so, sdo = out.stride(), dout.stride()
-    _attn_bwd_preprocess_kernel[(triton.cdiv(T, 64), B * H)](
-        out, dout, delta, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T,
-        HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
-    rows_form, tma = DKDV_FORM[_head_dim_key(meta["BLOCK_D"])]
-    rows_form = rows_form if s_rows is None else bool(s_rows)
-    tma = (tma if use_tma is None else bool(use_tma)) and _aligned16(q, k, v, dout)
     meta = dict(meta, CAUSAL=bool(causal))
-    if tma and q.is_cuda:
-        triton.set_allocator(_tma_alloc)  # device-side descriptors need a little global scratch
     scale = float(scale)
-    common = (H, H_kv, T, S, scale * LOG2E, scale, *buckets)
+    common = (H, H_kv, T, S, padded_q, scale * LOG2E, scale, *buckets)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *sdo[:3])
     config = config or {}
-    _launch(_dkdv_tuned, _attn_bwd_dkdv_kernel, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
-            (q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
-            dict(meta, USE_TMA=tma, S_ROWS=rows_form), config.get("dkdv"), (buckets, q.dtype))
-    _launch(_dq_tuned, _attn_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
-            (q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
-            (buckets, q.dtype))
-    return dq, dk, dv
+
+    def preprocess():
+        _attn_bwd_preprocess_kernel[(padded_q // 64, B * H)](
+            out, dout, lse, delta, lse2, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T, padded_q,
+            HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
+
+    def dkdv():
+        _launch(_dkdv_tuned, _attn_bwd_dkdv_kernel, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
+                (q, k, v, dout, lse2, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
+                dict(meta, GQA=H != H_kv), config.get("dkdv"), (buckets, q.dtype))
+
+    def dq_():
+        _launch(_dq_tuned, _attn_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
+                (q, k, v, dout, lse2, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
+                (buckets, q.dtype))
+    return (dq, dk, dv), [preprocess, dkdv, dq_]

@@ -2,17 +2,15 @@
 
     python tools/gpu_attention_bwd.py      # from the repo root, on the H100
 
-For each shape of the FlashAttention grid in ATTB_SHAPES (DxT, default 128x1024,64x1024,128x8192) and
-each form of the dK/dV loop in kernels/attention_bwd.py (ATTB_VARIANTS of ptr, tma, rows, rows+tma:
-pointer or tensor-descriptor loads of q and dO in the dK/dV kernel; rows = S = Q K^T instead of S^T = K Q^T):
-1. agreement with the pointer variant (dq, dk, dv max abs difference over max abs value);
+For each shape of the FlashAttention grid in ATTB_SHAPES (DxT, default 128x1024,64x1024,128x8192):
+1. agreement of every config with the tables' first (dq, dk, dv max abs difference over max abs value);
 2. the whole backward (preprocess + dK/dV + dQ) in ms, sweeping the dK/dV configs with dQ at its
    table's first entry, then the dQ configs with dK/dV at its first entry (do_bench median), TFLOP/s
    counted as 2.5x the forward FLOPs;
 3. per shape: the preprocess, dK/dV and dQ kernels timed alone at the tables' first configs, and
    compiled FlexAttention's forward and forward+backward on the same inputs (ATTB_FLEX=0 skips it);
 4. registers and spills of every compiled backward kernel (CompiledKernel.n_regs / n_spills).
-A summary (best ms per variant and shape, and the configs) is printed last; with OUT set the log is
+A summary (best ms per shape and part, and the configs) is printed last; with OUT set the log is
 also written to $OUT/attention_bwd.log.
 """
 import math
@@ -31,9 +29,8 @@ att = sys.modules["kernels.attention"]  # (the package exports a function of the
 bwd = sys.modules["kernels.attention_bwd"]
 
 LOG = []
-VARIANTS = {"ptr": (False, False), "tma": (True, False), "rows": (False, True), "rows+tma": (True, True)}
-DKDV = {64: [(64, 64, 4, 3), (32, 128, 4, 4), (32, 64, 4, 4), (32, 128, 8, 4), (64, 128, 8, 3)],
-        128: [(64, 128, 8, 2), (32, 128, 8, 3), (64, 128, 8, 3), (64, 64, 8, 3), (32, 128, 8, 4), (64, 64, 4, 3)]}
+DKDV = {64: [(64, 64, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 2), (32, 128, 4, 4)],
+        128: [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3)]}
 DQ = {64: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
       128: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2)]}
 if os.environ.get("ATTB_PARTS") == "dkdv":  # sweep the dK/dV kernel only
@@ -55,35 +52,10 @@ def inputs(D, T):
 
 def parts_ms(dout, q, k, v, out, lse, scale, base):
     """(preprocess, dK/dV, dQ) ms, each kernel launched alone as attention_bwd launches it."""
-    B, H, T, D = q.shape
-    H_kv, S = k.shape[1], k.shape[2]
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    meta, buckets = bwd.plan(B, H, H_kv, T, S, D, q.dtype)
-    delta = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    so, sdo = out.stride(), dout.stride()
-
-    def pre():
-        bwd._attn_bwd_preprocess_kernel[(triton.cdiv(T, 64), B * H)](
-            out, dout, delta, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T,
-            HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
-    pre()
-    meta = dict(meta, CAUSAL=True)
-    rows, tma = bwd.DKDV_FORM[bwd._head_dim_key(meta["BLOCK_D"])]
-    meta_dkdv = dict(meta, S_ROWS=rows, USE_TMA=tma)
-    if tma:
-        triton.set_allocator(bwd._tma_alloc)
-    common = (H, H_kv, T, S, scale * bwd.LOG2E, scale, *buckets)
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *sdo[:3])
-
-    def dkdv():
-        bwd._launch(None, bwd._attn_bwd_dkdv_kernel, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
-                    (q, k, v, dout, lse, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
-                    meta_dkdv, base["dkdv"])
-
-    def dq_():
-        bwd._launch(None, bwd._attn_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
-                    (q, k, v, dout, lse, delta, dq, *strides, *dq.stride()[:3], *common), meta, base["dq"])
-    return tuple(triton.testing.do_bench(f, warmup=5, rep=30) for f in (pre, dkdv, dq_))
+    _, launches = bwd.backward_launches(dout, q, k, v, out, lse, True, scale, config=base)
+    for launch in launches:  # in order once: the later kernels read what the preprocess wrote
+        launch()
+    return tuple(triton.testing.do_bench(f, warmup=5, rep=30) for f in launches)
 
 
 def flex_ms(q, k, v, dout):
@@ -115,14 +87,13 @@ def main():
     t0 = time.time()
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
     shapes = [tuple(int(x) for x in s.split("x")) for s in os.environ.get("ATTB_SHAPES", "128x1024,64x1024,128x8192").split(",")]
-    variants = os.environ.get("ATTB_VARIANTS", "ptr,tma,rows,rows+tma").split(",")
     best = {}
     for D, T in shapes:
         q, k, v, dout, flops = inputs(D, T)
         out, lse = att.attention_fwd(q, k, v, True)
         scale = 1 / math.sqrt(D)
         base = {"dkdv": DKDV[D][0], "dq": DQ[D][0]}
-        ref = bwd.attention_bwd(dout, q, k, v, out, lse, True, scale, config=base, use_tma=False, s_rows=False)
+        ref = bwd.attention_bwd(dout, q, k, v, out, lse, True, scale, config=base)
         try:
             p, a, b = parts_ms(dout, q, k, v, out, lse, scale, base)
             log(f"== D{D} T{T} kernels alone at {base}: preprocess {p:.3f} ms, dK/dV {a:.3f} ms, dQ {b:.3f} ms")
@@ -134,30 +105,23 @@ def main():
                 log(f"== D{D} T{T} flex: fwd {f:.3f} ms, fwd+bwd {fb:.3f} ms, bwd {fb - f:.3f} ms  ({time.time() - t0:.0f}s)")
             except Exception as e:
                 log(f"== D{D} T{T} flex: {type(e).__name__}: {str(e)[:300]}")
-        for name in variants:
-            tma, rows = VARIANTS[name]
+        for part, table in (("dkdv", DKDV[D]), ("dq", DQ[D])):
+            for cfg in table:
+                config = dict(base, **{part: cfg})
 
-            def run(config):
-                return bwd.attention_bwd(dout, q, k, v, out, lse, True, scale, config=config, use_tma=tma, s_rows=rows)
-            try:
-                got = run(base)
-                err = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item() for a, b in zip(got, ref))
-                log(f"== D{D} T{T} {name}: agreement with ptr {err:.1e}  ({time.time() - t0:.0f}s)")
-            except Exception as e:
-                log(f"== D{D} T{T} {name}: {type(e).__name__}: {str(e)[:400]}")
-                continue
-            for part, table in (("dkdv", DKDV[D]), ("dq", DQ[D])):
-                for cfg in table:
-                    config = dict(base, **{part: cfg})
-                    try:
-                        ms = triton.testing.do_bench(lambda: run(config), warmup=5, rep=30)
-                    except Exception as e:
-                        log(f"  {part}={cfg}: {type(e).__name__}: {str(e)[:200]}")
-                        continue
-                    log(f"  {part}={cfg}: {ms:.3f} ms {2.5 * flops / ms * 1e-9:5.0f} TFLOP/s")
-                    key = (D, T, name, part)
-                    if key not in best or ms < best[key][0]:
-                        best[key] = (ms, cfg)
+                def run():
+                    return bwd.attention_bwd(dout, q, k, v, out, lse, True, scale, config=config)
+                try:
+                    err = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
+                              for a, b in zip(run(), ref))
+                    ms = triton.testing.do_bench(run, warmup=5, rep=30)
+                except Exception as e:
+                    log(f"  {part}={cfg}: {type(e).__name__}: {str(e)[:200]}")
+                    continue
+                log(f"  {part}={cfg}: {ms:.3f} ms {2.5 * flops / ms * 1e-9:5.0f} TFLOP/s  (agreement {err:.1e})")
+                key = (D, T, part)
+                if key not in best or ms < best[key][0]:
+                    best[key] = (ms, cfg)
         del q, k, v, dout, out, lse
     try:
         kernel_registers()
@@ -165,8 +129,8 @@ def main():
         log(f"registers: {type(e).__name__}: {e}")
     log(f"\n== summary: best whole-backward ms per part swept (the other part at its first config), "
         f"{time.time() - t0:.0f}s")
-    for (D, T, name, part), (ms, cfg) in sorted(best.items()):
-        log(f"  D{D} T{T} {name:7s} {part:5s} {ms:.3f} ms  {cfg}")
+    for (D, T, part), (ms, cfg) in sorted(best.items()):
+        log(f"  D{D} T{T} {part:5s} {ms:.3f} ms  {cfg}")
 
 
 if __name__ == "__main__":
