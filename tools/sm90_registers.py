@@ -1,0 +1,139 @@
+"""Registers, spills and shared memory of the Triton kernels compiled for the H100 (sm_90a), on a machine
+without a GPU: a register-pressure check that costs no device time.
+
+    python tools/sm90_registers.py attention_bwd [D]      # dK/dV and dQ kernels, head dim D (default 128)
+    python tools/sm90_registers.py attention_fwd [D]
+    python tools/sm90_registers.py ffn                    # the fused GEMMs of kernels/matmul.py
+
+Triton compiles for an explicit target without a driver (a stub takes the driver's place), then the
+ptxas bundled with Triton reports the registers and spill bytes of each config in the kernels' tables.
+Use the Triton version of the GPU machine (3.6 there): codegen, and so the counts, change between
+versions (e.g. `python -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0 torch`). The
+counts say where a config spills, not how fast it runs: time the survivors on the GPU.
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+
+
+class _CompileOnlyDriver:
+    """What JITFunction.warmup asks of the driver before it compiles; nothing is launched."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+
+driver.set_active(_CompileOnlyDriver())
+os.environ.pop("TRITON_INTERPRET", None)
+
+import kernels  # noqa: E402,F401
+from kernels import attention_bwd, matmul  # noqa: E402
+
+attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+
+def resources(compiled):
+    """(registers, spill-store bytes, shared-memory bytes) of a compiled kernel, from ptxas -v."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "k.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        report = subprocess.run([PTXAS, "-arch=sm_90a", "-v", ptx, "-o", os.path.join(tmp, "k.cubin")],
+                                capture_output=True, text=True).stderr
+    regs = int(re.search(r"Used (\d+) registers", report).group(1))
+    spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
+    return regs, spills, compiled.metadata.shared
+
+
+def show(name, config, compiled):
+    regs, spills, smem = resources(compiled)
+    flag = "  <- spills" if spills else ""
+    print(f"{name:34s} {str(config):22s} regs {regs:3d}  spill bytes {spills:4d}  smem {smem // 1024:3d} KB{flag}",
+          flush=True)
+
+
+def attention_kernels(which, D):
+    B, H, T = 2, 16, 1024
+    q = torch.empty(B, H, T, D, dtype=torch.bfloat16)
+    rows = torch.empty(B, H, T)
+    st = q.stride()[:3]
+    block_d = triton.next_power_of_2(D)
+    meta = dict(HEAD_DIM=D, BLOCK_D=block_d, CAUSAL=True, DOT_PRECISION="tf32")
+    key = attention_bwd._head_dim_key(block_d)
+    buckets = (T, T, B * H, B * H)
+    if which == "attention_fwd":
+        for bm, bn, w, s in attention_bwd.FWD_TABLE[key]:
+            compiled = attention._attn_fwd_kernel.warmup(
+                q, q, q, q, rows, *st * 4, H, H, T, T, 0.1, *buckets, grid=(1,), **meta, USE_TMA=False,
+                BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+            show("_attn_fwd_kernel", (bm, bn, w, s), compiled)
+        return
+    for bm, bn, w, s in attention_bwd.DKDV_TABLE[key]:
+        compiled = attention_bwd._attn_bwd_dkdv_kernel.warmup(
+            q, q, q, q, rows, rows, q, q, *st * 6, H, H, T, T, T, 0.1, 0.1, *buckets, grid=(1,), **meta,
+            GQA=False, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        show("_attn_bwd_dkdv_kernel", (bm, bn, w, s), compiled)
+    for bm, bn, w, s in attention_bwd.DQ_TABLE[key]:
+        compiled = attention_bwd._attn_bwd_dq_kernel.warmup(
+            q, q, q, q, rows, rows, q, *st * 5, H, H, T, T, T, 0.1, 0.1, *buckets, grid=(1,), **meta,
+            BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        show("_attn_bwd_dq_kernel", (bm, bn, w, s), compiled)
+
+
+def ffn_kernels():
+    M, D = 16384, 768
+    for act, H in (("gelu", 3072), ("relu", 3072), ("swiglu", 2048)):
+        code, gated = matmul.ACT_CODES[act]
+        width = 2 * H if gated else H
+        x, dy = torch.empty(M, D, dtype=torch.bfloat16), torch.empty(M, D, dtype=torch.bfloat16)
+        w_in, w_out = torch.empty(width, D, dtype=torch.bfloat16), torch.empty(D, H, dtype=torch.bfloat16)
+        pre, out = torch.empty(M, width, dtype=torch.bfloat16), torch.empty(M, H, dtype=torch.bfloat16)
+        bias, dbias = torch.empty(width, dtype=torch.bfloat16), torch.empty(width)
+        for c in matmul._GATED_CONFIGS if gated else matmul._CONFIGS:
+            blocks = {k: v for k, v in c.kwargs.items() if k != "TMA"}
+            config = (*blocks.values(), c.num_warps, c.num_stages, "tma" if c.kwargs["TMA"] else "ptr")
+            compiled = matmul._linear_act_fwd_kernel.warmup(
+                x, w_in, bias, pre, out, M, H, D, D, 1, D, 1, width, H, M, grid=(1,), ACT=code, GATED=gated,
+                HAS_BIAS=True, STORE_PRE=True, PRECISION="tf32", TMA=c.kwargs["TMA"], **blocks,
+                num_warps=c.num_warps, num_stages=c.num_stages)
+            show(f"_linear_act_fwd_kernel {act}", config, compiled)
+        for c in matmul._CONFIGS:
+            blocks = {k: v for k, v in c.kwargs.items() if k != "TMA"}
+            config = (*blocks.values(), c.num_warps, c.num_stages, "tma" if c.kwargs["TMA"] else "ptr")
+            compiled = matmul._act_bwd_kernel.warmup(
+                dy, w_out, pre, pre, pre, dbias, M, H, D, D, 1, H, 1, width, width, 0, M, grid=(1,), ACT=code,
+                GATED=gated, FROM_GEMM=True, STORE_ACT=False, HAS_DBIAS=True, PRECISION="tf32",
+                TMA=c.kwargs["TMA"], **blocks, num_warps=c.num_warps, num_stages=c.num_stages)
+            show(f"_act_bwd_kernel {act}", config, compiled)
+
+
+def main():
+    which = sys.argv[1] if len(sys.argv) > 1 else "attention_bwd"
+    print(f"triton {triton.__version__}, target sm_90a (compile only)")
+    if which.startswith("attention"):
+        attention_kernels(which, int(sys.argv[2]) if len(sys.argv) > 2 else 128)
+    elif which == "ffn":
+        ffn_kernels()
+    else:
+        raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd or ffn")
+
+
+if __name__ == "__main__":
+    main()
