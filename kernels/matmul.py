@@ -64,9 +64,10 @@ ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False)
 # (tools/gpu_ffn.py, H200, 2026-11-27: forward 330 -> 403, 380 -> 490, 431 -> 594, 500 -> 634 TFLOP/s for
 # gelu / relu at 768 -> 3072 and 2048 -> 8192; backward 264 -> 324, 386 -> 481 for swiglu at
 # 768 -> 2048 and 2048 -> 5440), but the benchmark suite's non-gated forward+backward ran slower in
-# the same session (not understood yet, bench/RESULTS.md), so it stays off until that is explained.
+# the same session (not understood yet, bench/RESULTS.md), so it stays off until that is explained
+# (KERNELS_FFN_PERSISTENT=1 turns it on, for benchmarking).
 # The gated forward (two accumulators) and the non-gated backward measured no faster persistent.
-PERSISTENT = False
+PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "0") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
 
 

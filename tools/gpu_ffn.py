@@ -13,7 +13,7 @@ the optional parts):
 3. torch.compile(fullgraph=True) through our ops and autocast;
 4. if time is left: the fused GEMMs alone vs cuBLAS and the autotuner's per-config timings.
 FFN_POINTS=act:D:H,... replaces the shapes; FFN_QUICK=1 runs only steps 2 (ours, eager) and 4;
-FFN_PERSISTENT=1 turns matmul.PERSISTENT on (kernels/matmul_persistent.py) for the whole run.
+KERNELS_FFN_PERSISTENT=1 turns matmul.PERSISTENT on (kernels/matmul_persistent.py) for the whole run.
 """
 import os
 import sys
@@ -215,7 +215,6 @@ def gemm_detail(p):
 
 
 def main():
-    matmul.PERSISTENT = os.environ.get("FFN_PERSISTENT") == "1"
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
         f"autotune {'on' if matmul.autotune_enabled() else 'off'}")
     fails = "not run (FFN_QUICK)" if QUICK else correctness()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One batched GPU session: `bash tools/gpu_run.sh SECTION...` with sections
-#   env tests attention norms ffn bench bench_<op> report train
+#   env tests attention attention_bwd norms ffn ffn_profile bench bench_<op> report train
 # (bench_attention, bench_norms, bench_ffn, bench_train_step: one JSON each, time limit
 # BENCH_<OP>_SECS; report merges every JSON into tables and plots)
 # Each section has its own time limit and log; a failing section does not stop the others. Logs,
@@ -26,8 +26,10 @@ for s in "$@"; do
     env) section env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"' ;;
     tests) section tests "${TESTS_SECS:-240}" python3 -m pytest ${TESTS_PATHS:-tests} -q --maxfail=10 --durations=15 -p no:cacheprovider ${TESTS_ARGS:-} ;;
     attention) section attention "${ATT_SECS:-240}" python3 tools/gpu_attention.py ;;
+    attention_bwd) section attention_bwd "${ATTB_SECS:-300}" python3 tools/gpu_attention_bwd.py ;;
     norms) section norms "${NORM_SECS:-180}" python3 tools/gpu_norms.py ;;
     ffn) section ffn "${FFN_SECS:-240}" python3 tools/gpu_ffn.py ;;
+    ffn_profile) section ffn_profile "${FFN_PROFILE_SECS:-120}" python3 tools/gpu_ffn_profile.py ;;
     bench) section bench "${BENCH_SECS:-600}" python3 -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json "$OUT/bench.json" ${BENCH_ARGS:-} ;;
     bench_*) name=${s#bench_}
       section "$s" "$(eval echo \${BENCH_${name^^}_SECS:-300})" python3 -m pytest "bench/test_$name.py" --benchmark-only -q \
