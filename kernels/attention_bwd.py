@@ -432,6 +432,9 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
     common = (H, H_kv, T, S, padded_q, scale * LOG2E, scale, *buckets)
     strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *sdo[:3])
     config = config or {}
+    if config.get("dkdv") and config["dkdv"][0] > PAD_ROWS:
+        raise ValueError(f"config['dkdv'] BLOCK_M must be at most PAD_ROWS = {PAD_ROWS} (the padded per-row "
+                         f"buffers), got {config['dkdv'][0]}")
 
     def preprocess():
         _attn_bwd_preprocess_kernel[(padded_q // 64, B * H)](

@@ -36,9 +36,10 @@ off by default). Any M, N, K. Two load paths for the main loop, chosen per launc
   indices and are masked on store; K is masked only when it is not a multiple of BLOCK_K.
 The epilogue stores through masked pointers either way. With PERSISTENT on (below; off by default),
 where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM run instead as
-the persistent kernels of kernels/matmul_persistent.py (one program per SM, asynchronous TMA stores). Tiles are visited in grouped (swizzled) order,
-8 row-tiles per group, so consecutive programs share B columns in L2. M > 1024 is autotuned per
-(M bucket, N, K, dtype, activation) over four or five configs (128x256 or 128x128 tiles, TMA or pointers);
+the persistent kernels of kernels/matmul_persistent.py (one program per SM, asynchronous TMA
+stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs
+share B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over four or five
+configs (128x256 or 128x128 tiles, TMA or pointers);
 M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class straight
 through the jitted kernel (no autotuner wrapper on the call path). The CPU interpreter runs one
 config, with TMA where the operands allow it, so the CPU tests cover both paths.
@@ -63,9 +64,10 @@ ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False)
 # stores) runs the non-gated forward and the gated backward GEMM. Alone those kernels measured faster
 # (tools/gpu_ffn.py, H200, 2026-11-27: forward 330 -> 403, 380 -> 490, 431 -> 594, 500 -> 634 TFLOP/s for
 # gelu / relu at 768 -> 3072 and 2048 -> 8192; backward 264 -> 324, 386 -> 481 for swiglu at
-# 768 -> 2048 and 2048 -> 5440), but the benchmark suite's non-gated forward+backward ran slower in
-# the same session (not understood yet, bench/RESULTS.md), so it stays off until that is explained
-# (KERNELS_FFN_PERSISTENT=1 turns it on, for benchmarking).
+# 768 -> 2048 and 2048 -> 5440), but in two sessions the benchmark suite's forward+backward at 768 ran
+# slower with it, and its step was host-bound there (host enqueue 1198 us against 757 without it for
+# swiglu; kernels 792 against 812 us: bench/RESULTS.md, fourth session). Off until that host cost is
+# found (KERNELS_FFN_PERSISTENT=1 turns it on, for benchmarking).
 # The gated forward (two accumulators) and the non-gated backward measured no faster persistent.
 PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "0") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)

@@ -331,6 +331,15 @@ def test_bad_scale(device):
         attention(q, k, v, scale=-1.0)
 
 
+def test_backward_config_larger_than_the_padding_is_refused(device):
+    # The dK/dV loop reads whole query blocks from per-row buffers padded to PAD_ROWS rows.
+    q, k, v = make_qkv(1, 1, 1, 5, 5, 16, torch.float32, device)
+    out, lse = attention_mod.attention_fwd(q, k, v, True)
+    too_big = (2 * bwd_mod.PAD_ROWS, 16, 4, 1)
+    with pytest.raises(ValueError, match="BLOCK_M must be at most PAD_ROWS"):
+        bwd_mod.attention_bwd(out, q, k, v, out, lse, True, 0.25, config={"dkdv": too_big})
+
+
 def test_wrong_device_for_kernels(device):
     q, k, v = make_qkv(1, 1, 1, 4, 4, 16, torch.float32, "meta")
     with pytest.raises(ValueError, match="q is on meta"):
