@@ -24,23 +24,18 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 
 import kernels  # noqa: E402,F401
+from tools.tool_log import ToolLog  # noqa: E402
 
 att = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 bwd = sys.modules["kernels.attention_bwd"]
+log = ToolLog("attention_bwd.log")
 
-LOG = []
 DKDV = {64: [(64, 64, 4, 3), (64, 128, 8, 3), (32, 128, 8, 3), (64, 64, 4, 2), (32, 128, 4, 4)],
         128: [(64, 128, 8, 3), (64, 128, 8, 2), (32, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3)]}
 DQ = {64: [(64, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2)],
       128: [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2)]}
 if os.environ.get("ATTB_PARTS") == "dkdv":  # sweep the dK/dV kernel only
     DQ = {d: rows[:1] for d, rows in DQ.items()}
-
-
-def log(*parts):
-    line = " ".join(str(p) for p in parts)
-    print(line, flush=True)
-    LOG.append(line)
 
 
 def inputs(D, T):
@@ -134,9 +129,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if os.environ.get("OUT"):
-            with open(os.path.join(os.environ["OUT"], "attention_bwd.log"), "w") as f:
-                f.write("\n".join(LOG) + "\n")
+    log.run(main)

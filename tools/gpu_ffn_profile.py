@@ -24,14 +24,10 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 import kernels  # noqa: E402
 from kernels import reference  # noqa: E402
 from kernels._checks import GATED_ACTIVATIONS  # noqa: E402
+from tools.tool_log import ToolLog  # noqa: E402
 
 ITERS = 20
-LOG = []
-
-
-def log(line=""):
-    print(line, flush=True)
-    LOG.append(line)
+log = ToolLog("ffn_profile.log")
 
 
 def params(act, D, H, M=16384):
@@ -108,9 +104,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        if os.environ.get("OUT"):
-            with open(os.path.join(os.environ["OUT"], "ffn_profile.log"), "w") as f:
-                f.write("\n".join(LOG) + "\n")
+    log.run(main)
