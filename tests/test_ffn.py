@@ -163,11 +163,19 @@ def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
 @pytest.mark.skipif(CUDA, reason="on the GPU it tunes four or five configs per kernel; tools/gpu_ffn.py and the "
                                    "benchmark suite run the autotuned path there")
 def test_autotuned_launch_path(device, monkeypatch):
-    # M > SMALL_M with autotuning on goes through triton.autotune (one config in the interpreter).
+    # M > SMALL_M with autotuning on goes through triton.autotune (one config in the interpreter) the
+    # first time its key is seen; the second call launches the picked config directly.
     monkeypatch.setenv("KERNELS_AUTOTUNE", "1")
+    monkeypatch.setattr(matmul, "_PICKED", {})
     M = matmul.SMALL_M + 77
     tensors = _params(M, 24, 40, 32, "relu2", True, device)
     _check(kernels.ffn, reference.ffn, tensors, torch.float16, "relu2")
+    assert {key[0] for key in matmul._PICKED} == {matmul._linear_act_fwd_tuned, matmul._act_bwd_tuned}
+    through_autotuner = []
+    for tuned in (matmul._linear_act_fwd_tuned, matmul._act_bwd_tuned):
+        monkeypatch.setattr(tuned, "run", lambda *a, _run=tuned.run, **k: through_autotuner.append(1) or _run(*a, **k))
+    _check(kernels.ffn, reference.ffn, tensors, torch.float16, "relu2")
+    assert through_autotuner == []
 
 
 def test_mixed_dtypes_cast_weights_to_x(device):

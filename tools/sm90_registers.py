@@ -21,25 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import driver  # noqa: E402
 
+from tools.compile_only import use_compile_only_driver  # noqa: E402
 
-class _CompileOnlyDriver:
-    """What JITFunction.warmup asks of the driver before it compiles; nothing is launched."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return GPUTarget("cuda", 90, 32)
-
-
-driver.set_active(_CompileOnlyDriver())
-os.environ.pop("TRITON_INTERPRET", None)
+use_compile_only_driver()
 
 import kernels  # noqa: E402,F401
 from kernels import attention_bwd, matmul  # noqa: E402

@@ -1,0 +1,130 @@
+"""Do the FFN GEMMs' direct launches (kernels/matmul.py `_launch` through FastLaunch) hand Triton's
+launcher what a plain `kernel[grid](...)` launch through the autotuner and heuristics would? Checked on
+a machine without a GPU: kernels compile for sm_90a and every launch is recorded instead of run.
+
+    python tools/fast_launch_check.py      # prints one line per case and ALL SAME / MISMATCH last
+
+Cases: forward and backward GEMM, gelu / relu / swiglu, bf16 / fp16 / fp32, M = 17 (the small-M
+config) and M = 4099 (the first large config) with KERNELS_AUTOTUNE=0, and the autotuned path (the
+autotuner's cache pre-filled with the last config of its list: nothing is benchmarked) whose second
+call launches directly. Compared: the binary, the grid and every argument (tensors by dtype, shape,
+strides and 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+
+from tools.compile_only import stub_launches, use_compile_only_driver  # noqa: E402
+
+use_compile_only_driver()
+CALLS = []
+stub_launches(lambda kernel_id, args: CALLS.append((kernel_id, args)))
+os.environ["KERNELS_AUTOTUNE"] = "0"
+
+from kernels import matmul as mm  # noqa: E402
+
+mm._set_allocator = lambda: None  # no CUDA allocator to install
+
+
+def _seen(call):
+    """(binary, grid and stream, arguments): the launcher's hook and launch-metadata slots left out."""
+    kernel_id, args = call
+    ident = [("tensor", a.dtype, tuple(a.shape), a.stride(), a.data_ptr() % 16) if isinstance(a, torch.Tensor)
+             else a for a in args]
+    return kernel_id, tuple(ident[:4]), tuple(ident[9:])
+
+
+def _last_launch(fn):
+    CALLS.clear()
+    fn()
+    return _seen(CALLS[-1])
+
+
+def _plain(kernel, M, N, K, two_acc, args, constexprs):
+    c = mm._fixed_config(M <= mm.SMALL_M, two_acc)
+    grid = (triton.cdiv(M, c.kwargs["BLOCK_M"]) * triton.cdiv(N, c.kwargs["BLOCK_N"]),)
+    return lambda: kernel[grid](*args, **constexprs, **c.all_kwargs())
+
+
+def _operands(act, dtype, M, D=768, H=1024):
+    code, gated = mm.ACT_CODES[act]
+    width = 2 * H if gated else H
+    x, dy = torch.empty(M, D, dtype=dtype), torch.empty(M, D, dtype=dtype)
+    w, w_out, b = torch.empty(width, D, dtype=dtype), torch.empty(D, H, dtype=dtype), torch.empty(width, dtype=dtype)
+    pre, out, d_pre, dbias = (torch.empty(M, width, dtype=dtype), torch.empty(M, H, dtype=dtype),
+                              torch.empty(M, width, dtype=dtype), torch.zeros(width))
+    fwd_args = (x, w, b, pre, out, M, H, D, x.stride(0), x.stride(1), w.stride(0), w.stride(1), pre.stride(0),
+                out.stride(0), mm._m_bucket(M))
+    fwd_meta = dict(ACT=code, GATED=gated, HAS_BIAS=True, STORE_PRE=True, PRECISION=mm._precision(dtype))
+    bwd_args = (dy, w_out, pre, d_pre, pre, dbias, M, H, D, dy.stride(0), dy.stride(1), w_out.stride(0),
+                w_out.stride(1), pre.stride(0), d_pre.stride(0), 0, mm._m_bucket(M))
+    bwd_meta = dict(ACT=code, GATED=gated, FROM_GEMM=True, STORE_ACT=False, HAS_DBIAS=True,
+                    PRECISION=mm._precision(dtype))
+    return gated, (x, w, b, dy, w_out, pre, d_pre, dbias), (fwd_args, fwd_meta), (bwd_args, bwd_meta)
+
+
+def _ours_bwd(dy, w_out, pre, act, d_pre, dbias):
+    """matmul.act_bwd with its two allocations replayed (d_pre, dbias), so the arguments compare."""
+    empty_like, zeros = torch.empty_like, torch.zeros
+    torch.empty_like, torch.zeros = (lambda *a, **k: d_pre), (lambda *a, **k: dbias)
+    try:
+        mm.act_bwd(dy, w_out, pre, act, False, True)
+    finally:
+        torch.empty_like, torch.zeros = empty_like, zeros
+
+
+def _report(name, calls):
+    same = all(c == calls[0] for c in calls[1:])
+    print(f"{name}: {'same binary, grid and arguments' if same else 'DIFFERENT'}", flush=True)
+    if not same:
+        for c in calls:
+            print("   ", c)
+    return same
+
+
+def fixed_configs():
+    ok = True
+    for M in (17, 4099):
+        for act in ("gelu", "relu", "swiglu"):
+            for dtype in (torch.bfloat16, torch.float16, torch.float32):
+                gated, (x, w, b, dy, w_out, pre, d_pre, dbias), fwd, bwd = _operands(act, dtype, M)
+                H = w_out.shape[1]
+                plain = _last_launch(_plain(mm._linear_act_fwd_kernel, M, H, x.shape[1], gated, *fwd))
+                first = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))   # through Triton, cached
+                direct = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))  # the direct path
+                ok &= _report(f"forward  {act:6s} {str(dtype):14s} M={M}", [plain, first, direct])
+                plain = _last_launch(_plain(mm._act_bwd_kernel, M, H, dy.shape[1], False, *bwd))
+                first = _last_launch(lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias))
+                direct = _last_launch(lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias))
+                ok &= _report(f"backward {act:6s} {str(dtype):14s} M={M}", [plain, first, direct])
+    return ok
+
+
+def autotuned():
+    os.environ["KERNELS_AUTOTUNE"] = "1"
+    ok = True
+    for act in ("gelu", "swiglu"):
+        for dtype in (torch.bfloat16, torch.float16):
+            gated, (x, w, b, *_), (args, meta), _ = _operands(act, dtype, 4099)
+            tuned = mm._linear_act_fwd_tuned
+            named = {**dict(zip(tuned.arg_names, args)), **meta}
+            key = [named[k] for k in tuned.keys if k in named]
+            key += [str(a.dtype) for n, a in named.items() if n in tuned.arg_names and hasattr(a, "dtype")]
+            config = (mm._GATED_CONFIGS if gated else mm._CONFIGS)[-1]
+            tuned.cache[tuple(key)] = config  # the autotuner's pick, without benchmarking
+            mm._PICKED.clear()
+            through_autotuner = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))
+            direct = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))
+            ok &= _report(f"autotuned forward {act} {dtype} ({config})", [through_autotuner, direct])
+    return ok
+
+
+if __name__ == "__main__":
+    print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
+    same = fixed_configs() & autotuned()
+    print("ALL SAME" if same else "MISMATCH")
+    sys.exit(0 if same else 1)
