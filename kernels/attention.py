@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ._checks import check_attention_args
+from ._launch import FastLaunch
 from ._runtime import check_device
 from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, \
     load_tile, plan, unit_last_stride
@@ -149,6 +150,7 @@ def _attn_fwd_kernel(Q, K, V, Out, Lse,
 
 
 _fwd_tuned = autotuned(_attn_fwd_kernel, FWD_TABLE, INTERPRET_FWD, extra_key=["USE_TMA"])
+_fwd_fast = FastLaunch(_attn_fwd_kernel)  # the direct launch once a config is known
 
 
 # Tensor-descriptor (TMA) loads in the forward. Off until timed on the H100 (tools/gpu_attention.py).
@@ -213,7 +215,7 @@ def _fwd(q, k, v, causal, scale, config=None, use_tma=None):
             H, H_kv, T, S, scale * LOG2E, *buckets)
     if tma and q.is_cuda:
         triton.set_allocator(_tma_alloc)  # device-side descriptors need a little global scratch
-    _launch(_fwd_tuned, _attn_fwd_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config,
+    _launch(_fwd_tuned, _fwd_fast, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config,
             (buckets, q.dtype))
     return out, lse
 

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
+from ._launch import FastLaunch
 from ._runtime import interpreting
 
 LOG2E = 1.4426950408889634
@@ -360,6 +361,10 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, Lse2, Delta, DQ,
 
 _dkdv_tuned = autotuned(_attn_bwd_dkdv_kernel, DKDV_TABLE, INTERPRET_DKDV)
 _dq_tuned = autotuned(_attn_bwd_dq_kernel, DQ_TABLE, INTERPRET_DQ)
+# Direct launches of the jit kernels once a config is known (kernels/_launch.py: less host work)
+_preprocess_fast = FastLaunch(_attn_bwd_preprocess_kernel)
+_dkdv_fast = FastLaunch(_attn_bwd_dkdv_kernel)
+_dq_fast = FastLaunch(_attn_bwd_dq_kernel)
 
 
 # The padded per-row buffers (lse2, delta) hold a multiple of this many rows per head: at least every
@@ -377,11 +382,12 @@ def unit_last_stride(t):
 _PICKED = {}
 
 
-def _launch(tuned, raw, grid, args, meta, config, key=None):
-    """Launch the autotuned kernel, or the raw one with config = (BLOCK_M, BLOCK_N, num_warps, num_stages).
+def _launch(tuned, fast, grid, args, meta, config, key=None):
+    """Launch the autotuned kernel, or the jit one (`fast`, a FastLaunch of it) with config = (BLOCK_M,
+    BLOCK_N, num_warps, num_stages).
 
     key (shape buckets and dtype, which with meta make the autotuner's own key): after the first launch
-    of a key, its picked config is remembered and launched on the raw kernel.
+    of a key, its picked config is remembered and launched directly.
     """
     if config is None and key is not None:
         key = (tuned, TUNE, key, *meta.values())
@@ -396,7 +402,7 @@ def _launch(tuned, raw, grid, args, meta, config, key=None):
         tuned[grid](*args, **meta)
     else:
         bm, bn, w, s = config
-        raw[grid](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
+        fast[grid(dict(BLOCK_M=bm, BLOCK_N=bn))](*args, **meta, BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
 
 
 def attention_bwd(dout, q, k, v, out, lse, causal, scale, config=None):
@@ -437,17 +443,17 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
                          f"buffers), got {config['dkdv'][0]}")
 
     def preprocess():
-        _attn_bwd_preprocess_kernel[(padded_q // 64, B * H)](
+        _preprocess_fast[(padded_q // 64, B * H)](
             out, dout, lse, delta, lse2, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T, padded_q,
             HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
 
     def dkdv():
-        _launch(_dkdv_tuned, _attn_bwd_dkdv_kernel, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
+        _launch(_dkdv_tuned, _dkdv_fast, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
                 (q, k, v, dout, lse2, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
                 dict(meta, GQA=H != H_kv), config.get("dkdv"), (buckets, q.dtype))
 
     def dq_():
-        _launch(_dq_tuned, _attn_bwd_dq_kernel, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
+        _launch(_dq_tuned, _dq_fast, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
                 (q, k, v, dout, lse2, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
                 (buckets, q.dtype))
     return (dq, dk, dv), [preprocess, dkdv, dq_]

@@ -29,7 +29,7 @@ def use_compile_only_driver():
 
 
 def stub_launches(record):
-    """Every compiled kernel's launcher becomes `record(kernel id, launcher arguments)`."""
+    """Every compiled kernel's launcher becomes `record(binary hash, launcher arguments)`."""
     from triton.compiler.compiler import CompiledKernel
 
     def init_handles(self):
@@ -37,6 +37,6 @@ def stub_launches(record):
             return
         self._stubbed = True
         self.function = id(self)
-        self._run = lambda *args, _id=id(self): record(_id, args)
+        self._run = lambda *args, _hash=self.hash: record(_hash, args)
     CompiledKernel._init_handles = init_handles
     CompiledKernel.launch_metadata = lambda self, *args: None

@@ -1,14 +1,17 @@
-"""Do the FFN GEMMs' direct launches (kernels/matmul.py `_launch` through FastLaunch) hand Triton's
-launcher what a plain `kernel[grid](...)` launch through the autotuner and heuristics would? Checked on
-a machine without a GPU: kernels compile for sm_90a and every launch is recorded instead of run.
+"""Do the direct launches (FastLaunch) of the FFN GEMMs (kernels/matmul.py) and the attention kernels
+(kernels/attention.py, attention_bwd.py) hand Triton's launcher what a plain `kernel[grid](...)` launch,
+through the autotuner (and heuristics), would? Checked on a machine without a GPU: kernels compile
+for sm_90a and every launch is recorded instead of run.
 
     python tools/fast_launch_check.py      # prints one line per case and ALL SAME / MISMATCH last
 
 Cases: forward and backward GEMM, gelu / relu / swiglu, bf16 / fp16 / fp32, M = 17 (the small-M
 config) and M = 4099 (the first large config) with KERNELS_AUTOTUNE=0, and the autotuned path (the
-autotuner's cache pre-filled with the last config of its list: nothing is benchmarked) whose second
-call launches directly. Compared: the binary, the grid and every argument (tensors by dtype, shape,
-strides and 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
+autotuner's cache pre-filled with the last config of its list: nothing is benchmarked) whose third
+call launches directly (the second is FastLaunch's first, through Triton's path). Attention: forward and the three backward kernels, fp32 / bf16 / fp16, causal
+or not, GQA, odd lengths: the first call (through the autotuner) against the third (direct).
+Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
+16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
 """
 import os
 import sys
@@ -25,9 +28,24 @@ CALLS = []
 stub_launches(lambda kernel_id, args: CALLS.append((kernel_id, args)))
 os.environ["KERNELS_AUTOTUNE"] = "0"
 
-from kernels import matmul as mm  # noqa: E402
+from kernels import attention_bwd, matmul as mm  # noqa: E402
+
+attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 
 mm._set_allocator = lambda: None  # no CUDA allocator to install
+
+# Launches that went through Triton's own path (JITFunction.run); a direct launch adds none.
+THROUGH_TRITON = []
+_jit_run = triton.runtime.jit.JITFunction.run
+triton.runtime.jit.JITFunction.run = lambda self, *a, **k: THROUGH_TRITON.append(1) or _jit_run(self, *a, **k)
+
+
+def _direct(fn):
+    """fn's launches, asserting none went through Triton's path."""
+    THROUGH_TRITON.clear()
+    seen = _all_launches(fn)
+    assert not THROUGH_TRITON, f"{len(THROUGH_TRITON)} launch(es) took Triton's path instead of the direct one"
+    return seen
 
 
 def _seen(call):
@@ -38,10 +56,14 @@ def _seen(call):
     return kernel_id, tuple(ident[:4]), tuple(ident[9:])
 
 
-def _last_launch(fn):
+def _all_launches(fn):
     CALLS.clear()
     fn()
-    return _seen(CALLS[-1])
+    return [_seen(c) for c in CALLS]
+
+
+def _last_launch(fn):
+    return _all_launches(fn)[-1]
 
 
 def _plain(kernel, M, N, K, two_acc, args, constexprs):
@@ -95,11 +117,11 @@ def fixed_configs():
                 H = w_out.shape[1]
                 plain = _last_launch(_plain(mm._linear_act_fwd_kernel, M, H, x.shape[1], gated, *fwd))
                 first = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))   # through Triton, cached
-                direct = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))  # the direct path
+                direct = _direct(lambda: mm.linear_act_fwd(x, w, b, act, True))[-1]  # the direct path
                 ok &= _report(f"forward  {act:6s} {str(dtype):14s} M={M}", [plain, first, direct])
                 plain = _last_launch(_plain(mm._act_bwd_kernel, M, H, dy.shape[1], False, *bwd))
                 first = _last_launch(lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias))
-                direct = _last_launch(lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias))
+                direct = _direct(lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias))[-1]
                 ok &= _report(f"backward {act:6s} {str(dtype):14s} M={M}", [plain, first, direct])
     return ok
 
@@ -118,13 +140,35 @@ def autotuned():
             tuned.cache[tuple(key)] = config  # the autotuner's pick, without benchmarking
             mm._PICKED.clear()
             through_autotuner = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))
-            direct = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))
-            ok &= _report(f"autotuned forward {act} {dtype} ({config})", [through_autotuner, direct])
+            first = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))  # FastLaunch's first: Triton's path
+            direct = _direct(lambda: mm.linear_act_fwd(x, w, b, act, True))[-1]
+            ok &= _report(f"autotuned forward {act} {dtype} ({config})", [through_autotuner, first, direct])
+    return ok
+
+
+def attention_kernels():
+    ok = True
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for causal in (True, False):
+            for H, H_kv, T, S, D in ((4, 4, 33, 33, 64), (4, 2, 17, 40, 128), (2, 1, 300, 300, 96)):
+                q = torch.empty(2, H, T, D, dtype=dtype)
+                k, v = torch.empty(2, H_kv, S, D, dtype=dtype), torch.empty(2, H_kv, S, D, dtype=dtype)
+                out, lse = torch.empty_like(q), torch.empty(2, H, T)
+
+                def step():
+                    attention._fwd(q, k, v, causal, 0.125)  # (attention_fwd would refuse CPU tensors)
+                    attention_bwd.attention_bwd(out, q, k, v, out, lse, causal, 0.125)
+                # 1st call: the autotuner; 2nd: FastLaunch's first (Triton's path); 3rd: direct
+                first, second, third = _all_launches(step), _all_launches(step), _direct(step)
+                # the backward's buffers (delta, lse2, dq, dk, dv) are new tensors each call: compared
+                # by dtype, shape, strides and alignment like the rest
+                ok &= _report(f"attention {str(dtype):14s} causal={causal!s:5s} H={H}/{H_kv} T={T} S={S} D={D} "
+                              f"({len(first)} launches)", [first, second, third])
     return ok
 
 
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
-    same = fixed_configs() & autotuned()
+    same = fixed_configs() & autotuned() & attention_kernels()
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)
