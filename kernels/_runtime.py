@@ -36,3 +36,8 @@ def check_device(**tensors):
             continue
         where = "CPU tensors under TRITON_INTERPRET=1" if interpreting() else "CUDA tensors"
         raise ValueError(f"{name} is on {t.device}, but the Triton kernels here take {where}")
+
+
+def tma_scratch(size, alignment, stream):
+    """Triton's allocator for the global scratch that in-kernel TMA descriptors need (one per launch)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")

@@ -36,7 +36,7 @@ import triton.language as tl
 
 from ._checks import check_attention_args
 from ._launch import FastLaunch
-from ._runtime import check_device
+from ._runtime import check_device, tma_scratch
 from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, \
     load_tile, plan, unit_last_stride
 
@@ -168,10 +168,6 @@ def _tma_ok(*tensors):
     return True
 
 
-def _tma_alloc(size, alignment, stream):
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
 def check_kernel_args(q, k, v, scale, device=True):
     """The reference's checks plus what the kernels add: device, dtype, head dim range."""
     check_attention_args(q, k, v, scale)
@@ -214,7 +210,7 @@ def _fwd(q, k, v, causal, scale, config=None, use_tma=None):
     args = (q, k, v, out, lse, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
             H, H_kv, T, S, scale * LOG2E, *buckets)
     if tma and q.is_cuda:
-        triton.set_allocator(_tma_alloc)  # device-side descriptors need a little global scratch
+        triton.set_allocator(tma_scratch)  # device-side descriptors need a little global scratch
     _launch(_fwd_tuned, _fwd_fast, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config,
             (buckets, q.dtype))
     return out, lse

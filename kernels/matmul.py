@@ -55,7 +55,7 @@ from . import matmul_persistent
 from .matmul_persistent import grouped_tile
 from ._activations import activation, activation_and_grad
 from ._launch import FastLaunch
-from ._runtime import interpreting
+from ._runtime import interpreting, tma_scratch
 
 RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
 # activation name -> (code of the elementwise function, gated?)
@@ -348,15 +348,11 @@ _linear_act_fwd_fast = FastLaunch(_linear_act_fwd_kernel.fn)
 _act_bwd_fast = FastLaunch(_act_bwd_kernel.fn)
 
 
-def _allocator(size, alignment, stream):
-    return torch.empty(size, device="cuda", dtype=torch.int8)
-
-
 def _set_allocator():
     # In-kernel TMA descriptors need scratch memory. The allocator lives in a ContextVar, and the
     # autograd engine runs CUDA backward on its own thread, so it is set before every launch.
     if not _INTERPRETING:
-        triton.set_allocator(_allocator)
+        triton.set_allocator(tma_scratch)
 
 
 def _precision(dtype):
