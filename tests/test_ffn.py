@@ -266,6 +266,28 @@ def test_bf16_larger_shapes(activation):
     _check(kernels.ffn, reference.ffn, tensors, torch.bfloat16, activation)
 
 
+def _tile_configs():
+    """Every large-tile config of the autotune lists, once, with the activation that uses it."""
+    seen, cases = set(), []
+    for configs, activation in ((matmul._CONFIGS, "gelu"), (matmul._GATED_CONFIGS, "swiglu")):
+        for c in configs:
+            key = (str(c), activation)
+            if key not in seen:
+                seen.add(key)
+                cases.append(pytest.param(c, activation, id=f"{activation}-{c.kwargs}-w{c.num_warps}s{c.num_stages}"))
+    return cases
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("config, activation", _tile_configs() if CUDA else [])
+def test_every_tile_config(config, activation, dtype, monkeypatch):
+    # The autotuner may pick any of these on a user's GPU; each must be right in both 16-bit dtypes.
+    monkeypatch.setattr(matmul, "_fixed_config", lambda small, two_acc: config)
+    tensors = _params(matmul.SMALL_M + 77, 256, 520, 264, activation, True, "cuda")
+    _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
+
+
 @gpu
 def test_autocast_uses_autocast_dtype():
     tensors = [t.float() for t in _params(300, 256, 512, 256, "swiglu", True, "cuda")]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One batched GPU session: `bash tools/gpu_run.sh SECTION...` with sections
-#   env tests attention attention_bwd norms ffn ffn_profile bench bench_<op> report train
+#   env tests tests_parallel attention attention_bwd norms ffn ffn_profile bench bench_<op> report train
 # (bench_attention, bench_norms, bench_ffn, bench_train_step: one JSON each, time limit
 # BENCH_<OP>_SECS; report merges every JSON into tables and plots)
 # Each section has its own time limit and log; a failing section does not stop the others. Logs,
@@ -25,6 +25,12 @@ for s in "$@"; do
   case $s in
     env) section env 60 bash -c 'nvidia-smi; python3 -c "import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())"' ;;
     tests) section tests "${TESTS_SECS:-240}" python3 -m pytest ${TESTS_PATHS:-tests} -q --maxfail=10 --durations=15 -p no:cacheprovider ${TESTS_ARGS:-} ;;
+    tests_parallel)  # one pytest per path of TESTS_PATHS at once: the GPU tests are compile-bound (CPU)
+      for p in ${TESTS_PATHS:-tests}; do
+        section "tests-$(basename "$p" .py)" "${TESTS_SECS:-240}" python3 -m pytest "$p" -q --maxfail=10 --durations=15 \
+          -p no:cacheprovider ${TESTS_ARGS:-} &
+      done
+      wait ;;
     attention) section attention "${ATT_SECS:-240}" python3 tools/gpu_attention.py ;;
     attention_bwd) section attention_bwd "${ATTB_SECS:-300}" python3 tools/gpu_attention_bwd.py ;;
     norms) section norms "${NORM_SECS:-180}" python3 tools/gpu_norms.py ;;
