@@ -3,7 +3,7 @@ without a GPU: a register-pressure check that costs no device time.
 
     python tools/sm90_registers.py attention_bwd [D]      # dK/dV and dQ kernels, head dim D (default 128)
     python tools/sm90_registers.py attention_fwd [D]
-    python tools/sm90_registers.py ffn                    # the fused GEMMs of kernels/matmul.py
+    python tools/sm90_registers.py ffn [ACT,...]          # the fused GEMMs of kernels/matmul.py
 
 Triton compiles for an explicit target without a driver (a stub takes the driver's place), then the
 ptxas bundled with Triton reports the registers and spill bytes of each config in the kernels' tables.
@@ -82,9 +82,10 @@ def attention_kernels(which, D):
         show("_attn_bwd_dq_kernel", (bm, bn, w, s), compiled)
 
 
-def ffn_kernels():
+def ffn_kernels(activations):
     M, D = 16384, 768
-    for act, H in (("gelu", 3072), ("relu", 3072), ("swiglu", 2048)):
+    for act in activations:
+        H = 2048 if matmul.ACT_CODES[act][1] else 3072
         code, gated = matmul.ACT_CODES[act]
         width = 2 * H if gated else H
         x, dy = torch.empty(M, D, dtype=torch.bfloat16), torch.empty(M, D, dtype=torch.bfloat16)
@@ -115,7 +116,7 @@ def main():
     if which.startswith("attention"):
         attention_kernels(which, int(sys.argv[2]) if len(sys.argv) > 2 else 128)
     elif which == "ffn":
-        ffn_kernels()
+        ffn_kernels(sys.argv[2].split(",") if len(sys.argv) > 2 else ["gelu", "relu", "swiglu"])
     else:
         raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd or ffn")
 
