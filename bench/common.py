@@ -37,6 +37,13 @@ PEDANTIC_ROUND_MS = 1.0
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
+# --bench-timing (set by conftest): "events" times each call with CUDA events around it, host time
+# included where the host is the slower side (THE number of the suite); "graph" replays the calls from
+# a CUDA graph, so it is the kernels' own GPU time, as inside a captured or host-hidden training step.
+TIMINGS = {"events": "triton.testing.do_bench median (CUDA events, L2 flushed), {n} input sets rotated",
+           "graph": "triton.testing.do_bench_cudagraph median (CUDA graph replay: GPU time without the host's, "
+                    "no L2 flush), {n} input sets rotated"}
+TIMING = "events"
 RECORDS = []          # extra_info of every timed benchmark, for the terminal summary
 _CEILINGS = {}
 
@@ -220,9 +227,14 @@ def check(case, provider, fn, reference, args, leaves, grad_outs, big=False):
 
 # ---------------------------------------------------------------- timing
 
+def group_of(case):
+    """The case's group; graph-timed runs get their own ("/graph"), so the two timings never mix."""
+    return case.group + ("/graph" if TIMING == "graph" else "")
+
+
 def prepare(benchmark, case):
     """Set the group (pytest-benchmark copies it when timing starts) and a synchronizing timer."""
-    benchmark.group = case.group
+    benchmark.group = group_of(case)
     # pytest-benchmark reads its timer from `_timer` when it builds a round's runner; this is what
     # --benchmark-timer sets, with a synchronize added so the end reading waits for the GPU.
     benchmark._timer = cuda_sync_timer
@@ -239,10 +251,10 @@ def record(benchmark, case, provider, median_ms, *, flops=None, bytes_=None, ext
     """extra_info for one timed benchmark; the ratio to the best peer is added at session end."""
     ceil = ceilings()
     info = {"provider": provider, "op": case.op, "mode": case.mode, "dtype": DTYPE_NAMES[case.dtype],
-            "shape": case.shape, "options": case.options, "group": case.group, "plot": case.plot,
+            "shape": case.shape, "options": case.options, "group": group_of(case),
+            "plot": case.plot + ("/graph" if TIMING == "graph" else ""),
             "x_name": case.x_name, "x": case.x, "device": device_name(), **versions(),
-            "median_ms": median_ms, "timing": "triton.testing.do_bench median (CUDA events, L2 flushed), "
-            f"{NSETS} input sets rotated"}
+            "median_ms": median_ms, "timing": TIMINGS[TIMING].format(n=NSETS), "timing_mode": TIMING}
     if flops is not None:
         info.update(flops=flops, tflops=flops / (median_ms * 1e-3) / 1e12,
                     ceiling="matmul_tflops", ceiling_value=ceil.get("matmul_tflops"))
@@ -252,15 +264,16 @@ def record(benchmark, case, provider, median_ms, *, flops=None, bytes_=None, ext
                     ceiling="copy_gbps", ceiling_value=ceil.get("copy_gbps"))
         info["fraction_of_ceiling"] = info["gbps"] / ceil["copy_gbps"] if ceil else None
     info.update(extra or {})
-    benchmark.group = case.group
+    benchmark.group = group_of(case)
     benchmark.extra_info.update(info)
     RECORDS.append(info)
     return info
 
 
 def time_and_record(benchmark, case, provider, fn, make_sets, leaves, *, flops=None, bytes_=None, extra=None):
-    """Warm fn up, time it with do_bench over rotated input sets, feed pytest-benchmark, record extra_info."""
-    from triton.testing import do_bench
+    """Warm fn up, time it over rotated input sets (do_bench, or do_bench_cudagraph with --bench-timing graph),
+    feed pytest-benchmark, record extra_info."""
+    from triton.testing import do_bench, do_bench_cudagraph
     bwd = case.mode == "fwd+bwd"
     sets = make_sets()
     cycle = itertools.cycle(sets)
@@ -277,7 +290,10 @@ def time_and_record(benchmark, case, provider, fn, make_sets, leaves, *, flops=N
         for _ in range(2 * len(sets)):   # compilation and autotuning happen here, untimed
             call()
         torch.cuda.synchronize()
-        median_ms = do_bench(call, warmup=DO_BENCH_WARMUP_MS, rep=DO_BENCH_REP_MS, return_mode="median")
+        if TIMING == "graph":  # a provider that cannot be captured skips (a peer) or fails (ours)
+            median_ms = do_bench_cudagraph(call, rep=DO_BENCH_REP_MS, return_mode="median")
+        else:
+            median_ms = do_bench(call, warmup=DO_BENCH_WARMUP_MS, rep=DO_BENCH_REP_MS, return_mode="median")
         _pedantic(benchmark, case, call, median_ms)
     return record(benchmark, case, provider, median_ms, flops=flops, bytes_=bytes_, extra=extra)
 

@@ -11,6 +11,10 @@
   --benchmark-disable).
 - `--bench-dtype bf16[,fp16,...]`: dtypes to run on CUDA (default bf16; the CPU runs fp32, because
   the interpreter's bf16 `tl.dot` is wrong).
+- `--bench-timing events|graph`: `events` (default) is do_bench, CUDA events around each call: where
+  the host's Python is slower than the kernels (small norms, fwd+bwd) it times the host. `graph`
+  replays the calls from a CUDA graph (do_bench_cudagraph): the kernels' GPU time, what a training
+  step gets when its host work hides behind the GPU's. Its groups end in "/graph".
 - The card's ceilings are measured once per session (bf16 8192^3 matmul, device copy) and written
   to the JSON's machine_info; each benchmark's ratio to the best peer in its group is written to
   its extra_info, and a summary of ours against the best peer is printed at the end.
@@ -31,9 +35,13 @@ def pytest_addoption(parser):
                     help="grid size on CUDA: small (default; ~12 minutes on a fresh H100) or full")
     group.addoption("--bench-dtype", default="bf16",
                     help="comma-separated dtypes to benchmark on CUDA: bf16, fp16, fp32 (default bf16)")
+    group.addoption("--bench-timing", choices=tuple(common.TIMINGS), default="events",
+                    help="events (default): CUDA events around each call, the host's time included where it "
+                         "is the slower side; graph: CUDA-graph replay, the kernels' GPU time only")
 
 
 def pytest_configure(config):
+    common.TIMING = config.getoption("--bench-timing")
     # With --benchmark-disable (or no CUDA) the fixture only gates timing; that is not a mistake.
     config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used")
     if common.ON_CUDA:

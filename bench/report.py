@@ -42,13 +42,14 @@ def add_peer_ratios(benchmarks):
 def load(paths):
     """(benchmark entries, the first file's machine_info, datetime) of one or more JSON files.
 
-    A benchmark present in several files (same fullname) is taken from the last file given.
+    A benchmark present in several files (same fullname and timing) is taken from the last file given.
     """
     entries, machine, when = {}, {}, None
     for p in paths:
         data = json.loads(Path(p).read_text())
         for b in data.get("benchmarks", []):
-            entries[b.get("fullname") or id(b)] = b
+            timing = (b.get("extra_info") or {}).get("timing_mode", "events")
+            entries[(b.get("fullname") or id(b), timing)] = b
         machine = machine or data.get("machine_info", {})
         when = when or data.get("datetime")
     return list(entries.values()), machine, when
@@ -78,6 +79,7 @@ def header(machine, when, infos):
         lines.append(f"Measured ceilings: bf16 matmul 8192^3 {ceil['matmul_tflops']:.0f} TFLOP/s, device copy "
                      f"{ceil['copy_gbps']:.0f} GB/s (read + write).")
     lines.append("Times are medians of triton.testing.do_bench (CUDA events, L2 flushed, inputs rotated); "
+                 "groups ending in /graph: of do_bench_cudagraph (CUDA-graph replay, GPU time only, no L2 flush); "
                  "'vs best peer' = best peer's time / this time (> 1: faster than every peer).")
     return lines
 
@@ -102,13 +104,14 @@ def table(entries, machine=None, when=None, images=()):
                    f"{best['median_ms']:.3f} | {_fmt(bv, '.0f')} {unit} | {mark}{speed:.2f}x{mark} |")
     sections = {}
     for group, items in groups.items():
-        sections.setdefault("/".join(group.split("/")[:2]), []).append((group, items))
+        graph = "/graph" if group.endswith("/graph") else ""  # --bench-timing graph: its own sections
+        sections.setdefault("/".join(group.split("/")[:2]) + graph, []).append((group, items))
     for section, members in sections.items():
         out += ["", f"## {section}", "",
                 "| shape | provider | median ms | rate | % of ceiling | vs best peer | notes |",
                 "|---|---|---|---|---|---|---|"]
         for group, items in members:
-            shape = "/".join(group.split("/")[2:])
+            shape = "/".join(group.removesuffix("/graph").split("/")[2:])
             for i in sorted(items, key=lambda i: i["median_ms"]):
                 value, unit = rate(i)
                 frac = i.get("fraction_of_ceiling")

@@ -88,3 +88,27 @@ def test_wrong_provider_fails_the_gate():
         common.check(case, "bad", lambda x, w: ref(x, w) * 1.001, ref, args, (0, 1), grad_outs)
     with pytest.raises(AssertionError, match=r"grad\(arg1\)"):   # right output, wrong weight gradient
         common.check(case, "bad", lambda x, w: ref(x, w.detach() + 0 * w), ref, args, (0, 1), grad_outs)
+
+
+def test_graph_timed_run_kept_apart_from_the_default_one(tmp_path):
+    # The same benchmarks timed with --bench-timing graph: their groups end in /graph and they neither
+    # replace the default (events) run's entries nor share its sections or ratios.
+    def graph(entry):
+        e = json.loads(json.dumps(entry))
+        e["group"] += "/graph"
+        e["extra_info"].update(group=e["group"], plot=e["extra_info"]["plot"] + "/graph", timing_mode="graph",
+                               median_ms=e["extra_info"]["median_ms"] / 2 if e["extra_info"]["provider"] == "ours"
+                               else e["extra_info"]["median_ms"])
+        return e
+    paths = []
+    for name, entries in (("events", _synthetic()), ("graph", [graph(e) for e in _synthetic()])):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"machine_info": {}, "datetime": "2026-11-27", "benchmarks": entries}))
+    entries, _, _ = report.load([str(p) for p in paths])
+    assert len(entries) == 2 * len(_synthetic())
+    groups = report.add_peer_ratios(entries)
+    ln = {g: next(i for i in groups[g] if i["provider"] == "ours")["ratio_to_best_peer"]
+          for g in ("layer_norm/fwd/M16384-N768/bf16", "layer_norm/fwd/M16384-N768/bf16/graph")}
+    assert ln == pytest.approx({"layer_norm/fwd/M16384-N768/bf16": 1.6, "layer_norm/fwd/M16384-N768/bf16/graph": 3.2})
+    text = report.table(entries)
+    assert "## layer_norm/fwd/graph" in text and "## layer_norm/fwd\n" in text

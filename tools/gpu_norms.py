@@ -306,14 +306,21 @@ def section_compile_provider():
 
 def section_graph():
     # After every plain timing: a failed graph capture cannot spoil them.
-    log(f"== ours as GPU time only: CUDA graph replay, no L2 flush ({time.time() - T0:.0f}s)")
+    # Eager and Liger too: at small widths do_bench's fwd+bwd is host time (Python autograd.Function
+    # against eager's C++ autograd), a graph's replay is the kernels' own time for every provider.
+    # (torch.compile's output is not captured: it may run its own CUDA graphs.)
+    log(f"== GPU time only: CUDA graph replay, no L2 flush ({time.time() - T0:.0f}s)")
     for op in OPS:
+        liger = liger_provider(op)
         for n in WIDTHS:
             for mode in ("fwd", "fwd+bwd"):
                 if left() < SWEEP_RESERVE:
                     log("  (stopped: time budget)")
                     return
                 record(op, n, mode, "graph", lambda *a, op=op: call(kernels, op, *a), graph=True)
+                record(op, n, mode, "g-eager", lambda *a, op=op: call(reference, op, *a), graph=True)
+                if liger is not None:
+                    record(op, n, mode, "g-liger", liger, graph=True)
 
 
 def section_prefetch():
@@ -380,9 +387,11 @@ def table():
     log("== summary (GB/s; % of the 3.0 TB/s copy ceiling; ratio = ours / best of the peers measured)")
     log("   fwd bytes 2*M*N*2, fwd+bwd 5*M*N*2; add variants 4*M*N*2 and 8*M*N*2 (residual and sum counted);")
     log("   fwd+bwd timed with torch.autograd.grad (no .grad accumulation); PEERS.md = best peer there")
-    log("   graph = ours as GPU time only (CUDA graph, no L2 flush); best sweep is GPU time too, compare with graph")
+    log("   graph, g-eager, g-liger = GPU time only (CUDA graph replay, no L2 flush), ratio = graph / best of those;")
+    log("   best sweep is GPU time too, compare with graph")
     log(f"{'op':15s} {'N':>5s} {'mode':7s} | {'ours':>5s} {'%ceil':>5s} | {'eager':>5s} {'compile':>7s} {'liger':>5s}"
-        f" | {'ratio':>5s} | {'PEERS.md':>8s} {'ratio':>5s} | {'graph':>5s} | best sweep (GB/s)")
+        f" | {'ratio':>5s} | {'PEERS.md':>8s} {'ratio':>5s} | {'graph':>5s} {'g-eager':>7s} {'g-liger':>7s} {'ratio':>5s}"
+        f" | best sweep (GB/s)")
     for op in OPS:
         for n in WIDTHS:
             for mode in ("fwd", "fwd+bwd"):
@@ -397,10 +406,17 @@ def table():
                 log(f"{op:15s} {n:5d} {mode:7s} | {fmt(ours)} {fmt(ours and 100 * ours / CEILING)} | "
                     f"{fmt(get('eager'))} {fmt(get('compile'), 7)} {fmt(get('liger'))} | "
                     f"{(f'{ours / max(peers):5.2f}' if ours and peers else '    -')} | "
-                    f"{fmt(md, 8)} {(f'{ours / md:5.2f}' if ours and md else '    -')} | {fmt(get('graph'))} | "
+                    f"{fmt(md, 8)} {(f'{ours / md:5.2f}' if ours and md else '    -')} | {fmt(get('graph'))} "
+                    f"{fmt(get('g-eager'), 7)} {fmt(get('g-liger'), 7)} {graph_ratio(get)} | "
                     f"{f'{best} {sweep[best]:.0f}' if best else ''}")
     log(f"total {time.time() - T0:.0f}s on {torch.cuda.get_device_name()}, torch {torch.__version__}, "
         f"triton {triton.__version__}")
+
+
+def graph_ratio(get):
+    """Ours / the best peer, all as CUDA-graph GPU time."""
+    peers = [v for v in (get("g-eager"), get("g-liger")) if v]
+    return f"{get('graph') / max(peers):5.2f}" if get("graph") and peers else "    -"
 
 
 def main():

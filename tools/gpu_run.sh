@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One batched GPU session: `bash tools/gpu_run.sh SECTION...` with sections
-#   env tests tests_parallel attention attention_bwd norms ffn ffn_profile bench bench_<op> report train
+#   env tests tests_parallel attention attention_bwd norms ffn ffn_profile bench bench_<op> benchgraph_<op> report train
 # (bench_attention, bench_norms, bench_ffn, bench_train_step: one JSON each, time limit
 # BENCH_<OP>_SECS; report merges every JSON into tables and plots)
 # Each section has its own time limit and log; a failing section does not stop the others. Logs,
@@ -40,6 +40,9 @@ for s in "$@"; do
     bench_*) name=${s#bench_}
       section "$s" "$(eval echo \${BENCH_${name^^}_SECS:-300})" python3 -m pytest "bench/test_$name.py" --benchmark-only -q \
         -p no:cacheprovider --benchmark-json "$OUT/$s.json" ${BENCH_ARGS:-} ;;
+    benchgraph_*) name=${s#benchgraph_}  # the same file timed as GPU time only (--bench-timing graph)
+      section "$s" "$(eval echo \${BENCH_${name^^}_SECS:-300})" python3 -m pytest "bench/test_$name.py" --benchmark-only -q \
+        -p no:cacheprovider --bench-timing graph --benchmark-json "$OUT/bench_${name}_graph.json" ${BENCH_ARGS:-} ;;
     report) section report 120 bash -c "python3 -m bench.report $OUT/bench*.json --out $OUT/report" ;;
     train) section train "${TRAIN_SECS:-150}" python3 train.py ${TRAIN_ARGS:---max-steps=200} ;;
     *) echo "unknown section $s" ;;
