@@ -390,7 +390,8 @@ def table():
     log("   graph, g-eager, g-liger = GPU time only (CUDA graph replay, no L2 flush), ratio = graph / best of those;")
     log("   best sweep is GPU time too, compare with graph")
     log(f"{'op':15s} {'N':>5s} {'mode':7s} | {'ours':>5s} {'%ceil':>5s} | {'eager':>5s} {'compile':>7s} {'liger':>5s}"
-        f" | {'ratio':>5s} | {'PEERS.md':>8s} {'ratio':>5s} | {'graph':>5s} {'g-eager':>7s} {'g-liger':>7s} {'ratio':>5s}"
+        f" | {'ratio':>5s} | {'PEERS.md':>8s} {'ratio':>5s}"
+        f" | {'graph':>5s} {'g-eager':>7s} {'g-liger':>7s} {'ratio':>5s}"
         f" | best sweep (GB/s)")
     for op in OPS:
         for n in WIDTHS:
