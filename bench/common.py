@@ -227,9 +227,14 @@ def check(case, provider, fn, reference, args, leaves, grad_outs, big=False):
 
 # ---------------------------------------------------------------- timing
 
+def _timing_suffix():
+    # graph-timed runs get their own groups and plots ("/graph"), so the two timings never mix
+    return "/graph" if TIMING == "graph" else ""
+
+
 def group_of(case):
-    """The case's group; graph-timed runs get their own ("/graph"), so the two timings never mix."""
-    return case.group + ("/graph" if TIMING == "graph" else "")
+    """The case's group, with the timing's suffix."""
+    return case.group + _timing_suffix()
 
 
 def prepare(benchmark, case):
@@ -252,7 +257,7 @@ def record(benchmark, case, provider, median_ms, *, flops=None, bytes_=None, ext
     ceil = ceilings()
     info = {"provider": provider, "op": case.op, "mode": case.mode, "dtype": DTYPE_NAMES[case.dtype],
             "shape": case.shape, "options": case.options, "group": group_of(case),
-            "plot": case.plot + ("/graph" if TIMING == "graph" else ""),
+            "plot": case.plot + _timing_suffix(),
             "x_name": case.x_name, "x": case.x, "device": device_name(), **versions(),
             "median_ms": median_ms, "timing": TIMINGS[TIMING].format(n=NSETS), "timing_mode": TIMING}
     if flops is not None:
