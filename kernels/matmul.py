@@ -95,7 +95,10 @@ else:
     # backward 256 -> 327 and 303 -> 372 TFLOP/s).
     _CONFIGS = [_config(128, 256, 64, 8, 3, True), _config(128, 128, 64, 8, 4, True),
                 _config(128, 256, 64, 8, 3, False), _config(128, 128, 64, 8, 4, False),
-                _config(128, 128, 64, 8, 3, True)]
+                _config(128, 128, 64, 8, 3, True), _config(128, 64, 64, 8, 3, True)]
+    # UNMEASURED (branch next/ffn-bwd-two-per-sm): 128 x 64 x 64 with 3 stages for the backward GEMM,
+    # 72 KB and 58 (gelu) / 98 (swiglu) registers against 94 / 202 for 128 x 128 (tools/sm90_registers.py):
+    # two programs per SM for the gated backward, which runs at 250-267 TFLOP/s at 768 -> 2048 on the H200.
     # Gated: BLOCK_N is the width of each of the two accumulators (gate and up). 128 x 64 with 3 stages
     # (96 KB, 108 registers) fits two programs per SM as the non-gated 128 x 128 one does; the autotuner
     # picked it for geglu 768 -> 2048 (0.238 against 0.250 ms for 128 x 128) and swiglu 2048 -> 5440
