@@ -74,17 +74,24 @@ PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "0") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
 
 
-def _config(bm, bn, bk, warps, stages, tma):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "TMA": tma}, num_warps=warps,
+def _config(bm, bn, bk, warps, stages, tma, **options):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "TMA": tma, **options}, num_warps=warps,
                          num_stages=stages)
+
+
+def _bwd_config(config, epi_first=False):
+    """A forward config as one of the backward kernel's, which also takes EPI_FIRST: its epilogue's loads
+    issued before the main loop (their latency hidden behind it, their registers held through it)."""
+    return triton.Config({**config.kwargs, "EPI_FIRST": epi_first}, num_warps=config.num_warps,
+                         num_stages=config.num_stages)
 
 
 _INTERPRETING = interpreting()
 if _INTERPRETING:
     # TMA where the operands allow it (16-bit dtypes), so the CPU tests run both load paths.
     _CONFIGS = [_config(128, 64, 32, 4, 1, True)]  # few, large programs: the interpreter pays per program
-    _GATED_CONFIGS = _CONFIGS
-    _SMALL = _CONFIGS
+    _GATED_CONFIGS = _SMALL = _CONFIGS
+    _BWD_CONFIGS = [_bwd_config(_CONFIGS[0])]
 else:
     # Hopper: tl.dot lowers to wgmma; 128-row tiles, 8 warps (two warpgroups), 3-4 smem stages,
     # grouped tile order; operands through TMA descriptors or plain pointers, whichever times faster.
@@ -95,10 +102,17 @@ else:
     # backward 256 -> 327 and 303 -> 372 TFLOP/s).
     _CONFIGS = [_config(128, 256, 64, 8, 3, True), _config(128, 128, 64, 8, 4, True),
                 _config(128, 256, 64, 8, 3, False), _config(128, 128, 64, 8, 4, False),
-                _config(128, 128, 64, 8, 3, True), _config(128, 64, 64, 8, 3, True)]
-    # UNMEASURED (branch next/ffn-bwd-two-per-sm): 128 x 64 x 64 with 3 stages for the backward GEMM,
-    # 72 KB and 58 (gelu) / 98 (swiglu) registers against 94 / 202 for 128 x 128 (tools/sm90_registers.py):
-    # two programs per SM for the gated backward, which runs at 250-267 TFLOP/s at 768 -> 2048 on the H200.
+                _config(128, 128, 64, 8, 3, True)]
+    # UNMEASURED (branch next/ffn-bwd-two-per-sm): the backward GEMM (d_act = dy @ w_out, then the
+    # heavy epilogue: the gated one reads two pre-activation tiles and writes two d_pre tiles) also
+    # tries 128 x 64 x 64 with 3 stages, 72 KB and 58 (gelu) / 98 (swiglu) registers against 94 / 202
+    # for 128 x 128 (tools/sm90_registers.py): two programs per SM, one's epilogue overlapping the
+    # other's main loop; and the epilogue's loads issued before the main loop (EPI_FIRST).
+    # (EPI_FIRST with 128 x 64 holds 101 / 177 registers (gelu / swiglu): two programs per SM only for
+    # the non-gated; with 128 x 128 the gated one spills.)
+    _BWD_CONFIGS = [_bwd_config(c) for c in _CONFIGS] + [
+        _bwd_config(_config(128, 64, 64, 8, 3, True)), _bwd_config(_config(128, 64, 64, 8, 4, True)),
+        _bwd_config(_config(128, 64, 64, 8, 3, True), epi_first=True)]
     # Gated: BLOCK_N is the width of each of the two accumulators (gate and up). 128 x 64 with 3 stages
     # (96 KB, 108 registers) fits two programs per SM as the non-gated 128 x 128 one does; the autotuner
     # picked it for geglu 768 -> 2048 (0.238 against 0.250 ms for 128 x 128) and swiglu 2048 -> 5440
@@ -107,15 +121,22 @@ else:
                       _config(128, 128, 64, 8, 3, False), _config(128, 64, 64, 8, 4, False),
                       _config(128, 64, 64, 8, 3, True)]
     _SMALL = [_config(64, 128, 64, 4, 3, True)]
+_SMALL_BWD = _bwd_config(_SMALL[0])
+
+
+def _configs_of(forward, gated):
+    """The config list of a kernel: the forward's gated variant carries two accumulators; the
+    backward has its own list (its epilogue is the heavy one)."""
+    if not forward:
+        return _BWD_CONFIGS
+    return _GATED_CONFIGS if gated else _CONFIGS
 
 
 def _prune(configs, named_args, **kwargs):
-    # Only the forward kernel's gated variant carries two accumulators.
-    two_acc = kwargs.get("GATED", False) and "X" in named_args
-    return _GATED_CONFIGS if two_acc else _CONFIGS
+    return _configs_of("X" in named_args, kwargs.get("GATED", False))
 
 
-_AUTOTUNE = dict(configs=_CONFIGS + [c for c in _GATED_CONFIGS if c not in _CONFIGS],
+_AUTOTUNE = dict(configs=list(dict.fromkeys(_CONFIGS + _GATED_CONFIGS + _BWD_CONFIGS)),
                  key=["M_BUCKET", "N", "K", "ACT", "GATED"], prune_configs_by={"early_config_prune": _prune})
 
 
@@ -124,16 +145,18 @@ def autotune_enabled():
     return os.environ.get("KERNELS_AUTOTUNE", "1") != "0"
 
 
-def _fixed_config(small, two_acc):
+def _fixed_config(small, configs):
     """The config launched without the autotuner: M <= SMALL_M always (no tuning worth its compiles)."""
-    return _SMALL[0] if small else (_GATED_CONFIGS if two_acc else _CONFIGS)[0]
+    if not small:
+        return configs[0]
+    return _SMALL_BWD if configs is _BWD_CONFIGS else _SMALL[0]
 
 
 # (autotuned kernel, M bucket, N, K, constexprs, tensor dtypes) -> the config the autotuner picked there
 _PICKED = {}
 
 
-def _launch(tuned, fast, M, N, K, two_acc, tma_ok, args, constexprs):
+def _launch(tuned, fast, M, N, K, configs, tma_ok, args, constexprs):
     """Launch one of the GEMMs below; tma_ok: its operands meet TMA's rules (_tma_ok).
 
     Large M (when autotuning is on) goes through the autotuner the first time its key is seen; later
@@ -152,7 +175,7 @@ def _launch(tuned, fast, M, N, K, two_acc, tma_ok, args, constexprs):
             _PICKED[key] = tuned.best_config
             return
     else:
-        config = _fixed_config(M <= SMALL_M, two_acc)
+        config = _fixed_config(M <= SMALL_M, configs)
     blocks = config.kwargs
     grid = ((-(-M // blocks["BLOCK_M"])) * (-(-N // blocks["BLOCK_N"])),)  # ceil divisions
     # all_kwargs: the launch options exactly as the autotuner passes them, so both share one binary
@@ -296,13 +319,20 @@ def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, 
                     ACT: tl.constexpr, GATED: tl.constexpr, FROM_GEMM: tl.constexpr,
                     STORE_ACT: tl.constexpr, HAS_DBIAS: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                    TMA: tl.constexpr, EVEN_K: tl.constexpr, USE_TMA: tl.constexpr):
+                    TMA: tl.constexpr, EVEN_K: tl.constexpr, USE_TMA: tl.constexpr, EPI_FIRST: tl.constexpr):
     # N is the hidden width H; Pre and DPre are (M, 2N) when gated (gate columns, then up columns).
     start_m, start_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, 8)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     mask = (offs_m[:, None] < M) & mask_n[None, :]
+    pre_ptrs = Pre + offs_m[:, None] * stride_pm + offs_n[None, :]
+    if EPI_FIRST:
+        # The epilogue's pre-activation tiles requested before the main loop: their latency hides
+        # behind the GEMM instead of following it (costs their registers through the loop).
+        h_early = tl.load(pre_ptrs, mask=mask, other=0.0)
+        if GATED:
+            up_early = tl.load(pre_ptrs + N, mask=mask, other=0.0)
     if USE_TMA:
         # d_act = dy @ w_out: G is dy (M, K), W[k, n] is w_out (K, N).
         d_act, _unused = _mainloop_tma(G, W, M, N, K, K, start_m, start_n, 0, stride_gm, stride_wk, stride_wn,
@@ -314,15 +344,20 @@ def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, 
         # d_act given: G is (M, N) with column stride stride_gk.
         d_act = tl.load(G + offs_m[:, None] * stride_gm + offs_n[None, :] * stride_gk, mask=mask,
                         other=0.0).to(tl.float32)
-    pre_ptrs = Pre + offs_m[:, None] * stride_pm + offs_n[None, :]
     d_ptrs = DPre + offs_m[:, None] * stride_dm + offs_n[None, :]
-    h = tl.load(pre_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if EPI_FIRST:
+        h = h_early.to(tl.float32)
+    else:
+        h = tl.load(pre_ptrs, mask=mask, other=0.0).to(tl.float32)
     f, df = activation_and_grad(h, ACT)
     # PyTorch's rounding points (no-ops in fp32): its hidden gradient dy @ w_out is stored in the input
     # dtype, then each elementwise backward op rounds its result (see the module docstring).
     d_act = d_act.to(DPre.dtype.element_ty).to(tl.float32)
     if GATED:
-        up = tl.load(pre_ptrs + N, mask=mask, other=0.0).to(tl.float32)
+        if EPI_FIRST:
+            up = up_early.to(tl.float32)
+        else:
+            up = tl.load(pre_ptrs + N, mask=mask, other=0.0).to(tl.float32)
         f = f.to(DPre.dtype.element_ty).to(tl.float32)
         d_f = (d_act * up).to(DPre.dtype.element_ty).to(tl.float32)
         d_h = (d_f * df).to(DPre.dtype.element_ty)
@@ -391,7 +426,7 @@ def linear_act_fwd(x, w, b, activation, store_pre):
     if PERSISTENT and not gated and (M > SMALL_M or _INTERPRETING) and matmul_persistent.usable(N, x, w, out, pre):
         matmul_persistent.launch(x, w, b, pre, out, code, gated, store_pre, _m_bucket(M), autotune_enabled())
         return out, pre
-    _launch(_linear_act_fwd_tuned, _linear_act_fwd_fast, M, N, K, gated,
+    _launch(_linear_act_fwd_tuned, _linear_act_fwd_fast, M, N, K, _configs_of(True, gated),
             _tma_ok((x, (x.stride(0), x.stride(1))), (w, (w.stride(0), w.stride(1)))),
             (x, w, b if b is not None else x, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0),
              w.stride(1), pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M)),
@@ -422,7 +457,7 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
             and matmul_persistent.usable(N, grad, w, pre, d_pre)):
         matmul_persistent.launch_bwd(grad, w, pre, d_pre, dbias, code, gated, _m_bucket(M), autotune_enabled())
         return d_pre, act, dbias if bias_grad else None
-    _launch(_act_bwd_tuned, _act_bwd_fast, M, N, K, False,
+    _launch(_act_bwd_tuned, _act_bwd_fast, M, N, K, _BWD_CONFIGS,
             from_gemm and _tma_ok((grad, (grad.stride(0), grad.stride(1))), (w, (w.stride(0), w.stride(1)))),
             (grad, w, pre, d_pre, act if store_act else pre, dbias, M, N, K, grad.stride(0), grad.stride(1),
              w.stride(0), w.stride(1), pre.stride(0), d_pre.stride(0), act.stride(0) if store_act else 0,

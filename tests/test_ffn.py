@@ -160,6 +160,29 @@ def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
 
 
+@pytest.mark.parametrize("activation", ["relu2", "geglu"])
+def test_backward_epilogue_loaded_first(activation, device, monkeypatch):
+    # EPI_FIRST (a backward config option) only moves the epilogue's loads before the main loop: the
+    # gradients must be bit-identical to the plain order, at an odd M with edge tiles in M and N.
+    first = matmul._BWD_CONFIGS[0]
+    epi_first = matmul._bwd_config(first, epi_first=True)
+    M = matmul.SMALL_M + 77 if CUDA else 77
+    dtype = torch.bfloat16 if CUDA else torch.float16
+    tensors = _params(M, 24, 40, 32, activation, True, device)
+    grad_out = torch.randn(M, 32, dtype=torch.float64, device=device)
+    runs = []
+    for config in (first, epi_first):
+        monkeypatch.setattr(matmul, "_fixed_config",
+                            lambda small, of, c=config: c if of is matmul._BWD_CONFIGS else of[0])
+        runs.append(_run(kernels.ffn, tensors, dtype, grad_out, activation))
+    for name, g_epi, g in zip(NAMES, runs[1][1], runs[0][1]):
+        if name == "b_in":  # fp32 atomic sums in either order, then rounded: at most an ulp apart
+            torch.testing.assert_close(g_epi.float(), g.float(), rtol=torch.finfo(dtype).eps, atol=0)
+        else:
+            torch.testing.assert_close(g_epi, g, rtol=0, atol=0, msg=lambda m: f"d{name}: {m}")
+    _check(kernels.ffn, reference.ffn, tensors, dtype, activation)  # still under the forced EPI_FIRST config
+
+
 @pytest.mark.skipif(CUDA, reason="on the GPU it tunes four or five configs per kernel; tools/gpu_ffn.py and the "
                                    "benchmark suite run the autotuned path there")
 def test_autotuned_launch_path(device, monkeypatch):
@@ -267,23 +290,25 @@ def test_bf16_larger_shapes(activation):
 
 
 def _tile_configs():
-    """Every large-tile config of the autotune lists, once, with the activation that uses it."""
-    seen, cases = set(), []
-    for configs, activation in ((matmul._CONFIGS, "gelu"), (matmul._GATED_CONFIGS, "swiglu")):
-        for c in configs:
-            key = (str(c), activation)
-            if key not in seen:
-                seen.add(key)
-                cases.append(pytest.param(c, activation, id=f"{activation}-{c.kwargs}-w{c.num_warps}s{c.num_stages}"))
+    """Every large-tile config of the autotune lists, with the activations whose kernels use it."""
+    cases = []
+    for name, activations in (("_CONFIGS", ["gelu"]), ("_GATED_CONFIGS", ["swiglu"]),
+                              ("_BWD_CONFIGS", ["gelu", "swiglu"])):
+        for c in getattr(matmul, name):
+            for activation in activations:
+                cases.append(pytest.param(name, c, activation,
+                                          id=f"{name}-{activation}-{c.kwargs}-w{c.num_warps}s{c.num_stages}"))
     return cases
 
 
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("config, activation", _tile_configs() if CUDA else [])
-def test_every_tile_config(config, activation, dtype, monkeypatch):
+@pytest.mark.parametrize("configs_name, config, activation", _tile_configs() if CUDA else [])
+def test_every_tile_config(configs_name, config, activation, dtype, monkeypatch):
     # The autotuner may pick any of these on a user's GPU; each must be right in both 16-bit dtypes.
-    monkeypatch.setattr(matmul, "_fixed_config", lambda small, two_acc: config)
+    # The config is forced on the kernels of its list; the others keep their first.
+    configs = getattr(matmul, configs_name)
+    monkeypatch.setattr(matmul, "_fixed_config", lambda small, of: config if of is configs else of[0])
     tensors = _params(matmul.SMALL_M + 77, 256, 520, 264, activation, True, "cuda")
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
 

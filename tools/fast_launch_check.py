@@ -66,8 +66,8 @@ def _last_launch(fn):
     return _all_launches(fn)[-1]
 
 
-def _plain(kernel, M, N, K, two_acc, args, constexprs):
-    c = mm._fixed_config(M <= mm.SMALL_M, two_acc)
+def _plain(kernel, M, N, K, configs, args, constexprs):
+    c = mm._fixed_config(M <= mm.SMALL_M, configs)
     grid = (triton.cdiv(M, c.kwargs["BLOCK_M"]) * triton.cdiv(N, c.kwargs["BLOCK_N"]),)
     return lambda: kernel[grid](*args, **constexprs, **c.all_kwargs())
 
@@ -115,11 +115,11 @@ def fixed_configs():
             for dtype in (torch.bfloat16, torch.float16, torch.float32):
                 gated, (x, w, b, dy, w_out, pre, d_pre, dbias), fwd, bwd = _operands(act, dtype, M)
                 H = w_out.shape[1]
-                plain = _last_launch(_plain(mm._linear_act_fwd_kernel, M, H, x.shape[1], gated, *fwd))
+                plain = _last_launch(_plain(mm._linear_act_fwd_kernel, M, H, x.shape[1], mm._configs_of(True, gated), *fwd))
                 first = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))   # through Triton, cached
                 direct = _direct(lambda: mm.linear_act_fwd(x, w, b, act, True))[-1]  # the direct path
                 ok &= _report(f"forward  {act:6s} {str(dtype):14s} M={M}", [plain, first, direct])
-                plain = _last_launch(_plain(mm._act_bwd_kernel, M, H, dy.shape[1], False, *bwd))
+                plain = _last_launch(_plain(mm._act_bwd_kernel, M, H, dy.shape[1], mm._BWD_CONFIGS, *bwd))
                 first = _last_launch(lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias))
                 direct = _direct(lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias))[-1]
                 ok &= _report(f"backward {act:6s} {str(dtype):14s} M={M}", [plain, first, direct])
@@ -136,7 +136,7 @@ def autotuned():
             named = {**dict(zip(tuned.arg_names, args)), **meta}
             key = [named[k] for k in tuned.keys if k in named]
             key += [str(a.dtype) for n, a in named.items() if n in tuned.arg_names and hasattr(a, "dtype")]
-            config = (mm._GATED_CONFIGS if gated else mm._CONFIGS)[-1]
+            config = mm._configs_of(True, gated)[-1]
             tuned.cache[tuple(key)] = config  # the autotuner's pick, without benchmarking
             mm._PICKED.clear()
             through_autotuner = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))

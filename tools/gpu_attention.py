@@ -11,7 +11,8 @@
 4. host overhead per call at a tiny shape (ours vs eager SDPA), the autotuner's picks per bucket and,
    while time is left (ATT_BUDGET_S, default 100 s), a sweep of explicit configs (tuning hints);
    ATT_SWEEP_ONLY=1 runs only that sweep, on ATT_SWEEP_SHAPES (e.g. 128x1024,128x16384) and
-   ATT_SWEEP_PARTS (of fwd, dkdv, dq).
+   ATT_SWEEP_PARTS (of fwd, dkdv, dq), ATT_SWEEP_CONFIGS (BM:BN:WARPS:STAGES,... instead of the built-in
+   list) and ATT_SWEEP_TMA=0 (the forward without its TMA twin).
 Sections 1-2 run without autotuning (each bucket's first config: few compiles); section 3 tunes at the
 grid's own shapes (the autotune key holds the B*H bucket, so test shapes do not decide grid configs).
 The summary table is printed last. With OUT set, the full log also goes to $OUT/attention.log.
@@ -278,6 +279,8 @@ def autotune_picks():
 SWEEP = [(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 4, 4), (128, 128, 8, 2), (64, 64, 4, 3),
          (64, 128, 4, 3), (64, 128, 8, 3), (128, 32, 4, 4), (32, 128, 4, 4), (32, 128, 4, 5), (128, 32, 4, 5),
          (128, 128, 4, 3)]
+if os.environ.get("ATT_SWEEP_CONFIGS"):  # e.g. 128:32:8:3,128:64:8:2 replaces the list above
+    SWEEP = [tuple(int(v) for v in c.split(":")) for c in os.environ["ATT_SWEEP_CONFIGS"].split(",")]
 
 
 def config_sweep():
@@ -301,7 +304,7 @@ def config_sweep():
             for part in parts:
                 try:
                     if part == "fwd":
-                        for tma in (False, True):
+                        for tma in (False, True) if os.environ.get("ATT_SWEEP_TMA", "1") == "1" else (False,):
                             ms = triton.testing.do_bench(
                                 lambda: att.attention_fwd(q, k, v, True, config=cfg, use_tma=tma), warmup=5, rep=20)
                             row.append(f"fwd{'+tma' if tma else ''} {ms:.3f} ms {flops / ms * 1e-9:5.0f}")

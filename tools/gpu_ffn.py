@@ -198,7 +198,8 @@ def gemm_detail(p):
         torch.cuda.synchronize()
         timings = getattr(kernel, "configs_timings", None) or {}
         listing = ", ".join(f"{c.kwargs['BLOCK_M']}x{c.kwargs['BLOCK_N']}x{c.kwargs['BLOCK_K']}"
-                            f"/w{c.num_warps}/s{c.num_stages}/{'tma' if c.kwargs.get('TMA') else 'ptr'}="
+                            f"/w{c.num_warps}/s{c.num_stages}/{'tma' if c.kwargs.get('TMA') else 'ptr'}"
+                            f"{'/epi-first' if c.kwargs.get('EPI_FIRST') else ''}="
                             f"{t[0] if isinstance(t, list) else t:.3f}ms" for c, t in timings.items())
         log(f"    {kernel.base_fn.__name__}: best {getattr(kernel, 'best_config', None)}; tried {listing}")
     g2 = bench(lambda: matmul.act_bwd(dy, w_out, pre, p.activation, False, b_in is not None))

@@ -92,7 +92,7 @@ def ffn_kernels(activations):
         w_in, w_out = torch.empty(width, D, dtype=torch.bfloat16), torch.empty(D, H, dtype=torch.bfloat16)
         pre, out = torch.empty(M, width, dtype=torch.bfloat16), torch.empty(M, H, dtype=torch.bfloat16)
         bias, dbias = torch.empty(width, dtype=torch.bfloat16), torch.empty(width)
-        for c in matmul._GATED_CONFIGS if gated else matmul._CONFIGS:
+        for c in matmul._configs_of(True, gated):
             blocks = {k: v for k, v in c.kwargs.items() if k != "TMA"}
             config = (*blocks.values(), c.num_warps, c.num_stages, "tma" if c.kwargs["TMA"] else "ptr")
             compiled = matmul._linear_act_fwd_kernel.warmup(
@@ -100,7 +100,7 @@ def ffn_kernels(activations):
                 HAS_BIAS=True, STORE_PRE=True, PRECISION="tf32", TMA=c.kwargs["TMA"], **blocks,
                 num_warps=c.num_warps, num_stages=c.num_stages)
             show(f"_linear_act_fwd_kernel {act}", config, compiled)
-        for c in matmul._CONFIGS:
+        for c in matmul._BWD_CONFIGS:
             blocks = {k: v for k, v in c.kwargs.items() if k != "TMA"}
             config = (*blocks.values(), c.num_warps, c.num_stages, "tma" if c.kwargs["TMA"] else "ptr")
             compiled = matmul._act_bwd_kernel.warmup(
