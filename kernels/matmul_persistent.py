@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ._activations import activation, activation_and_grad
+from ._launch import FastLaunch
 from ._runtime import interpreting
 
 
@@ -161,27 +162,42 @@ def usable(n, *tensors):
     return n % 8 == 0 and all(map(ok, tensors))
 
 
-def _run(tuned, kernel, grid, args, meta, tune):
-    """Through the autotuner, or (tune False: GPU tests) straight to the kernel with its first config."""
+_fwd_fast = FastLaunch(_linear_act_fwd_persistent_kernel)
+_bwd_fast = FastLaunch(_act_bwd_persistent_kernel)
+# (autotuned kernel, M bucket, N, K, constexprs, tensor dtypes) -> the config the autotuner picked there
+_PICKED = {}
+
+
+def _run(tuned, fast, programs, M, N, K, m_bucket, args, meta, tune):
+    """The first call of an autotune key goes through the autotuner; later calls, and every call with
+    tune False (GPU tests: the list's first config), launch the jitted kernel directly (FastLaunch: the
+    autotuner's per-call host work cost more than the launch itself, kernels/_launch.py)."""
     if tune:
-        tuned[grid](*args, **meta)
-        return
-    c = (_GATED_CONFIGS if meta["GATED"] and kernel is _linear_act_fwd_persistent_kernel else _CONFIGS)[0]
-    kernel[grid](*args, **meta, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+        key = (tuned, m_bucket, N, K, *meta.values(), *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+        config = _PICKED.get(key)
+        if config is None:
+            tuned[lambda m: (min(programs, triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"])),)](
+                *args, **meta)
+            _PICKED[key] = tuned.best_config
+            return
+    else:
+        config = (_GATED_CONFIGS if meta["GATED"] and fast is _fwd_fast else _CONFIGS)[0]
+    blocks = config.kwargs
+    tiles = (-(-M // blocks["BLOCK_M"])) * (-(-N // blocks["BLOCK_N"]))  # ceil divisions
+    fast[(min(programs, tiles),)](*args, **meta, **config.all_kwargs())
 
 
-def _grid(device, M, N):
-    """One program per SM, fewer for small outputs."""
-    programs = 4 if interpreting() else _num_sms(device.index or 0)
-    return programs, lambda meta: (min(programs, triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])),)
+def _programs(device):
+    """One program per SM (fewer for small outputs: _run caps the grid at the tile count)."""
+    return 4 if interpreting() else _num_sms(device.index or 0)
 
 
 def launch_bwd(dy, w_out, pre, d_pre, dbias, code, gated, m_bucket, tune=True):
     """d_pre (and dbias's column sums, when dbias is not empty) for matmul.act_bwd's GEMM case."""
     M, K = dy.shape
     N = w_out.shape[1]
-    programs, grid = _grid(dy.device, M, N)
-    _run(_bwd_tuned, _act_bwd_persistent_kernel, grid,
+    programs = _programs(dy.device)
+    _run(_bwd_tuned, _bwd_fast, programs, M, N, K, m_bucket,
          (dy, w_out, pre, d_pre, dbias, M, N, K, dy.stride(0), w_out.stride(0), pre.stride(0), d_pre.stride(0),
           m_bucket), dict(ACT=code, GATED=gated, HAS_DBIAS=dbias.numel() > 0, NUM_PROGRAMS=programs), tune)
 
@@ -190,8 +206,8 @@ def launch(x, w, b, pre, out, code, gated, store_pre, m_bucket, tune=True):
     """The forward over every output tile."""
     M, K = x.shape
     N = out.shape[1]
-    programs, grid = _grid(x.device, M, N)
-    _run(_tuned, _linear_act_fwd_persistent_kernel, grid,
+    programs = _programs(x.device)
+    _run(_tuned, _fwd_fast, programs, M, N, K, m_bucket,
          (x, w, b if b is not None else x, pre if store_pre else out, out, M, N, K, x.stride(0), w.stride(0),
           pre.stride(0) if store_pre else out.stride(0), out.stride(0), m_bucket),
          dict(ACT=code, GATED=gated, HAS_BIAS=b is not None, STORE_PRE=store_pre, NUM_PROGRAMS=programs), tune)

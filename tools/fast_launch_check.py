@@ -28,7 +28,7 @@ CALLS = []
 stub_launches(lambda kernel_id, args: CALLS.append((kernel_id, args)))
 os.environ["KERNELS_AUTOTUNE"] = "0"
 
-from kernels import attention_bwd, matmul as mm  # noqa: E402
+from kernels import attention_bwd, matmul as mm, matmul_persistent as mp  # noqa: E402
 
 attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 
@@ -146,6 +146,39 @@ def autotuned():
     return ok
 
 
+def persistent_kernels():
+    """matmul.PERSISTENT's kernels (non-gated forward, gated backward): with a fixed config and through
+    the autotuner (its cache pre-filled with the list's last config), the third call direct."""
+    mm.PERSISTENT = True
+    mp._num_sms = lambda device_index: 132
+    real_run, seen = mp._run, []
+    ok = True
+    for tune in ("0", "1"):
+        os.environ["KERNELS_AUTOTUNE"] = tune
+        for act, dtype in (("gelu", torch.bfloat16), ("gelu", torch.float16), ("swiglu", torch.bfloat16)):
+            gated, (x, w, b, dy, w_out, pre, d_pre, dbias), _, _ = _operands(act, dtype, 4099)
+            if gated:
+                name, call, tuned, configs = "backward", lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias), \
+                    mp._bwd_tuned, mp._CONFIGS
+            else:
+                name, call, tuned, configs = "forward", lambda: mm.linear_act_fwd(x, w, b, act, True), \
+                    mp._tuned, mp._CONFIGS
+            if tune == "1":
+                mp._run = lambda *a: seen.append(a)  # the launch's arguments, to build the autotuner's key
+                call()
+                mp._run = real_run
+                args, meta = seen.pop()[-3:-1]
+                named = {**dict(zip(tuned.arg_names, args)), **meta}
+                key = [named[k] for k in tuned.keys if k in named]
+                key += [str(a.dtype) for n, a in named.items() if n in tuned.arg_names and hasattr(a, "dtype")]
+                tuned.cache[tuple(key)] = configs[-1]  # the autotuner's pick, without benchmarking
+                mp._PICKED.clear()
+            calls = [_last_launch(call), _last_launch(call), _direct(call)[-1]]
+            ok &= _report(f"persistent {name} {act} {dtype} autotune={tune}", calls)
+    mm.PERSISTENT = False
+    return ok
+
+
 def attention_kernels():
     ok = True
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -169,6 +202,6 @@ def attention_kernels():
 
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
-    same = fixed_configs() & autotuned() & attention_kernels()
+    same = fixed_configs() & autotuned() & persistent_kernels() & attention_kernels()
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)
