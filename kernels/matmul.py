@@ -34,7 +34,7 @@ off by default). Any M, N, K. Two load paths for the main loop, chosen per launc
   leading stride and a unit last stride): edges and the K tail are zero-filled by the hardware;
 - plain pointers (any strides, fp32 too): tile rows and columns past the edge read wrapped-around
   indices and are masked on store; K is masked only when it is not a multiple of BLOCK_K.
-The epilogue stores through masked pointers either way. With PERSISTENT on (below; off by default),
+The epilogue stores through masked pointers either way. With PERSISTENT on (below; the default),
 where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM run instead as
 the persistent kernels of kernels/matmul_persistent.py (one program per SM, asynchronous TMA
 stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs
@@ -61,16 +61,16 @@ RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
 # activation name -> (code of the elementwise function, gated?)
 ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False), "relu2": (RELU2, False),
              "swiglu": (SILU, True), "geglu": (GELU, True)}
-# Opt-in: where TMA applies and M > SMALL_M, kernels/matmul_persistent.py (one program per SM, TMA
-# stores) runs the non-gated forward and the gated backward GEMM. Alone those kernels measured faster
-# (tools/gpu_ffn.py, H200, 2026-11-27: forward 330 -> 403, 380 -> 490, 431 -> 594, 500 -> 634 TFLOP/s for
-# gelu / relu at 768 -> 3072 and 2048 -> 8192; backward 264 -> 324, 386 -> 481 for swiglu at
-# 768 -> 2048 and 2048 -> 5440), but in two sessions the benchmark suite's forward+backward at 768 ran
-# slower with it, and its step was host-bound there (host enqueue 1198 us against 757 without it for
-# swiglu; kernels 792 against 812 us: bench/RESULTS.md, fourth session). Off until that host cost is
-# found (KERNELS_FFN_PERSISTENT=1 turns it on, for benchmarking).
+# Where TMA applies and M > SMALL_M, kernels/matmul_persistent.py (one program per SM, TMA stores) runs
+# the non-gated forward and the gated backward GEMM. Alone those kernels measured faster in three
+# sessions (tools/gpu_ffn.py, H200, sixth session: forward 379 -> 405 TFLOP/s for gelu 768 -> 3072; backward
+# 277 -> 325, 248 -> 259, 403 -> 502 for swiglu 768 -> 2048, geglu 768 -> 2048, swiglu 2048 -> 5440). It was
+# opt-in while the suite's forward+backward at 768 ran slower with it (host enqueue 1198 us against 757
+# for swiglu, fourth session): its launches went through the autotuner on every call. They now launch
+# like the per-tile kernels (FastLaunch after a key's first call), and the suite's forward ran faster
+# persistent at 7 of 8 points (bench/RESULTS.md, sixth session). KERNELS_FFN_PERSISTENT=0 turns it off.
 # The gated forward (two accumulators) and the non-gated backward measured no faster persistent.
-PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "0") == "1"
+PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "1") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
 
 

@@ -162,6 +162,11 @@ def usable(n, *tensors):
     return n % 8 == 0 and all(map(ok, tensors))
 
 
+def _fixed_config(two_acc):
+    """The config launched without the autotuner (KERNELS_AUTOTUNE=0: the GPU tests)."""
+    return (_GATED_CONFIGS if two_acc else _CONFIGS)[0]
+
+
 _fwd_fast = FastLaunch(_linear_act_fwd_persistent_kernel)
 _bwd_fast = FastLaunch(_act_bwd_persistent_kernel)
 # (autotuned kernel, M bucket, N, K, constexprs, tensor dtypes) -> the config the autotuner picked there
@@ -181,7 +186,7 @@ def _run(tuned, fast, programs, M, N, K, m_bucket, args, meta, tune):
             _PICKED[key] = tuned.best_config
             return
     else:
-        config = (_GATED_CONFIGS if meta["GATED"] and fast is _fwd_fast else _CONFIGS)[0]
+        config = _fixed_config(fast is _fwd_fast and meta["GATED"])
     blocks = config.kwargs
     tiles = (-(-M // blocks["BLOCK_M"])) * (-(-N // blocks["BLOCK_N"]))  # ceil divisions
     fast[(min(programs, tiles),)](*args, **meta, **config.all_kwargs())

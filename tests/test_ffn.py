@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import matmul, reference
+from kernels import matmul, matmul_persistent, reference
 from kernels._checks import ACTIVATIONS, GATED_ACTIVATIONS
 from kernels.testing import assert_close
 
@@ -185,19 +185,26 @@ def test_backward_epilogue_loaded_first(activation, device, monkeypatch):
 
 @pytest.mark.skipif(CUDA, reason="on the GPU it tunes four or five configs per kernel; tools/gpu_ffn.py and the "
                                    "benchmark suite run the autotuned path there")
-def test_autotuned_launch_path(device, monkeypatch):
+@pytest.mark.parametrize("activation, persistent", [("relu2", False), ("relu2", True), ("swiglu", True)])
+def test_autotuned_launch_path(activation, persistent, device, monkeypatch):
     # M > SMALL_M with autotuning on goes through triton.autotune (one config in the interpreter) the
-    # first time its key is seen; the second call launches the picked config directly.
+    # first time its key is seen; the second call launches the picked config directly. With PERSISTENT
+    # the non-gated forward and the gated backward are the persistent kernels, remembered in their module.
     monkeypatch.setenv("KERNELS_AUTOTUNE", "1")
+    monkeypatch.setattr(matmul, "PERSISTENT", persistent)
     monkeypatch.setattr(matmul, "_PICKED", {})
+    monkeypatch.setattr(matmul_persistent, "_PICKED", {})
     M = matmul.SMALL_M + 77
-    tensors = _params(M, 24, 40, 32, "relu2", True, device)
-    _check(kernels.ffn, reference.ffn, tensors, torch.float16, "relu2")
-    assert {key[0] for key in matmul._PICKED} == {matmul._linear_act_fwd_tuned, matmul._act_bwd_tuned}
+    tensors = _params(M, 24, 40, 32, activation, True, device)
+    _check(kernels.ffn, reference.ffn, tensors, torch.float16, activation)
+    fwd = matmul_persistent._tuned if persistent and activation == "relu2" else matmul._linear_act_fwd_tuned
+    bwd = matmul_persistent._bwd_tuned if persistent and activation == "swiglu" else matmul._act_bwd_tuned
+    picked = {key[0] for key in (*matmul._PICKED, *matmul_persistent._PICKED)}
+    assert picked == {fwd, bwd}
     through_autotuner = []
-    for tuned in (matmul._linear_act_fwd_tuned, matmul._act_bwd_tuned):
+    for tuned in (fwd, bwd):
         monkeypatch.setattr(tuned, "run", lambda *a, _run=tuned.run, **k: through_autotuner.append(1) or _run(*a, **k))
-    _check(kernels.ffn, reference.ffn, tensors, torch.float16, "relu2")
+    _check(kernels.ffn, reference.ffn, tensors, torch.float16, activation)
     assert through_autotuner == []
 
 
@@ -308,7 +315,20 @@ def test_every_tile_config(configs_name, config, activation, dtype, monkeypatch)
     # The autotuner may pick any of these on a user's GPU; each must be right in both 16-bit dtypes.
     # The config is forced on the kernels of its list; the others keep their first.
     configs = getattr(matmul, configs_name)
+    monkeypatch.setattr(matmul, "PERSISTENT", False)  # the per-tile kernels here; the persistent ones below
     monkeypatch.setattr(matmul, "_fixed_config", lambda small, of: config if of is configs else of[0])
+    tensors = _params(matmul.SMALL_M + 77, 256, 520, 264, activation, True, "cuda")
+    _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])  # the non-gated forward; the gated backward
+@pytest.mark.parametrize("config", matmul_persistent._CONFIGS if CUDA else [], ids=str)
+def test_every_persistent_config(config, activation, dtype, monkeypatch):
+    # The persistent kernels (matmul.PERSISTENT, on by default) with each config of their autotune list.
+    monkeypatch.setattr(matmul, "PERSISTENT", True)
+    monkeypatch.setattr(matmul_persistent, "_fixed_config", lambda two_acc: config)
     tensors = _params(matmul.SMALL_M + 77, 256, 520, 264, activation, True, "cuda")
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
 

@@ -33,6 +33,7 @@ from kernels import attention_bwd, matmul as mm, matmul_persistent as mp  # noqa
 attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 
 mm._set_allocator = lambda: None  # no CUDA allocator to install
+mm.PERSISTENT = False  # the per-tile kernels first; persistent_kernels() turns it on for its cases
 
 # Launches that went through Triton's own path (JITFunction.run); a direct launch adds none.
 THROUGH_TRITON = []
