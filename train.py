@@ -196,11 +196,13 @@ def rng_state():
 
 
 def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
+    # The checkpoint is loaded onto the training device, the generator states with it; the setters take
+    # CPU byte tensors only (a CUDA run's resume failed with "RNG state must be a torch.ByteTensor").
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def peak_flops(cfg, device):

@@ -321,14 +321,20 @@ def test_every_tile_config(configs_name, config, activation, dtype, monkeypatch)
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
 
 
+def _persistent_configs():
+    # gelu: the non-gated forward's list; swiglu: the gated backward's
+    return [pytest.param(c, activation, id=f"{activation}-{c.kwargs}-w{c.num_warps}s{c.num_stages}")
+            for name, activation in (("_CONFIGS", "gelu"), ("_BWD_CONFIGS", "swiglu"))
+            for c in getattr(matmul_persistent, name)]
+
+
 @gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("activation", ["gelu", "swiglu"])  # the non-gated forward; the gated backward
-@pytest.mark.parametrize("config", matmul_persistent._CONFIGS if CUDA else [], ids=str)
+@pytest.mark.parametrize("config, activation", _persistent_configs() if CUDA else [])
 def test_every_persistent_config(config, activation, dtype, monkeypatch):
-    # The persistent kernels (matmul.PERSISTENT, on by default) with each config of their autotune list.
+    # The persistent kernels (matmul.PERSISTENT, on by default) with each config of their autotune lists.
     monkeypatch.setattr(matmul, "PERSISTENT", True)
-    monkeypatch.setattr(matmul_persistent, "_fixed_config", lambda two_acc: config)
+    monkeypatch.setattr(matmul_persistent, "_fixed_config", lambda configs: config if config in configs else configs[0])
     tensors = _params(matmul.SMALL_M + 77, 256, 520, 264, activation, True, "cuda")
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
 

@@ -160,7 +160,7 @@ def persistent_kernels():
             gated, (x, w, b, dy, w_out, pre, d_pre, dbias), _, _ = _operands(act, dtype, 4099)
             if gated:
                 name, call, tuned, configs = "backward", lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias), \
-                    mp._bwd_tuned, mp._CONFIGS
+                    mp._bwd_tuned, mp._BWD_CONFIGS
             else:
                 name, call, tuned, configs = "forward", lambda: mm.linear_act_fwd(x, w, b, act, True), \
                     mp._tuned, mp._CONFIGS
