@@ -124,9 +124,12 @@ def test_resume_is_bit_identical(corpus, tmp_path):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    # A plain --resume restores the run's own training flags from the checkpoint.
+    # A plain --resume restores the run's own training flags from the checkpoint. The run-control flags
+    # (--device, --backend: this machine's choice, never restored) are given as the first run had them,
+    # so that on a machine with a GPU the resumed half runs on the CPU like the run it is compared with.
     train.main(args(corpus, tmp_path / "d", *common, "--stop-step=4"))
-    plain = train.main(["--resume", f"--out-dir={tmp_path / 'd'}", "--quiet", "--sample-tokens=0"])
+    plain = train.main(["--resume", f"--out-dir={tmp_path / 'd'}", "--quiet", "--sample-tokens=0",
+                        "--device=cpu", "--backend=torch"])
     assert plain["step"] == 8
     wd = load_file(tmp_path / "d" / "ckpt" / "model.safetensors")
     assert all(torch.equal(wa[k], wd[k]) for k in wa)
