@@ -38,8 +38,8 @@ The epilogue stores through masked pointers either way. With PERSISTENT on (belo
 where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM run instead as
 the persistent kernels of kernels/matmul_persistent.py (one program per SM, asynchronous TMA
 stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs
-share B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over four or five
-configs (128x256 or 128x128 tiles, TMA or pointers);
+share B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
+configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the backward also EPI_FIRST);
 M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class; either way
 the launches after the first of a key go straight to the jitted kernel (FastLaunch, no autotuner or
 heuristics wrapper on the call path). The CPU interpreter runs one config, with TMA where the
@@ -103,13 +103,14 @@ else:
     _CONFIGS = [_config(128, 256, 64, 8, 3, True), _config(128, 128, 64, 8, 4, True),
                 _config(128, 256, 64, 8, 3, False), _config(128, 128, 64, 8, 4, False),
                 _config(128, 128, 64, 8, 3, True)]
-    # UNMEASURED (branch next/ffn-bwd-two-per-sm): the backward GEMM (d_act = dy @ w_out, then the
-    # heavy epilogue: the gated one reads two pre-activation tiles and writes two d_pre tiles) also
-    # tries 128 x 64 x 64 with 3 stages, 72 KB and 58 (gelu) / 98 (swiglu) registers against 94 / 202
-    # for 128 x 128 (tools/sm90_registers.py): two programs per SM, one's epilogue overlapping the
-    # other's main loop; and the epilogue's loads issued before the main loop (EPI_FIRST).
-    # (EPI_FIRST with 128 x 64 holds 101 / 177 registers (gelu / swiglu): two programs per SM only for
-    # the non-gated; with 128 x 128 the gated one spills.)
+    # The backward GEMM (d_act = dy @ w_out, then the heavy epilogue: the gated one reads two
+    # pre-activation tiles and writes two d_pre tiles) also tries 128 x 64 x 64 with 3 or 4 stages (72 /
+    # 96 KB, 58 (gelu) / 99 (swiglu) registers against 93 / 184 for 128 x 128: two programs per SM) and
+    # EPI_FIRST, the epilogue's loads issued before the main loop (128 x 64: 101 / 177 registers; with
+    # 128 x 128 the gated one spills). On the H200 (tools/gpu_ffn.py, sixth session) the autotuner
+    # picked 128 x 64 with EPI_FIRST for swiglu 768 -> 2048 (0.186 ms against 0.193 for the next), and
+    # 128 x 128 elsewhere; where matmul.PERSISTENT applies (the gated backward) the persistent kernel
+    # runs instead.
     _BWD_CONFIGS = [_bwd_config(c) for c in _CONFIGS] + [
         _bwd_config(_config(128, 64, 64, 8, 3, True)), _bwd_config(_config(128, 64, 64, 8, 4, True)),
         _bwd_config(_config(128, 64, 64, 8, 3, True), epi_first=True)]

@@ -8,8 +8,10 @@ for sm_90a and every launch is recorded instead of run.
 Cases: forward and backward GEMM, gelu / relu / swiglu, bf16 / fp16 / fp32, M = 17 (the small-M
 config) and M = 4099 (the first large config) with KERNELS_AUTOTUNE=0, and the autotuned path (the
 autotuner's cache pre-filled with the last config of its list: nothing is benchmarked) whose third
-call launches directly (the second is FastLaunch's first, through Triton's path). Attention: forward and the three backward kernels, fp32 / bf16 / fp16, causal
-or not, GQA, odd lengths: the first call (through the autotuner) against the third (direct).
+call launches directly (the second is FastLaunch's first, through Triton's path), all with
+matmul.PERSISTENT off; then the persistent kernels (kernels/matmul_persistent.py) both ways.
+Attention: forward and the three backward kernels, fp32 / bf16 / fp16, causal or not, GQA, odd
+lengths: the first call (through the autotuner) against the third (direct).
 Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
 """
@@ -116,7 +118,8 @@ def fixed_configs():
             for dtype in (torch.bfloat16, torch.float16, torch.float32):
                 gated, (x, w, b, dy, w_out, pre, d_pre, dbias), fwd, bwd = _operands(act, dtype, M)
                 H = w_out.shape[1]
-                plain = _last_launch(_plain(mm._linear_act_fwd_kernel, M, H, x.shape[1], mm._configs_of(True, gated), *fwd))
+                configs = mm._configs_of(True, gated)
+                plain = _last_launch(_plain(mm._linear_act_fwd_kernel, M, H, x.shape[1], configs, *fwd))
                 first = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))   # through Triton, cached
                 direct = _direct(lambda: mm.linear_act_fwd(x, w, b, act, True))[-1]  # the direct path
                 ok &= _report(f"forward  {act:6s} {str(dtype):14s} M={M}", [plain, first, direct])
