@@ -67,8 +67,9 @@ ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False)
 # 277 -> 325, 248 -> 259, 403 -> 502 for swiglu 768 -> 2048, geglu 768 -> 2048, swiglu 2048 -> 5440). It was
 # opt-in while the suite's forward+backward at 768 ran slower with it (host enqueue 1198 us against 757
 # for swiglu, fourth session): its launches went through the autotuner on every call. They now launch
-# like the per-tile kernels (FastLaunch after a key's first call), and the suite's forward ran faster
-# persistent at 7 of 8 points (bench/RESULTS.md, sixth session). KERNELS_FFN_PERSISTENT=0 turns it off.
+# like the per-tile kernels (FastLaunch after a key's first call), and in the suite the non-gated
+# forward ran 4-11% faster persistent at all five points, ahead of every peer in three runs (1.01-1.17;
+# bench/RESULTS.md, sixth session). KERNELS_FFN_PERSISTENT=0 turns it off.
 # The gated forward (two accumulators) and the non-gated backward measured no faster persistent.
 PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "1") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
