@@ -68,7 +68,7 @@ ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False)
 # opt-in while the suite's forward+backward at 768 ran slower with it (host enqueue 1198 us against 757
 # for swiglu, fourth session): its launches went through the autotuner on every call. They now launch
 # like the per-tile kernels (FastLaunch after a key's first call), and in the suite the non-gated
-# forward ran 4-11% faster persistent at all five points, ahead of every peer in three runs (1.01-1.17;
+# forward ran 6-12% faster persistent at all five points, ahead of every peer in three runs (1.01-1.17;
 # bench/RESULTS.md, sixth session). KERNELS_FFN_PERSISTENT=0 turns it off.
 # The gated forward (two accumulators) and the non-gated backward measured no faster persistent.
 PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "1") == "1"
