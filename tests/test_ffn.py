@@ -136,6 +136,15 @@ def test_tma_and_pointer_paths(device):
                  reference.ffn(x.half(), *params16, "swiglu"), name="pointer-path output")
 
 
+def _assert_same_grads(grads, expected, dtype):
+    """Bit-identical gradients of two kernel variants with the same roundings (ffn's NAMES order)."""
+    for name, g, e in zip(NAMES, grads, expected):
+        if name == "b_in":  # fp32 atomic sums in either order, then rounded: at most an ulp apart
+            torch.testing.assert_close(g.float(), e.float(), rtol=torch.finfo(dtype).eps, atol=0)
+        else:
+            torch.testing.assert_close(g, e, rtol=0, atol=0, msg=lambda m, name=name: f"d{name}: {m}")
+
+
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
 def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
     # kernels/matmul_persistent.py (non-gated forward, gated backward) against the per-tile kernels: same
@@ -151,11 +160,7 @@ def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
         runs.append(_run(kernels.ffn, tensors, dtype, grad_out, activation))
     (out_p, grads_p), (out_t, grads_t) = runs
     torch.testing.assert_close(out_p, out_t, rtol=0, atol=0)
-    for name, g_p, g_t in zip(NAMES, grads_p, grads_t):
-        if name == "b_in":  # fp32 atomic sums in either order, then rounded: at most an ulp apart
-            torch.testing.assert_close(g_p.float(), g_t.float(), rtol=torch.finfo(dtype).eps, atol=0)
-        else:
-            torch.testing.assert_close(g_p, g_t, rtol=0, atol=0, msg=lambda m: f"d{name}: {m}")
+    _assert_same_grads(grads_p, grads_t, dtype)
     monkeypatch.setattr(matmul, "PERSISTENT", True)
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)
 
@@ -175,11 +180,7 @@ def test_backward_epilogue_loaded_first(activation, device, monkeypatch):
         monkeypatch.setattr(matmul, "_fixed_config",
                             lambda small, of, c=config: c if of is matmul._BWD_CONFIGS else of[0])
         runs.append(_run(kernels.ffn, tensors, dtype, grad_out, activation))
-    for name, g_epi, g in zip(NAMES, runs[1][1], runs[0][1]):
-        if name == "b_in":  # fp32 atomic sums in either order, then rounded: at most an ulp apart
-            torch.testing.assert_close(g_epi.float(), g.float(), rtol=torch.finfo(dtype).eps, atol=0)
-        else:
-            torch.testing.assert_close(g_epi, g, rtol=0, atol=0, msg=lambda m: f"d{name}: {m}")
+    _assert_same_grads(runs[1][1], runs[0][1], dtype)
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)  # still under the forced EPI_FIRST config
 
 
