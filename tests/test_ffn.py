@@ -136,6 +136,15 @@ def test_tma_and_pointer_paths(device):
                  reference.ffn(x.half(), *params16, "swiglu"), name="pointer-path output")
 
 
+def _variant_case(activation, device):
+    """(tensors, upstream gradient, dtype) for comparing two kernel variants: an odd M above SMALL_M on the
+    GPU (the large-tile and persistent range; the interpreter takes any M) and an edge tile in N."""
+    M = matmul.SMALL_M + 77 if CUDA else 77
+    tensors = _params(M, 24, 40, 32, activation, True, device)
+    grad_out = torch.randn(M, 32, dtype=torch.float64, device=device)
+    return tensors, grad_out, torch.bfloat16 if CUDA else torch.float16
+
+
 def _assert_same_grads(grads, expected, dtype):
     """Bit-identical gradients of two kernel variants with the same roundings (ffn's NAMES order)."""
     for name, g, e in zip(NAMES, grads, expected):
@@ -148,12 +157,8 @@ def _assert_same_grads(grads, expected, dtype):
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
 def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
     # kernels/matmul_persistent.py (non-gated forward, gated backward) against the per-tile kernels: same
-    # roundings, so the same numbers, and the house rule against float64. M > SMALL_M (the persistent
-    # kernels' range on the GPU; the interpreter takes them at any M), odd M, an edge tile in N.
-    M = matmul.SMALL_M + 77 if CUDA else 77
-    dtype = torch.bfloat16 if CUDA else torch.float16
-    tensors = _params(M, 24, 40, 32, activation, True, device)
-    grad_out = torch.randn(M, 32, dtype=torch.float64, device=device)
+    # roundings, so the same numbers, and the house rule against float64.
+    tensors, grad_out, dtype = _variant_case(activation, device)
     runs = []
     for persistent in (True, False):
         monkeypatch.setattr(matmul, "PERSISTENT", persistent)
@@ -168,13 +173,10 @@ def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
 @pytest.mark.parametrize("activation", ["relu2", "geglu"])
 def test_backward_epilogue_loaded_first(activation, device, monkeypatch):
     # EPI_FIRST (a backward config option) only moves the epilogue's loads before the main loop: the
-    # gradients must be bit-identical to the plain order, at an odd M with edge tiles in M and N.
+    # gradients must be bit-identical to the plain order.
     first = matmul._BWD_CONFIGS[0]
     epi_first = matmul._bwd_config(first, epi_first=True)
-    M = matmul.SMALL_M + 77 if CUDA else 77
-    dtype = torch.bfloat16 if CUDA else torch.float16
-    tensors = _params(M, 24, 40, 32, activation, True, device)
-    grad_out = torch.randn(M, 32, dtype=torch.float64, device=device)
+    tensors, grad_out, dtype = _variant_case(activation, device)
     runs = []
     for config in (first, epi_first):
         monkeypatch.setattr(matmul, "_fixed_config",
