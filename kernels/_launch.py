@@ -164,3 +164,15 @@ class FastLaunch:
         run(*grid, self._driver.get_current_stream(device), function, metadata, None, None, None,
             *args, *constants)
         return compiled
+
+
+def remembered_pick(picked, tuned, grid, args, meta, *key):
+    """The config the autotuned kernel `tuned` picked for `key` (plus meta's values and the tensors'
+    dtypes), remembered in the dict `picked`, for a direct FastLaunch. The first call of a key gets
+    None: it has gone through the autotuner (tuning, then launching the pick), which is remembered."""
+    key = (tuned, *key, *meta.values(), *[a.dtype for a in args if isinstance(a, torch.Tensor)])
+    config = picked.get(key)
+    if config is None:
+        tuned[grid](*args, **meta)
+        picked[key] = tuned.best_config
+    return config

@@ -54,7 +54,7 @@ import triton.language as tl
 from . import matmul_persistent
 from .matmul_persistent import grouped_tile
 from ._activations import activation, activation_and_grad
-from ._launch import FastLaunch
+from ._launch import FastLaunch, remembered_pick
 from ._runtime import interpreting, tma_scratch
 
 RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
@@ -169,12 +169,8 @@ def _launch(tuned, fast, M, N, K, configs, tma_ok, args, constexprs):
     same binary, grid and arguments as `kernel[grid](...)` through the autotuner and heuristics.
     """
     if M > SMALL_M and autotune_enabled():
-        key = (tuned, _m_bucket(M), N, K, *constexprs.values(),
-               *[a.dtype for a in args if isinstance(a, torch.Tensor)])
-        config = _PICKED.get(key)
-        if config is None:
-            tuned[_grid(M, N)](*args, **constexprs)
-            _PICKED[key] = tuned.best_config
+        config = remembered_pick(_PICKED, tuned, _grid(M, N), args, constexprs, _m_bucket(M), N, K)
+        if config is None:  # this first call went through the autotuner
             return
     else:
         config = _fixed_config(M <= SMALL_M, configs)

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._activations import activation, activation_and_grad
-from ._launch import FastLaunch
+from ._launch import FastLaunch, remembered_pick
 from ._runtime import interpreting
 
 
@@ -187,12 +187,10 @@ def _run(tuned, fast, programs, M, N, K, m_bucket, args, meta, tune):
     tune False (GPU tests: the list's first config), launch the jitted kernel directly (FastLaunch: the
     autotuner's per-call host work cost more than the launch itself, kernels/_launch.py)."""
     if tune:
-        key = (tuned, m_bucket, N, K, *meta.values(), *[a.dtype for a in args if isinstance(a, torch.Tensor)])
-        config = _PICKED.get(key)
-        if config is None:
-            tuned[lambda m: (min(programs, triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"])),)](
-                *args, **meta)
-            _PICKED[key] = tuned.best_config
+        def grid(m):
+            return (min(programs, triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"])),)
+        config = remembered_pick(_PICKED, tuned, grid, args, meta, m_bucket, N, K)
+        if config is None:  # this first call went through the autotuner
             return
     else:
         config = _fixed_config(_configs_of(fast, meta["GATED"]))

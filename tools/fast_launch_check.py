@@ -111,6 +111,14 @@ def _report(name, calls):
     return same
 
 
+def _prefill(tuned, args, meta, config):
+    """Put `config` in the autotuner's cache under these arguments' key: its pick, without benchmarking."""
+    named = {**dict(zip(tuned.arg_names, args)), **meta}
+    key = [named[k] for k in tuned.keys if k in named]
+    key += [str(a.dtype) for n, a in named.items() if n in tuned.arg_names and hasattr(a, "dtype")]
+    tuned.cache[tuple(key)] = config
+
+
 def fixed_configs():
     ok = True
     for M in (17, 4099):
@@ -136,12 +144,8 @@ def autotuned():
     for act in ("gelu", "swiglu"):
         for dtype in (torch.bfloat16, torch.float16):
             gated, (x, w, b, *_), (args, meta), _ = _operands(act, dtype, 4099)
-            tuned = mm._linear_act_fwd_tuned
-            named = {**dict(zip(tuned.arg_names, args)), **meta}
-            key = [named[k] for k in tuned.keys if k in named]
-            key += [str(a.dtype) for n, a in named.items() if n in tuned.arg_names and hasattr(a, "dtype")]
             config = mm._configs_of(True, gated)[-1]
-            tuned.cache[tuple(key)] = config  # the autotuner's pick, without benchmarking
+            _prefill(mm._linear_act_fwd_tuned, args, meta, config)
             mm._PICKED.clear()
             through_autotuner = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))
             first = _last_launch(lambda: mm.linear_act_fwd(x, w, b, act, True))  # FastLaunch's first: Triton's path
@@ -171,11 +175,7 @@ def persistent_kernels():
                 mp._run = lambda *a: seen.append(a)  # the launch's arguments, to build the autotuner's key
                 call()
                 mp._run = real_run
-                args, meta = seen.pop()[-3:-1]
-                named = {**dict(zip(tuned.arg_names, args)), **meta}
-                key = [named[k] for k in tuned.keys if k in named]
-                key += [str(a.dtype) for n, a in named.items() if n in tuned.arg_names and hasattr(a, "dtype")]
-                tuned.cache[tuple(key)] = configs[-1]  # the autotuner's pick, without benchmarking
+                _prefill(tuned, *seen.pop()[-3:-1], configs[-1])
                 mp._PICKED.clear()
             calls = [_last_launch(call), _last_launch(call), _direct(call)[-1]]
             ok &= _report(f"persistent {name} {act} {dtype} autotune={tune}", calls)
