@@ -1,0 +1,47 @@
+"""Time the experimental Gluon attention forward (kernels/attention_gluon.py) against ours in `tl` and
+SDPA's cuDNN and flash backends, on the FlashAttention grid (bf16, B*T = 16384, H*D = 2048):
+
+    python tools/gpu_attention_gluon.py     # on a Hopper GPU; prints one line per point, TFLOP/s
+"""
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
+from triton.testing import do_bench  # noqa: E402
+
+from kernels import attention_gluon  # noqa: E402
+
+attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
+
+
+def main():
+    points = [(D, T) for D in (128, 64) for T in (1024, 4096, 16384)]
+    for causal in (True, False):
+        for D, T in points:
+            B, H = 16384 // T, 2048 // D
+            q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) * 0.5 for _ in range(3))
+            flops = 4 * B * H * T * T * D * (0.5 if causal else 1.0)
+            scale = 1 / math.sqrt(D)
+            row = []
+            for block_n in (None, 64, 128):
+                try:
+                    ms = do_bench(lambda: attention_gluon.attention_fwd_gluon(q, k, v, causal, scale, block_n=block_n))
+                    row.append(f"gluon{block_n or ''} {flops / ms * 1e-9:4.0f}")
+                except Exception as e:  # a config that does not fit: say so, time the rest
+                    row.append(f"gluon{block_n or ''} {type(e).__name__}")
+            ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale))
+            row.append(f"tl {flops / ms * 1e-9:4.0f}")
+            for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+                with sdpa_kernel(backend):
+                    ms = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+                row.append(f"{name} {flops / ms * 1e-9:4.0f}")
+            print(f"causal={causal!s:5s} D{D} T{T}: " + " | ".join(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
