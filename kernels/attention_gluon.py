@@ -24,7 +24,7 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
-    warpgroup_mma_init, warpgroup_mma_wait
+    warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 LOG2E = 1.4426950408889634
@@ -52,42 +52,33 @@ def _softmax_step(s, m_i, l_i, cols, rows, qk_scale, MASK: gl.constexpr):
 
 
 @gluon.jit
-def _step(j, s, acc, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, v_desc, kv_row, n_blocks, rows,
-          offs_n, s_zero, pid_m, qk_scale, p_layout: gl.constexpr, orow_layout: gl.constexpr,
-          CAUSAL: gl.constexpr, HAS_NEXT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
-    """One key block j: scores s of block j are ready; returns block j + 1's scores and the new state."""
+def _step(j, acc, p_prev, alpha_prev, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, v_desc, kv_row,
+          n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout: gl.constexpr, orow_layout: gl.constexpr,
+          CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Key block j >= 1: S_j = Q K_j^T, and O += P_{j-1} V_{j-1} running under the softmax of S_j."""
     dtype: gl.constexpr = q_smem.dtype
     slot = j % 2
-    # 1. the next block's scores, asynchronously
-    if HAS_NEXT:
-        mbarrier.wait(k_bars.index(1 - slot), ((j + 1) // 2) & 1)
-        s_next = warpgroup_mma(q_smem, k_smem.index(1 - slot).permute((1, 0)), s_zero, use_acc=False,
-                               is_async=True)
-    # 2. the softmax of this block while they run
+    # 1. the scores of block j, asynchronously
+    mbarrier.wait(k_bars.index(slot), (j // 2) & 1)
+    s = warpgroup_mma(q_smem, k_smem.index(slot).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    # 2. O = alpha_{j-1} O + P_{j-1} V_{j-1}, asynchronously (O is complete: every wgmma was waited for)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha_prev, orow_layout), 1)
+    mbarrier.wait(v_bars.index(1 - slot), ((j - 1) // 2) & 1)
+    acc = warpgroup_mma(p_prev, v_smem.index(1 - slot), acc, is_async=True)
+    # 3. the scores are needed now; O += P V stays in flight
+    s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
+    _load_kv(k_desc, kv_row + (j + 2) * BLOCK_N, k_bars.index(slot), k_smem.index(slot), j + 2 < n_blocks)
+    # 4. the softmax of block j while the tensor cores do O += P V
     cols = j * BLOCK_N + offs_n
     if CAUSAL and (j + 1) * BLOCK_N > pid_m * BLOCK_M:
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, cols, rows, qk_scale, True)
     else:
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, cols, rows, qk_scale, False)
-    # 3. the previous P V has finished (the next scores may stay in flight), so O can be rescaled
-    acc = warpgroup_mma_wait(num_outstanding=1 if HAS_NEXT else 0, deps=(acc, ))
-    if j > 0:  # V_{j-1} has been read: its slot takes V_{j+1}
-        _load_kv(v_desc, kv_row + (j + 1) * BLOCK_N, v_bars.index(1 - slot), v_smem.index(1 - slot),
-                 j + 1 < n_blocks)
-    acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
-    # 4. O += P V, asynchronously
-    mbarrier.wait(v_bars.index(slot), (j // 2) & 1)
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
-    acc = warpgroup_mma(p_op, v_smem.index(slot), acc, is_async=True)
-    # 5. the next scores are needed now (O += P V may stay in flight)
-    if HAS_NEXT:
-        s_next = warpgroup_mma_wait(num_outstanding=1, deps=(s_next, ))
-        # K_{j+1} has been read: its slot takes K_{j+3} (K_{j+2} is in the other slot already)
-        _load_kv(k_desc, kv_row + (j + 3) * BLOCK_N, k_bars.index(1 - slot), k_smem.index(1 - slot),
-                 j + 3 < n_blocks)
-    else:
-        s_next = s
-    return s_next, acc, m_i, l_i
+    # 5. everything done before the next block: a wgmma left in flight across the loop's back edge makes
+    # ptxas serialize every wgmma of the kernel (C7514)
+    acc, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_prev))
+    _load_kv(v_desc, kv_row + (j + 1) * BLOCK_N, v_bars.index(1 - slot), v_smem.index(1 - slot), j + 1 < n_blocks)
+    return acc, gl.convert_layout(p.to(dtype), p_layout), alpha, m_i, l_i
 
 
 @gluon.jit
@@ -137,23 +128,29 @@ def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads,
     offs_n = gl.arange(0, BLOCK_N, layout=col_layout)
     m_i = gl.full([BLOCK_M], -1.0e30, gl.float32, layout=row_layout)
     l_i = gl.zeros([BLOCK_M], gl.float32, layout=row_layout)
-    # an asynchronous accumulator from the start (the loop carries it between the wgmma and its wait)
-    acc = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout))
+    acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, layout=o_layout)
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
 
     mbarrier.wait(q_bar, 0)
+    # block 0: its scores and softmax, nothing to overlap with yet
     mbarrier.wait(k_bars.index(0), 0)
     s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
-    # The slot of block 0 holds K_0 no longer needed: refill it with K_2.
     _load_kv(k_desc, kv_row + 2 * BLOCK_N, k_bars.index(0), k_smem.index(0), 2 < n_blocks)
-    for j in range(0, n_blocks - 1):
-        s, acc, m_i, l_i = _step(j, s, acc, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, v_desc,
-                                 kv_row, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout, orow_layout,
-                                 CAUSAL, True, BLOCK_M, BLOCK_N)
-    s, acc, m_i, l_i = _step(n_blocks - 1, s, acc, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, v_desc,
-                             kv_row, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout, orow_layout,
-                             CAUSAL, False, BLOCK_M, BLOCK_N)
+    if CAUSAL and BLOCK_N > pid_m * BLOCK_M:
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, offs_n, rows, qk_scale, True)
+    else:
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, offs_n, rows, qk_scale, False)
+    p = gl.convert_layout(p.to(dtype), p_layout)
+    for j in range(1, n_blocks):
+        acc, p, alpha, m_i, l_i = _step(j, acc, p, alpha, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc,
+                                        v_desc, kv_row, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout,
+                                        orow_layout, CAUSAL, BLOCK_M, BLOCK_N)
+    # the last block's O += P V
+    last = n_blocks - 1
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
+    mbarrier.wait(v_bars.index(last % 2), (last // 2) & 1)
+    acc = warpgroup_mma(p, v_smem.index(last % 2), acc, is_async=True)
     acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
 
     mbarrier.invalidate(q_bar)
