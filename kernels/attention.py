@@ -23,12 +23,17 @@ position S - T + i (bottom-right alignment, as when decoding against a KV cache)
   launch the remembered pick directly. Small problems (T * S * B * H < 2^24) and KERNELS_AUTOTUNE=0
   take the list's first config untuned. Under TRITON_INTERPRET=1 a single small config runs (CPU
   tests). The interpreter's bf16 tl.dot is wrong, so bf16 is GPU-only in tests.
+- On Hopper the forward goes to the Gluon kernel of kernels/attention_gluon.py (FlashAttention-3's
+  overlap of the softmax with the tensor cores) where it applies: T == S a multiple of 128, D 64 or
+  128, fp16 / bf16, q, k, v contiguous or views of a fused QKV projection. KERNELS_ATTN_GLUON=0 (or
+  USE_GLUON = False) keeps every call on the `tl` kernel.
 - `attention` goes through `AttentionFn` (autograd). Under torch.compile its forward and backward call
   the custom ops `torch.ops.kernels.attention_fwd` / `attention_bwd` (with fake implementations), so
   `torch.compile` traces through without graph breaks; in eager mode they call the same launchers
   directly (the op dispatcher costs more host time per call than the rest of the launch).
 """
 import math
+import os
 
 import torch
 import triton
@@ -41,6 +46,12 @@ from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _laun
     load_tile, plan, unit_last_stride
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+try:  # Gluon (triton.experimental) is in Triton >= 3.5; without it every call takes the tl kernel
+    from . import attention_gluon
+except (ImportError, AttributeError):
+    attention_gluon = None
+USE_GLUON = attention_gluon is not None and os.environ.get("KERNELS_ATTN_GLUON", "1") == "1"
 
 
 @triton.jit
@@ -198,6 +209,10 @@ def _fwd(q, k, v, causal, scale, config=None, use_tma=None):
     """attention_fwd on validated arguments (scale a float)."""
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = (unit_last_stride(t) for t in (q, k, v))
+    if USE_GLUON and config is None and use_tma is None and attention_gluon.usable(q, k, v, causal):
+        result = attention_gluon.attention_fwd_tuned(q, k, v, causal, scale)
+        if result is not None:
+            return result
     B, H, T, D = q.shape
     H_kv, S = k.shape[1], k.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -1,40 +1,54 @@
-"""EXPERIMENTAL (branch next/attn-fwd-gluon; not yet run on a GPU): the attention forward in Gluon for
-Hopper, with FlashAttention-3's intra-warpgroup overlap written out.
+"""The attention forward for Hopper in Gluon, with FlashAttention-3's intra-warpgroup overlap: the
+fast path of kernels.attention's forward where it applies (`usable`); the `tl` kernel does the rest.
 
 Why Gluon: in `tl`, Triton 3.6 waits for every score `tl.dot` right after issuing it (`wgmma.wait_group 0`
-in the PTX), so the softmax of key block j never overlaps the tensor cores (bench/RESULTS.md, sixth
-session). Gluon exposes the asynchronous wgmma and its wait:
+in the PTX), so the softmax never overlaps the tensor cores (bench/RESULTS.md, sixth session). Gluon
+exposes the asynchronous wgmma and its wait. Per key block j >= 1 (P_{j-1} and its rescale factor kept
+from the previous block):
 
-    iteration j (scores S_j of key block j ready in registers):
-      issue  S_{j+1} = Q K_{j+1}^T          (asynchronous)
-      softmax of S_j -> P_j, alpha          (CUDA cores, while S_{j+1} runs on the tensor cores)
-      wait until O += P_{j-1} V_{j-1} is done (one group may stay in flight: S_{j+1})
-      O *= alpha; issue O += P_j V_j         (asynchronous)
-      wait until S_{j+1} is done             (O += P_j V_j may stay in flight)
+      issue  S_j = Q K_j^T                          (asynchronous)
+      O *= alpha_{j-1}; issue O += P_{j-1} V_{j-1}   (asynchronous)
+      wait until S_j is done                        (O += P V stays in flight)
+      softmax of S_j -> P_j, alpha_j                (CUDA cores, under O += P V on the tensor cores)
+      wait until O += P V is done
 
-K and V arrive by TMA into a two-slot ring with one mbarrier per slot; the slot of block j is refilled
-with block j + 2 once the wgmma reading it has completed.
+Every wgmma is waited for within its block: one left in flight across the loop's back edge makes ptxas
+serialize every wgmma of the kernel (its info C7514). K and V arrive by TMA into two-slot rings with one
+mbarrier per slot; a slot is refilled with block j + 2 as soon as the wgmma reading it has completed.
 
-Scope of the prototype (kernels/attention.py keeps the general `tl` kernel for everything else):
-q, k, v contiguous (B, H, T, D) / (B, H_kv, S, D), T == S, T a multiple of BLOCK_M and BLOCK_N, D in
-{64, 128}, fp16 / bf16, causal or not, GQA. Output and the natural-log LSE as attention_fwd's.
+Each of q, k, v is read through one 2D TMA descriptor whose rows are token rows of pitch stride(2): a
+(B, H, T, D) tensor qualifies when its batch stride is a multiple of that pitch and its heads are
+either further rows (contiguous (B, H, T, D)) or column offsets within a row (views of a fused
+(B, T, 3 * H, D) QKV projection, as the model makes them). Scope: T == S, T a multiple of 128, D 64 or
+128, fp16 / bf16, causal or not, GQA. Output (B, H, T, D) contiguous and the natural-log LSE, as
+kernels.attention.attention_fwd's.
 """
+import warnings
+
 import torch
 import triton
+from triton.testing import do_bench
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from . import attention_bwd
+
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+# (block_m, block_n) candidates per head dim, timed on a shape's first call. On the H200 at T = 4096
+# (bench/RESULTS.md, seventh session) 64 x 128 led at D = 64; at D = 128 64 x 64 and 128 x 128 traded places.
+CONFIGS = {64: ((64, 128), (64, 64), (128, 64)), 128: ((64, 64), (128, 128), (128, 64))}
+_picked = {}  # shape key -> (block_m, block_n), or None where the Gluon kernel failed to build
+_capability = {}  # device index -> major compute capability
 
 
 @gluon.jit
-def _load_kv(desc, row, bar, dst, pred):
+def _load_kv(desc, row, col, bar, dst, pred):
     mbarrier.expect(bar, desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(desc, [row, 0], bar, dst, pred=pred)
+    tma.async_copy_global_to_shared(desc, [row, col], bar, dst, pred=pred)
 
 
 @gluon.jit
@@ -52,8 +66,8 @@ def _softmax_step(s, m_i, l_i, cols, rows, qk_scale, MASK: gl.constexpr):
 
 
 @gluon.jit
-def _step(j, acc, p_prev, alpha_prev, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, v_desc, kv_row,
-          n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout: gl.constexpr, orow_layout: gl.constexpr,
+def _step(j, acc, p_prev, alpha_prev, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, v_desc, k_row,
+          k_col, v_row, v_col, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout: gl.constexpr, orow_layout: gl.constexpr,
           CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
     """Key block j >= 1: S_j = Q K_j^T, and O += P_{j-1} V_{j-1} running under the softmax of S_j."""
     dtype: gl.constexpr = q_smem.dtype
@@ -67,7 +81,7 @@ def _step(j, acc, p_prev, alpha_prev, m_i, l_i, q_smem, k_smem, v_smem, k_bars, 
     acc = warpgroup_mma(p_prev, v_smem.index(1 - slot), acc, is_async=True)
     # 3. the scores are needed now; O += P V stays in flight
     s = warpgroup_mma_wait(num_outstanding=1, deps=(s, ))
-    _load_kv(k_desc, kv_row + (j + 2) * BLOCK_N, k_bars.index(slot), k_smem.index(slot), j + 2 < n_blocks)
+    _load_kv(k_desc, k_row + (j + 2) * BLOCK_N, k_col, k_bars.index(slot), k_smem.index(slot), j + 2 < n_blocks)
     # 4. the softmax of block j while the tensor cores do O += P V
     cols = j * BLOCK_N + offs_n
     if CAUSAL and (j + 1) * BLOCK_N > pid_m * BLOCK_M:
@@ -77,20 +91,28 @@ def _step(j, acc, p_prev, alpha_prev, m_i, l_i, q_smem, k_smem, v_smem, k_bars, 
     # 5. everything done before the next block: a wgmma left in flight across the loop's back edge makes
     # ptxas serialize every wgmma of the kernel (C7514)
     acc, p_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_prev))
-    _load_kv(v_desc, kv_row + (j + 1) * BLOCK_N, v_bars.index(1 - slot), v_smem.index(1 - slot), j + 1 < n_blocks)
+    _load_kv(v_desc, v_row + (j + 1) * BLOCK_N, v_col, v_bars.index(1 - slot), v_smem.index(1 - slot),
+             j + 1 < n_blocks)
     return acc, gl.convert_layout(p.to(dtype), p_layout), alpha, m_i, l_i
 
 
 @gluon.jit
 def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads, n_kv_heads, qk_scale,
+                           q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
                            CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            HEAD_DIM: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
     pid_m = gl.num_programs(0) - 1 - gl.program_id(0)  # the longest causal rows first
     pid_bh = gl.program_id(1)
-    kv_head = (pid_bh // n_heads) * n_kv_heads + (pid_bh % n_heads) // (n_heads // n_kv_heads)
-    q_row = pid_bh * seqlen + pid_m * BLOCK_M  # rows of the (B * H * T, D) views
-    kv_row = kv_head * seqlen
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    h_kv = h // (n_heads // n_kv_heads)
+    # tile coordinates in the 2D descriptors (see `_tile_rows`): row = b * rb + head * rh + t, col = head * ch
+    q_row = b * q_rb + h * q_rh + pid_m * BLOCK_M
+    k_row = b * k_rb + h_kv * k_rh
+    v_row = b * v_rb + h_kv * v_rh
+    k_col = h_kv * k_ch
+    v_col = h_kv * v_ch
 
     # Scores S (BLOCK_M, BLOCK_N) and output O (BLOCK_M, HEAD_DIM) live in wgmma accumulator layouts;
     # P feeds the second wgmma from registers.
@@ -115,14 +137,14 @@ def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads,
         mbarrier.init(v_bars.index(i), count=1)
 
     if CAUSAL:
-        n_blocks = (pid_m + 1) * BLOCK_M // BLOCK_N  # keys 0 .. the block's last row
+        n_blocks = ((pid_m + 1) * BLOCK_M + BLOCK_N - 1) // BLOCK_N  # keys 0 .. the block's last row
     else:
         n_blocks = seqlen // BLOCK_N
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    tma.async_copy_global_to_shared(q_desc, [q_row, h * q_ch], q_bar, q_smem)
     for i in gl.static_range(2):
-        _load_kv(k_desc, kv_row + i * BLOCK_N, k_bars.index(i), k_smem.index(i), i < n_blocks)
-        _load_kv(v_desc, kv_row + i * BLOCK_N, v_bars.index(i), v_smem.index(i), i < n_blocks)
+        _load_kv(k_desc, k_row + i * BLOCK_N, k_col, k_bars.index(i), k_smem.index(i), i < n_blocks)
+        _load_kv(v_desc, v_row + i * BLOCK_N, v_col, v_bars.index(i), v_smem.index(i), i < n_blocks)
 
     rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=row_layout)
     offs_n = gl.arange(0, BLOCK_N, layout=col_layout)
@@ -136,7 +158,7 @@ def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads,
     mbarrier.wait(k_bars.index(0), 0)
     s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s, ))
-    _load_kv(k_desc, kv_row + 2 * BLOCK_N, k_bars.index(0), k_smem.index(0), 2 < n_blocks)
+    _load_kv(k_desc, k_row + 2 * BLOCK_N, k_col, k_bars.index(0), k_smem.index(0), 2 < n_blocks)
     if CAUSAL and BLOCK_N > pid_m * BLOCK_M:
         p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, offs_n, rows, qk_scale, True)
     else:
@@ -144,7 +166,7 @@ def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads,
     p = gl.convert_layout(p.to(dtype), p_layout)
     for j in range(1, n_blocks):
         acc, p, alpha, m_i, l_i = _step(j, acc, p, alpha, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc,
-                                        v_desc, kv_row, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout,
+                                        v_desc, k_row, k_col, v_row, v_col, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout,
                                         orow_layout, CAUSAL, BLOCK_M, BLOCK_N)
     # the last block's O += P V
     last = n_blocks - 1
@@ -160,37 +182,93 @@ def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads,
     out = acc / gl.expand_dims(gl.convert_layout(l_i, orow_layout), 1)
     q_smem.store(out.to(dtype))  # Q is no longer read: its tile stages the output
     fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
+    tma.async_copy_shared_to_global(o_desc, [pid_bh * seqlen + pid_m * BLOCK_M, 0], q_smem)
     lse = (m_i + gl.log2(l_i)) * 0.6931471805599453
     gl.store(Lse + pid_bh.to(gl.int64) * seqlen + rows, lse)
     tma.store_wait(pendings=0)
 
 
+def _tile_rows(t):
+    """(rows, cols, rb, rh, ch) of the 2D view that reads t (B, H, T, D) in tiles of whole token rows, or None.
+
+    The view's rows have pitch t.stride(2); element (b, h, i, d) sits at row b * rb + h * rh + i and
+    column h * ch + d, so a tile of consecutive tokens of one head is one TMA box."""
+    B, H, T, D = t.shape
+    s_b, s_h, s_t, s_d = t.stride()
+    if s_d != 1 or s_t < D or (B > 1 and s_b % s_t) or t.data_ptr() % 16 or (s_t * t.element_size()) % 16:
+        return None
+    rb = s_b // s_t if B > 1 else 0
+    if H == 1:
+        rh, ch = 0, 0
+    elif s_h % s_t == 0:
+        rh, ch = s_h // s_t, 0  # heads one after another: (B, H, T, D) contiguous
+    elif (H - 1) * s_h + D <= s_t:
+        rh, ch = 0, s_h  # heads side by side within a token's row: views of a fused QKV projection
+    else:
+        return None
+    return (B - 1) * rb + (H - 1) * rh + T, (H - 1) * ch + D, rb, rh, ch
+
+
+def _is_hopper(device):
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _capability:
+        _capability[index] = torch.cuda.get_device_capability(index)[0]
+    return _capability[index] == 9
+
+
 def usable(q, k, v, causal):
-    """Whether the prototype takes these arguments (see the module docstring)."""
+    """Whether the Gluon forward takes these arguments (see the module docstring)."""
     B, H, T, D = q.shape
     return (q.is_cuda and q.dtype in _GL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype and D in (64, 128)
-            and k.shape[2] == T and T % 128 == 0 and all(t.is_contiguous() for t in (q, k, v))
-            and torch.cuda.get_device_capability(q.device)[0] == 9)
+            and k.shape[2] == T and T % 128 == 0 and _is_hopper(q.device)
+            and all(_tile_rows(t) is not None for t in (q, k, v)))
 
 
-def attention_fwd_gluon(q, k, v, causal, scale, block_n=None):
-    """(out, lse) as kernels.attention.attention_fwd, for arguments where `usable` holds."""
+def attention_fwd_tuned(q, k, v, causal, scale):
+    """attention_fwd_gluon with the fastest of CONFIGS for this shape (timed on its first call), or None
+    when the Gluon kernel cannot be built here (another Triton's Gluon API): the caller falls back."""
+    B, H, T, D = q.shape
+    key = (D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1])
+    if key not in _picked:
+        # as the tl kernels: small problems (and KERNELS_AUTOTUNE=0) take the first config untuned
+        tune = attention_bwd.TUNE and B * H * T * T >= attention_bwd.TUNE_MIN_WORK
+        try:
+            _picked[key] = CONFIGS[D][0] if not tune else min(CONFIGS[D], key=lambda c: do_bench(
+                lambda: attention_fwd_gluon(q, k, v, causal, scale, block_m=c[0], block_n=c[1]),
+                warmup=5, rep=20, return_mode="median"))
+        except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once)
+            warnings.warn(f"the Gluon attention forward failed to build ({type(e).__name__}: {e}); "
+                          f"using the tl kernel for this shape")
+            _picked[key] = None
+            return None
+    config = _picked[key]
+    return None if config is None else attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0], block_n=config[1])
+
+
+def _descriptor(t, block_rows, layout):
+    rows, cols, rb, rh, ch = _tile_rows(t)
+    return TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout), (rb, rh, ch)
+
+
+def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
+    """(out, lse) as kernels.attention.attention_fwd, for arguments where `usable` holds.
+
+    block_m 128: two warpgroups of 64 query rows per program, one program per SM; block_m 64: one
+    warpgroup, so that two programs share an SM and one's softmax can run under the other's wgmma."""
     B, H, T, D = q.shape
     H_kv = k.shape[1]
-    BLOCK_M = 128
+    BLOCK_M = block_m
     BLOCK_N = block_n or (64 if D == 128 else 128)
-    out = torch.empty_like(q)
+    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     gdt = _GL_DTYPES[q.dtype]
     q_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], gdt)
     kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], gdt)
-    q2, o2 = q.view(B * H * T, D), out.view(B * H * T, D)
-    k2, v2 = k.view(B * H_kv * T, D), v.view(B * H_kv * T, D)
-    q_desc = TensorDescriptor(q2, list(q2.shape), list(q2.stride()), [BLOCK_M, D], q_layout)
-    o_desc = TensorDescriptor(o2, list(o2.shape), list(o2.stride()), [BLOCK_M, D], q_layout)
-    k_desc = TensorDescriptor(k2, list(k2.shape), list(k2.stride()), [BLOCK_N, D], kv_layout)
-    v_desc = TensorDescriptor(v2, list(v2.shape), list(v2.stride()), [BLOCK_N, D], kv_layout)
+    q_desc, q_tiles = _descriptor(q, BLOCK_M, q_layout)
+    k_desc, k_tiles = _descriptor(k, BLOCK_N, kv_layout)
+    v_desc, v_tiles = _descriptor(v, BLOCK_N, kv_layout)
+    o_desc, _ = _descriptor(out, BLOCK_M, q_layout)
     _attn_fwd_gluon_kernel[(T // BLOCK_M, B * H)](q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E,
-                                                  bool(causal), BLOCK_M, BLOCK_N, D, num_warps=8)
+                                                  *q_tiles, *k_tiles, *v_tiles, bool(causal), BLOCK_M, BLOCK_N, D,
+                                                  num_warps=BLOCK_M // 16)
     return out, lse

@@ -1,23 +1,69 @@
-"""The experimental Gluon attention forward (kernels/attention_gluon.py, Hopper only) against float64.
-
-GPU-only (Gluon has no CPU interpreter): skipped elsewhere. Output under the house rule against
-PyTorch's SDPA in the same dtype, and the log-sum-exp against the `tl` forward's.
+"""The Gluon attention forward (kernels/attention_gluon.py): its tile addressing on the CPU; on a Hopper GPU
+the kernel against float64 (every config, contiguous and fused-QKV views, GQA) and kernels.attention's
+dispatch to it. Output under the house rule against PyTorch's SDPA in the same dtype; the log-sum-exp
+against float64 and the `tl` forward's.
 """
 import math
+import warnings
 
 import pytest
 import torch
 
 from kernels.testing import assert_close
 
+gluon_mod = pytest.importorskip("kernels.attention_gluon")
+attention_mod = __import__("sys").modules["kernels.attention"]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
-pytestmark = pytest.mark.skipif(not HOPPER, reason="the Gluon forward needs a Hopper GPU")
+hopper_only = pytest.mark.skipif(not HOPPER, reason="the Gluon forward needs a Hopper GPU")
 
-if HOPPER:
-    import importlib
 
-    gluon_mod = importlib.import_module("kernels.attention_gluon")
-    attention_mod = importlib.import_module("kernels.attention")
+def _fused_qkv(B, H, H_kv, T, D, dtype="float32", device="cpu", seed=0):
+    """q, k, v as the model makes them: views of one (B, T, H + 2 H_kv, D) projection, no copies."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    qkv = torch.randn(B, T, H + 2 * H_kv, D, device=device, generator=g).to(getattr(torch, dtype)) * 0.5
+    return qkv.transpose(1, 2).split([H, H_kv, H_kv], dim=1)
+
+
+def _element(t, rows_cols, b, h, i, d):
+    """The element (b, h, i, d) read through the 2D view `_tile_rows` describes."""
+    _, cols, rb, rh, ch = rows_cols
+    flat = torch.as_strided(t, (rows_cols[0], cols), (t.stride(2), 1))
+    return flat[b * rb + h * rh + i, h * ch + d]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "fused_q", "fused_k", "every_other_token", "one_head"])
+def test_tile_rows_address_every_element(layout):
+    B, H, T, D = 2, 3, 5, 16
+    if layout == "contiguous":
+        t = torch.randn(B, H, T, D)
+    elif layout in ("fused_q", "fused_k"):
+        q, k, _ = _fused_qkv(B, H, 1 if layout == "fused_k" else H, T, D)
+        t = q if layout == "fused_q" else k
+    elif layout == "every_other_token":
+        t = torch.randn(B, H, 2 * T, D)[:, :, ::2]
+    else:
+        t = torch.randn(B, 1, T, D)
+    rows_cols = gluon_mod._tile_rows(t)
+    assert rows_cols is not None
+    for b in range(t.shape[0]):
+        for h in range(t.shape[1]):
+            for i in (0, T - 1):
+                for d in (0, D - 1):
+                    assert _element(t, rows_cols, b, h, i, d) == t[b, h, i, d]
+    rows, cols = rows_cols[:2]
+    extent = (rows - 1) * t.stride(2) + cols  # the 2D view stays inside the tensor's own span
+    assert extent == sum((n - 1) * s for n, s in zip(t.shape, t.stride())) + 1
+
+
+@pytest.mark.parametrize("layout", ["d_not_last", "heads_interleaved_with_tokens", "misaligned"])
+def test_tile_rows_refuse_what_a_tile_cannot_read(layout):
+    if layout == "d_not_last":
+        t = torch.randn(2, 3, 16, 8).transpose(2, 3)
+    elif layout == "heads_interleaved_with_tokens":  # head stride below the token pitch, heads not within it
+        t = torch.as_strided(torch.randn(2048), (2, 4, 8, 16), (1024, 24, 64, 1))
+    else:
+        t = torch.randn(2 * 3 * 16 * 8 + 1)[1:].view(2, 3, 16, 8)  # base 2 bytes past an aligned one
+    assert gluon_mod._tile_rows(t) is None
 
 
 def _inputs(B, H, H_kv, T, D, dtype, seed):
@@ -38,19 +84,81 @@ def _truth(q, k, v, causal):
     return torch.softmax(logits, -1) @ v64, torch.logsumexp(logits, -1)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("D, block_n", [(64, None), (128, None), (128, 128), (64, 64)])
-@pytest.mark.parametrize("B, H, H_kv, T", [(1, 2, 2, 128), (2, 4, 2, 1024), (1, 3, 1, 384)])
-def test_gluon_forward_matches_float64(B, H, H_kv, T, D, block_n, causal, dtype):
-    q, k, v = _inputs(B, H, H_kv, T, D, dtype, seed=T + D)
-    assert gluon_mod.usable(q, k, v, causal)
-    out, lse = gluon_mod.attention_fwd_gluon(q, k, v, causal, 1 / math.sqrt(D), block_n=block_n)
+def _check(q, k, v, causal, out, lse):
     truth, lse64 = _truth(q, k, v, causal)
-    G = H // H_kv
+    G = q.shape[1] // k.shape[1]
     base = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(G, 1), v.repeat_interleave(G, 1), is_causal=causal)
     assert_close(out, truth, base)
     assert_close(lse, lse64, None, floor=1e-4, name="lse")
-    _, lse_tl = attention_mod.attention_fwd(q, k, v, causal)
+    _, lse_tl = attention_mod.attention_fwd(q, k, v, causal, use_tma=False)  # use_tma forces the tl kernel
     torch.testing.assert_close(lse, lse_tl, rtol=0, atol=1e-4)
+
+
+@hopper_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("D, block_m, block_n", [(D, m, n) for D in (64, 128) for m, n in gluon_mod.CONFIGS[D]])
+@pytest.mark.parametrize("B, H, H_kv, T", [(1, 2, 2, 128), (2, 4, 2, 1024), (1, 3, 1, 384)])
+def test_gluon_forward_matches_float64(B, H, H_kv, T, D, block_m, block_n, causal, dtype):
+    q, k, v = _inputs(B, H, H_kv, T, D, dtype, seed=T + D)
+    assert gluon_mod.usable(q, k, v, causal)
+    out, lse = gluon_mod.attention_fwd_gluon(q, k, v, causal, 1 / math.sqrt(D), block_m=block_m, block_n=block_n)
+    _check(q, k, v, causal, out, lse)
+
+
+@hopper_only
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("D, H, H_kv", [(64, 6, 2), (128, 4, 4)])
+def test_dispatch_takes_fused_qkv_views(D, H, H_kv, causal, dtype, monkeypatch):
+    """kernels.attention on the model's views goes to the Gluon kernel (no copies) and is right."""
+    calls = []
+    real = gluon_mod.attention_fwd_gluon
+    monkeypatch.setattr(gluon_mod, "attention_fwd_gluon", lambda *a, **kw: calls.append(a) or real(*a, **kw))
+    q, k, v = _fused_qkv(2, H, H_kv, 256, D, dtype=str(dtype).split(".")[1], device="cuda", seed=D + H)
+    assert not q.is_contiguous() and gluon_mod.usable(q, k, v, causal)
+    out, lse = attention_mod.attention_fwd(q, k, v, causal)
+    assert calls and all(a[0].data_ptr() == q.data_ptr() for a in calls)
+    _check(q, k, v, causal, out, lse)
+
+
+@hopper_only
+def test_dispatch_falls_back_when_gluon_cannot_build(monkeypatch):
+    """Another Triton's Gluon API failing to build warns once and leaves the tl kernel to do the work."""
+    def broken(*args, **kwargs):
+        raise TypeError("warpgroup_mma() got an unexpected keyword argument")
+    monkeypatch.setattr(gluon_mod, "attention_fwd_gluon", broken)
+    monkeypatch.setattr(gluon_mod, "_picked", {})
+    q, k, v = _inputs(1, 2, 2, 256, 64, torch.float16, seed=1)
+    with pytest.warns(UserWarning, match="failed to build"):
+        out, lse = attention_mod.attention_fwd(q, k, v, True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        attention_mod.attention_fwd(q, k, v, True)  # the same shape again: no second warning
+    _check(q, k, v, True, out, lse)
+
+
+@hopper_only
+def test_dispatch_off_keeps_the_tl_kernel(monkeypatch):
+    monkeypatch.setattr(attention_mod, "USE_GLUON", False)
+    monkeypatch.setattr(gluon_mod, "attention_fwd_gluon", lambda *a, **kw: pytest.fail("Gluon kernel called"))
+    q, k, v = _inputs(1, 2, 2, 256, 64, torch.bfloat16, seed=2)
+    out, lse = attention_mod.attention_fwd(q, k, v, False)
+    _check(q, k, v, False, out, lse)
+
+
+@hopper_only
+def test_tuned_once_per_shape(monkeypatch):
+    """The first call of a shape times every config; later calls launch the remembered pick."""
+    timed = []
+    real = gluon_mod.do_bench
+    monkeypatch.setattr(gluon_mod, "do_bench", lambda fn, **kw: timed.append(1) or real(fn, **kw))
+    monkeypatch.setattr(gluon_mod, "_picked", {})
+    monkeypatch.setattr(gluon_mod.attention_bwd, "TUNE", True)  # (the GPU tests may run with KERNELS_AUTOTUNE=0)
+    q, k, v = _inputs(1, 4, 4, 2048, 64, torch.bfloat16, seed=3)  # B * H * T * T = 2^24: tuned
+    out, lse = attention_mod.attention_fwd(q, k, v, True)
+    assert len(timed) == len(gluon_mod.CONFIGS[64]) and len(gluon_mod._picked) == 1
+    attention_mod.attention_fwd(q, k, v, True)
+    assert len(timed) == len(gluon_mod.CONFIGS[64])
+    _check(q, k, v, True, out, lse)

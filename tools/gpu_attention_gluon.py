@@ -1,5 +1,6 @@
-"""Time the experimental Gluon attention forward (kernels/attention_gluon.py) against ours in `tl` and
-SDPA's cuDNN and flash backends, on the FlashAttention grid (bf16, B*T = 16384, H*D = 2048):
+"""Time the Gluon attention forward (kernels/attention_gluon.py), each config and the tuned dispatch,
+against ours in `tl` and SDPA's cuDNN and flash backends on the FlashAttention grid (bf16,
+B*T = 16384, H*D = 2048):
 
     python tools/gpu_attention_gluon.py     # on a Hopper GPU; prints one line per point, TFLOP/s
 """
@@ -20,7 +21,7 @@ attention = sys.modules["kernels.attention"]  # (the package exports a function 
 
 
 def main():
-    points = [(D, T) for D in (128, 64) for T in (1024, 4096, 16384)]
+    points = [(D, T) for D in (128, 64) for T in (512, 1024, 2048, 4096, 8192, 16384)]
     for causal in (True, False):
         for D, T in points:
             B, H = 16384 // T, 2048 // D
@@ -28,13 +29,12 @@ def main():
             flops = 4 * B * H * T * T * D * (0.5 if causal else 1.0)
             scale = 1 / math.sqrt(D)
             row = []
-            for block_n in (None, 64, 128):
-                try:
-                    ms = do_bench(lambda: attention_gluon.attention_fwd_gluon(q, k, v, causal, scale, block_n=block_n))
-                    row.append(f"gluon{block_n or ''} {flops / ms * 1e-9:4.0f}")
-                except Exception as e:  # a config that does not fit: say so, time the rest
-                    row.append(f"gluon{block_n or ''} {type(e).__name__}")
+            for bm, bn in attention_gluon.CONFIGS[D]:
+                ms = do_bench(lambda: attention_gluon.attention_fwd_gluon(q, k, v, causal, scale, block_n=bn, block_m=bm))
+                row.append(f"{bm}x{bn} {flops / ms * 1e-9:4.0f}")
             ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale))
+            row.append(f"ours {flops / ms * 1e-9:4.0f}")
+            ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale, use_tma=False))  # the tl kernel
             row.append(f"tl {flops / ms * 1e-9:4.0f}")
             for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
                 with sdpa_kernel(backend):

@@ -35,7 +35,10 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 
 
 def resources(compiled):
-    """(registers, spill-store bytes, shared-memory bytes) of a compiled kernel, from ptxas -v."""
+    """(registers, spill-store bytes, shared-memory bytes, wgmma serialized) of a compiled kernel, from ptxas -v.
+
+    ptxas serializes every wgmma of a kernel (info C7514) when it cannot prove that no other instruction
+    touches an in-flight wgmma's accumulator: the asynchronous tensor-core work then overlaps nothing."""
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
@@ -44,12 +47,12 @@ def resources(compiled):
                                 capture_output=True, text=True).stderr
     regs = int(re.search(r"Used (\d+) registers", report).group(1))
     spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
-    return regs, spills, compiled.metadata.shared
+    return regs, spills, compiled.metadata.shared, "C7514" in report
 
 
 def show(name, config, compiled):
-    regs, spills, smem = resources(compiled)
-    flag = "  <- spills" if spills else ""
+    regs, spills, smem, serialized = resources(compiled)
+    flag = ("  <- spills" if spills else "") + ("  <- wgmma serialized" if serialized else "")
     print(f"{name:34s} {str(config):22s} regs {regs:3d}  spill bytes {spills:4d}  smem {smem // 1024:3d} KB{flag}",
           flush=True)
 
