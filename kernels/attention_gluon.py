@@ -38,9 +38,10 @@ from . import attention_bwd
 
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
-# (block_m, block_n) candidates per head dim, timed on a shape's first call. On the H200 at T = 4096
-# (bench/RESULTS.md, seventh session) 64 x 128 led at D = 64; at D = 128 64 x 64 and 128 x 128 traded places.
-CONFIGS = {64: ((64, 128), (64, 64), (128, 64)), 128: ((64, 64), (128, 128), (128, 64))}
+# (block_m, block_n) candidates per head dim, timed on a shape's first call. On the H200 over the
+# FlashAttention grid (bench/RESULTS.md, seventh session) 64 x 128 / 64 x 64 led at D = 64 and 64 x 64
+# at D = 128 but for causal T = 512 (128 x 128); 128 x 64 led nowhere.
+CONFIGS = {64: ((64, 128), (64, 64)), 128: ((64, 64), (128, 128))}
 _picked = {}  # shape key -> (block_m, block_n), or None where the Gluon kernel failed to build
 _capability = {}  # device index -> major compute capability
 
@@ -229,20 +230,24 @@ def attention_fwd_tuned(q, k, v, causal, scale):
     when the Gluon kernel cannot be built here (another Triton's Gluon API): the caller falls back."""
     B, H, T, D = q.shape
     key = (D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1])
-    if key not in _picked:
+    config = _picked.get(key, False)
+    if config is False:  # this shape's first call: pick, and build (and run) the kernel once
         # as the tl kernels: small problems (and KERNELS_AUTOTUNE=0) take the first config untuned
         tune = attention_bwd.TUNE and B * H * T * T >= attention_bwd.TUNE_MIN_WORK
         try:
-            _picked[key] = CONFIGS[D][0] if not tune else min(CONFIGS[D], key=lambda c: do_bench(
+            config = CONFIGS[D][0] if not tune else min(CONFIGS[D], key=lambda c: do_bench(
                 lambda: attention_fwd_gluon(q, k, v, causal, scale, block_m=c[0], block_n=c[1]),
-                warmup=5, rep=20, return_mode="median"))
+                warmup=5, rep=25, return_mode="median"))
+            result = attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0], block_n=config[1])
         except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once)
             warnings.warn(f"the Gluon attention forward failed to build ({type(e).__name__}: {e}); "
                           f"using the tl kernel for this shape")
             _picked[key] = None
             return None
-    config = _picked[key]
-    return None if config is None else attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0], block_n=config[1])
+        _picked[key] = config
+        return result
+    return None if config is None else attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0],
+                                                           block_n=config[1])
 
 
 def _descriptor(t, block_rows, layout):
