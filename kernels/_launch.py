@@ -48,6 +48,9 @@ def _fact(a, _tensor=torch.Tensor):
         return "float"
     if isinstance(a, bool):
         return "bool", a
+    if hasattr(a, "block_shape"):  # a host TMA descriptor (Gluon): its binary's facts, as a tensor's and ints'
+        return ("desc", a.base.dtype, a.base.data_ptr() % 16 == 0, tuple(a.block_shape), a.layout, a.padding,
+                *map(_fact, a.shape), *map(_fact, a.strides))
     return a  # None and other constants are compiled in
 
 

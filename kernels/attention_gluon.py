@@ -35,6 +35,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from . import attention_bwd
+from ._launch import FastLaunch
 
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -44,6 +45,7 @@ _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 CONFIGS = {64: ((64, 128), (64, 64)), 128: ((64, 64), (128, 128))}
 _picked = {}  # shape key -> (block_m, block_n), or None where the Gluon kernel failed to build
 _capability = {}  # device index -> major compute capability
+_layouts = {}  # (block rows, D, dtype) -> the NVMMA shared-memory layout of the tiles
 
 
 @gluon.jit
@@ -250,8 +252,16 @@ def attention_fwd_tuned(q, k, v, causal, scale):
                                                            block_n=config[1])
 
 
-def _descriptor(t, block_rows, layout):
+def _layout(rows, D, dtype):
+    key = (rows, D, dtype)
+    if key not in _layouts:  # (building one costs more host time than the rest of a descriptor)
+        _layouts[key] = gl.NVMMASharedLayout.get_default_for([rows, D], _GL_DTYPES[dtype])
+    return _layouts[key]
+
+
+def _descriptor(t, block_rows):
     rows, cols, rb, rh, ch = _tile_rows(t)
+    layout = _layout(block_rows, t.shape[3], t.dtype)
     return TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout), (rb, rh, ch)
 
 
@@ -266,14 +276,14 @@ def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
     BLOCK_N = block_n or (64 if D == 128 else 128)
     out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    gdt = _GL_DTYPES[q.dtype]
-    q_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_M, D], gdt)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([BLOCK_N, D], gdt)
-    q_desc, q_tiles = _descriptor(q, BLOCK_M, q_layout)
-    k_desc, k_tiles = _descriptor(k, BLOCK_N, kv_layout)
-    v_desc, v_tiles = _descriptor(v, BLOCK_N, kv_layout)
-    o_desc, _ = _descriptor(out, BLOCK_M, q_layout)
-    _attn_fwd_gluon_kernel[(T // BLOCK_M, B * H)](q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E,
-                                                  *q_tiles, *k_tiles, *v_tiles, bool(causal), BLOCK_M, BLOCK_N, D,
-                                                  num_warps=BLOCK_M // 16)
+    q_desc, q_tiles = _descriptor(q, BLOCK_M)
+    k_desc, k_tiles = _descriptor(k, BLOCK_N)
+    v_desc, v_tiles = _descriptor(v, BLOCK_N)
+    o_desc, _ = _descriptor(out, BLOCK_M)
+    _fast.launch((T // BLOCK_M, B * H, 1),
+                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles),
+                 dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D, num_warps=BLOCK_M // 16))
     return out, lse
+
+
+_fast = FastLaunch(_attn_fwd_gluon_kernel)  # Triton's launch path costs more host time than a small forward

@@ -11,7 +11,9 @@ autotuner's cache pre-filled with the last config of its list: nothing is benchm
 call launches directly (the second is FastLaunch's first, through Triton's path), all with
 matmul.PERSISTENT off; then the persistent kernels (kernels/matmul_persistent.py) both ways.
 Attention: forward and the three backward kernels, fp32 / bf16 / fp16, causal or not, GQA, odd
-lengths: the first call (through the autotuner) against the third (direct).
+lengths: the first call (through the autotuner) against the third (direct); the Gluon forward
+(kernels/attention_gluon.py, TMA descriptors among its arguments), every config, contiguous and
+fused-QKV views: its first call (Triton's path) against the second and third (direct).
 Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
 """
@@ -54,9 +56,14 @@ def _direct(fn):
 def _seen(call):
     """(binary, grid and stream, arguments): the launcher's hook and launch-metadata slots left out."""
     kernel_id, args = call
-    ident = [("tensor", a.dtype, tuple(a.shape), a.stride(), a.data_ptr() % 16) if isinstance(a, torch.Tensor)
-             else a for a in args]
+    ident = [_tensor_ident(a) if isinstance(a, torch.Tensor)
+             else ("desc", _tensor_ident(a.base), tuple(a.shape), tuple(a.strides), tuple(a.block_shape), a.layout)
+             if hasattr(a, "block_shape") else a for a in args]
     return kernel_id, tuple(ident[:4]), tuple(ident[9:])
+
+
+def _tensor_ident(a):
+    return "tensor", a.dtype, tuple(a.shape), a.stride(), a.data_ptr() % 16
 
 
 def _all_launches(fn):
@@ -204,8 +211,28 @@ def attention_kernels():
     return ok
 
 
+def gluon_attention():
+    from kernels import attention_gluon
+    ok = True
+    for dtype in (torch.bfloat16, torch.float16):
+        for D in (64, 128):
+            for fused in (False, True):
+                if fused:  # views of one (B, T, H + 2 H_kv, D) projection, as the model makes them
+                    q, k, v = torch.empty(2, 256, 8, D, dtype=dtype).transpose(1, 2).split([4, 2, 2], dim=1)
+                else:
+                    q, k, v = (torch.empty(2, h, 256, D, dtype=dtype) for h in (4, 2, 2))
+                for block_m, block_n in attention_gluon.CONFIGS[D]:
+                    for causal in (True, False):
+                        def step():
+                            attention_gluon.attention_fwd_gluon(q, k, v, causal, 0.125, block_n, block_m)
+                        first, second, third = _all_launches(step), _direct(step), _direct(step)
+                        ok &= _report(f"gluon attention {str(dtype):14s} D={D} fused={fused!s:5s} "
+                                      f"{block_m}x{block_n} causal={causal!s:5s}", [first, second, third])
+    return ok
+
+
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
-    same = fixed_configs() & autotuned() & persistent_kernels() & attention_kernels()
+    same = fixed_configs() & autotuned() & persistent_kernels() & attention_kernels() & gluon_attention()
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)
