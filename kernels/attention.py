@@ -47,7 +47,7 @@ from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _laun
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
-try:  # Gluon (triton.experimental) is in Triton >= 3.5; without it every call takes the tl kernel
+try:  # Gluon (triton.experimental): Triton 3.6 runs it, 3.9 imports it; without it every call takes tl
     from . import attention_gluon
 except (ImportError, AttributeError):
     attention_gluon = None
@@ -198,7 +198,8 @@ def attention_fwd(q, k, v, causal=True, scale=None, config=None, use_tma=None):
     """(out, lse): out (B, H, T, D) in q's dtype, lse (B, H, T) fp32 natural-log log-sum-exp per row.
 
     config = (BLOCK_M, BLOCK_N, num_warps, num_stages) bypasses the autotuner and use_tma=True/False
-    forces the TMA-descriptor loads on or off (for benchmarking; None = USE_TMA where aligned).
+    forces the TMA-descriptor loads on or off (for benchmarking; None = USE_TMA where aligned); either
+    one keeps the call on the `tl` kernel (else Hopper may take the Gluon forward, see above).
     """
     check_kernel_args(q, k, v, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

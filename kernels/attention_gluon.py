@@ -70,8 +70,8 @@ def _softmax_step(s, m_i, l_i, cols, rows, qk_scale, MASK: gl.constexpr):
 
 @gluon.jit
 def _step(j, acc, p_prev, alpha_prev, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc, v_desc, k_row,
-          k_col, v_row, v_col, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout: gl.constexpr, orow_layout: gl.constexpr,
-          CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+          k_col, v_row, v_col, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout: gl.constexpr,
+          orow_layout: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
     """Key block j >= 1: S_j = Q K_j^T, and O += P_{j-1} V_{j-1} running under the softmax of S_j."""
     dtype: gl.constexpr = q_smem.dtype
     slot = j % 2
@@ -169,8 +169,8 @@ def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads,
     p = gl.convert_layout(p.to(dtype), p_layout)
     for j in range(1, n_blocks):
         acc, p, alpha, m_i, l_i = _step(j, acc, p, alpha, m_i, l_i, q_smem, k_smem, v_smem, k_bars, v_bars, k_desc,
-                                        v_desc, k_row, k_col, v_row, v_col, n_blocks, rows, offs_n, s_zero, pid_m, qk_scale, p_layout,
-                                        orow_layout, CAUSAL, BLOCK_M, BLOCK_N)
+                                        v_desc, k_row, k_col, v_row, v_col, n_blocks, rows, offs_n, s_zero, pid_m,
+                                        qk_scale, p_layout, orow_layout, CAUSAL, BLOCK_M, BLOCK_N)
     # the last block's O += P V
     last = n_blocks - 1
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, orow_layout), 1)
@@ -224,7 +224,13 @@ def usable(q, k, v, causal):
     B, H, T, D = q.shape
     return (q.is_cuda and q.dtype in _GL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype and D in (64, 128)
             and k.shape[2] == T and T % 128 == 0 and _is_hopper(q.device)
-            and all(_tile_rows(t) is not None for t in (q, k, v)))
+            and B * H * T < 2**31 and all(_rows_fit(t) for t in (q, k, v)))
+
+
+def _rows_fit(t):
+    """t tiles as `_tile_rows` says, within TMA's 32-bit coordinates."""
+    tiles = _tile_rows(t)
+    return tiles is not None and tiles[0] < 2**31 and tiles[1] < 2**31
 
 
 def attention_fwd_tuned(q, k, v, causal, scale):

@@ -30,7 +30,7 @@ def main():
             scale = 1 / math.sqrt(D)
             row = []
             for bm, bn in attention_gluon.CONFIGS[D]:
-                ms = do_bench(lambda: attention_gluon.attention_fwd_gluon(q, k, v, causal, scale, block_n=bn, block_m=bm))
+                ms = do_bench(lambda: attention_gluon.attention_fwd_gluon(q, k, v, causal, scale, bn, bm))
                 row.append(f"{bm}x{bn} {flops / ms * 1e-9:4.0f}")
             attention.attention_fwd(q, k, v, causal, scale)  # the first call picks the config (untimed)
             ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale))
