@@ -35,9 +35,9 @@ off by default). Any M, N, K. Two load paths for the main loop, chosen per launc
 - plain pointers (any strides, fp32 too): tile rows and columns past the edge read wrapped-around
   indices and are masked on store; K is masked only when it is not a multiple of BLOCK_K.
 The epilogue stores through masked pointers either way. With PERSISTENT on (below; the default),
-where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM run instead as
-the persistent kernels of kernels/matmul_persistent.py (one program per SM, asynchronous TMA
-stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs
+where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM (and, opt-in,
+the gated forward) run instead as the persistent kernels of kernels/matmul_persistent.py (one
+program per SM, asynchronous TMA stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs
 share B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
 configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the backward also EPI_FIRST);
 M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class; either way
@@ -70,8 +70,11 @@ ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False)
 # like the per-tile kernels (FastLaunch after a key's first call), and in the suite the non-gated
 # forward ran 6-12% faster persistent at all five points, ahead of every peer in three runs (1.01-1.17;
 # bench/RESULTS.md, sixth session). KERNELS_FFN_PERSISTENT=0 turns it off.
-# The gated forward (two accumulators) and the non-gated backward measured no faster persistent.
+# The non-gated backward measured no faster persistent. So did the gated forward (two accumulators), but
+# in the fourth session, through the autotuner on every call: KERNELS_FFN_PERSISTENT_GATED=1 (or
+# PERSISTENT_GATED_FWD = True) sends it to the persistent kernel too, opt-in until timed again.
 PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "1") == "1"
+PERSISTENT_GATED_FWD = os.environ.get("KERNELS_FFN_PERSISTENT_GATED", "0") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
 
 
@@ -421,7 +424,8 @@ def linear_act_fwd(x, w, b, activation, store_pre):
             pre.copy_(full)
         return out, pre
     _set_allocator()
-    if PERSISTENT and not gated and (M > SMALL_M or _INTERPRETING) and matmul_persistent.usable(N, x, w, out, pre):
+    if (PERSISTENT and (not gated or PERSISTENT_GATED_FWD) and (M > SMALL_M or _INTERPRETING)
+            and matmul_persistent.usable(N, x, w, out, pre)):
         matmul_persistent.launch(x, w, b, pre, out, code, gated, store_pre, _m_bucket(M), autotune_enabled())
         return out, pre
     _launch(_linear_act_fwd_tuned, _linear_act_fwd_fast, M, N, K, _configs_of(True, gated),

@@ -154,10 +154,12 @@ def _assert_same_grads(grads, expected, dtype):
             torch.testing.assert_close(g, e, rtol=0, atol=0, msg=lambda m, name=name: f"d{name}: {m}")
 
 
-@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
-def test_persistent_and_per_tile_kernels_agree(activation, device, monkeypatch):
-    # kernels/matmul_persistent.py (non-gated forward, gated backward) against the per-tile kernels: same
-    # roundings, so the same numbers, and the house rule against float64.
+@pytest.mark.parametrize("activation, gated_fwd", [("gelu", False), ("swiglu", False), ("geglu", True)])
+def test_persistent_and_per_tile_kernels_agree(activation, gated_fwd, device, monkeypatch):
+    # kernels/matmul_persistent.py (non-gated forward, gated backward; with PERSISTENT_GATED_FWD the gated
+    # forward too) against the per-tile kernels: same roundings, so the same numbers, and the house rule
+    # against float64.
+    monkeypatch.setattr(matmul, "PERSISTENT_GATED_FWD", gated_fwd)
     tensors, grad_out, dtype = _variant_case(activation, device)
     runs = []
     for persistent in (True, False):
@@ -325,9 +327,9 @@ def test_every_tile_config(configs_name, config, activation, dtype, monkeypatch)
 
 
 def _persistent_configs():
-    # gelu: the non-gated forward's list; swiglu: the gated backward's
+    # gelu: the non-gated forward's list; swiglu: the gated backward's; geglu: the gated forward's (opt-in)
     return [pytest.param(c, activation, id=f"{activation}-{c.kwargs}-w{c.num_warps}s{c.num_stages}")
-            for name, activation in (("_CONFIGS", "gelu"), ("_BWD_CONFIGS", "swiglu"))
+            for name, activation in (("_CONFIGS", "gelu"), ("_BWD_CONFIGS", "swiglu"), ("_GATED_CONFIGS", "geglu"))
             for c in getattr(matmul_persistent, name)]
 
 
@@ -337,6 +339,7 @@ def _persistent_configs():
 def test_every_persistent_config(config, activation, dtype, monkeypatch):
     # The persistent kernels (matmul.PERSISTENT, on by default) with each config of their autotune lists.
     monkeypatch.setattr(matmul, "PERSISTENT", True)
+    monkeypatch.setattr(matmul, "PERSISTENT_GATED_FWD", True)
     monkeypatch.setattr(matmul_persistent, "_fixed_config", lambda configs: config if config in configs else configs[0])
     tensors = _params(matmul.SMALL_M + 77, 256, 520, 264, activation, True, "cuda")
     _check(kernels.ffn, reference.ffn, tensors, dtype, activation)

@@ -162,22 +162,24 @@ def autotuned():
 
 
 def persistent_kernels():
-    """matmul.PERSISTENT's kernels (non-gated forward, gated backward): with a fixed config and through
+    """matmul.PERSISTENT's kernels (non-gated forward, gated backward, and the opt-in gated forward): with a
+    fixed config and through
     the autotuner (its cache pre-filled with the list's last config), the third call direct."""
-    mm.PERSISTENT = True
+    mm.PERSISTENT = mm.PERSISTENT_GATED_FWD = True
     mp._num_sms = lambda device_index: 132
     real_run, seen = mp._run, []
     ok = True
     for tune in ("0", "1"):
         os.environ["KERNELS_AUTOTUNE"] = tune
-        for act, dtype in (("gelu", torch.bfloat16), ("gelu", torch.float16), ("swiglu", torch.bfloat16)):
+        for act, dtype, fwd in (("gelu", torch.bfloat16, True), ("gelu", torch.float16, True),
+                                ("swiglu", torch.bfloat16, False), ("geglu", torch.bfloat16, True)):
             gated, (x, w, b, dy, w_out, pre, d_pre, dbias), _, _ = _operands(act, dtype, 4099)
-            if gated:
+            if not fwd:
                 name, call, tuned, configs = "backward", lambda: _ours_bwd(dy, w_out, pre, act, d_pre, dbias), \
                     mp._bwd_tuned, mp._BWD_CONFIGS
             else:
                 name, call, tuned, configs = "forward", lambda: mm.linear_act_fwd(x, w, b, act, True), \
-                    mp._tuned, mp._CONFIGS
+                    mp._tuned, mp._GATED_CONFIGS if gated else mp._CONFIGS
             if tune == "1":
                 mp._run = lambda *a: seen.append(a)  # the launch's arguments, to build the autotuner's key
                 call()
@@ -186,7 +188,7 @@ def persistent_kernels():
                 mp._PICKED.clear()
             calls = [_last_launch(call), _last_launch(call), _direct(call)[-1]]
             ok &= _report(f"persistent {name} {act} {dtype} autotune={tune}", calls)
-    mm.PERSISTENT = False
+    mm.PERSISTENT = mm.PERSISTENT_GATED_FWD = False
     return ok
 
 

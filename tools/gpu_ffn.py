@@ -13,7 +13,8 @@ the optional parts):
 3. torch.compile(fullgraph=True) through our ops and autocast;
 4. if time is left: the fused GEMMs alone vs cuBLAS and the autotuner's per-config timings.
 FFN_POINTS=act:D:H,... replaces the shapes; FFN_QUICK=1 runs only steps 2 (ours, eager) and 4;
-KERNELS_FFN_PERSISTENT=0 turns matmul.PERSISTENT off (kernels/matmul_persistent.py; on by default) for the whole run.
+KERNELS_FFN_PERSISTENT=0 turns matmul.PERSISTENT off (kernels/matmul_persistent.py; on by default) for the whole run;
+KERNELS_FFN_PERSISTENT_GATED=1 sends the gated forward to the persistent kernel too (opt-in).
 """
 import os
 import sys

@@ -27,7 +27,7 @@ from tools.compile_only import use_compile_only_driver  # noqa: E402
 use_compile_only_driver()
 
 import kernels  # noqa: E402,F401
-from kernels import attention_bwd, matmul  # noqa: E402
+from kernels import attention_bwd, matmul, matmul_persistent as mp  # noqa: E402
 
 attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 
@@ -111,6 +111,20 @@ def ffn_kernels(activations):
                 GATED=gated, FROM_GEMM=True, STORE_ACT=False, HAS_DBIAS=True, PRECISION="tf32",
                 TMA=c.kwargs["TMA"], **blocks, num_warps=c.num_warps, num_stages=c.num_stages)
             show(f"_act_bwd_kernel {act}", config, compiled)
+        # the persistent kernels (kernels/matmul_persistent.py): the forward (the gated one is opt-in) and
+        # the backward GEMM, one program per SM of the H100
+        for c in mp._configs_of(mp._fwd_fast, gated):
+            config = (*c.kwargs.values(), c.num_warps, c.num_stages)
+            compiled = mp._linear_act_fwd_persistent_kernel.warmup(
+                x, w_in, bias, pre, out, M, H, D, D, D, width, H, M, grid=(1,), ACT=code, GATED=gated, HAS_BIAS=True,
+                STORE_PRE=True, NUM_PROGRAMS=132, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            show(f"persistent fwd {act}", config, compiled)
+        for c in mp._BWD_CONFIGS:
+            config = (*c.kwargs.values(), c.num_warps, c.num_stages)
+            compiled = mp._act_bwd_persistent_kernel.warmup(
+                dy, w_out, pre, pre, dbias, M, H, D, D, H, width, width, M, grid=(1,), ACT=code, GATED=gated,
+                HAS_DBIAS=True, NUM_PROGRAMS=132, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
+            show(f"persistent bwd {act}", config, compiled)
 
 
 def main():
