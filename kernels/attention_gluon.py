@@ -209,7 +209,10 @@ def _tile_rows(t):
         rh, ch = 0, s_h  # heads side by side within a token's row: views of a fused QKV projection
     else:
         return None
-    return (B - 1) * rb + (H - 1) * rh + T, (H - 1) * ch + D, rb, rh, ch
+    rows, cols = (B - 1) * rb + (H - 1) * rh + T, (H - 1) * ch + D
+    if rows >= 2**31 or cols >= 2**31:  # TMA's coordinates are 32-bit
+        return None
+    return rows, cols, rb, rh, ch
 
 
 def _is_hopper(device):
@@ -224,13 +227,7 @@ def usable(q, k, v, causal):
     B, H, T, D = q.shape
     return (q.is_cuda and q.dtype in _GL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype and D in (64, 128)
             and k.shape[2] == T and T % 128 == 0 and _is_hopper(q.device)
-            and B * H * T < 2**31 and all(_rows_fit(t) for t in (q, k, v)))
-
-
-def _rows_fit(t):
-    """t tiles as `_tile_rows` says, within TMA's 32-bit coordinates."""
-    tiles = _tile_rows(t)
-    return tiles is not None and tiles[0] < 2**31 and tiles[1] < 2**31
+            and B * H * T < 2**31 and all(_tile_rows(t) is not None for t in (q, k, v)))
 
 
 def attention_fwd_tuned(q, k, v, causal, scale):

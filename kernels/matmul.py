@@ -37,8 +37,8 @@ off by default). Any M, N, K. Two load paths for the main loop, chosen per launc
 The epilogue stores through masked pointers either way. With PERSISTENT on (below; the default),
 where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM (and, opt-in,
 the gated forward) run instead as the persistent kernels of kernels/matmul_persistent.py (one
-program per SM, asynchronous TMA stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs
-share B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
+program per SM, asynchronous TMA stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles
+per group, so consecutive programs share B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
 configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the backward also EPI_FIRST);
 M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class; either way
 the launches after the first of a key go straight to the jitted kernel (FastLaunch, no autotuner or
