@@ -38,8 +38,9 @@ The epilogue stores through masked pointers either way. With PERSISTENT on (belo
 where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM (and, opt-in,
 the gated forward) run instead as the persistent kernels of kernels/matmul_persistent.py (one
 program per SM, asynchronous TMA stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles
-per group, so consecutive programs share B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
-configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the backward also EPI_FIRST);
+per group, so consecutive programs share B columns in L2. M > 1024 is autotuned per (M bucket, N, K,
+dtype, activation) over five to eight configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the
+backward also EPI_FIRST);
 M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class; either way
 the launches after the first of a key go straight to the jitted kernel (FastLaunch, no autotuner or
 heuristics wrapper on the call path). The CPU interpreter runs one config, with TMA where the
