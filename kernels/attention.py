@@ -210,7 +210,7 @@ def _fwd(q, k, v, causal, scale, config=None, use_tma=None):
     """attention_fwd on validated arguments (scale a float)."""
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = (unit_last_stride(t) for t in (q, k, v))
-    if USE_GLUON and config is None and use_tma is None and attention_gluon.usable(q, k, v, causal):
+    if USE_GLUON and config is None and use_tma is None and attention_gluon.usable(q, k, v):
         result = attention_gluon.attention_fwd_tuned(q, k, v, causal, scale)
         if result is not None:
             return result

@@ -23,6 +23,7 @@ either further rows (contiguous (B, H, T, D)) or column offsets within a row (vi
 128, fp16 / bf16, causal or not, GQA. Output (B, H, T, D) contiguous and the natural-log LSE, as
 kernels.attention.attention_fwd's.
 """
+import functools
 import warnings
 
 import torch
@@ -44,8 +45,6 @@ _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 # at D = 128 but for causal T = 512 (128 x 128); 128 x 64 led nowhere.
 CONFIGS = {64: ((64, 128), (64, 64)), 128: ((64, 64), (128, 128))}
 _picked = {}  # shape key -> (block_m, block_n), or None where the Gluon kernel failed to build
-_capability = {}  # device index -> major compute capability
-_layouts = {}  # (block rows, D, dtype) -> the NVMMA shared-memory layout of the tiles
 
 
 @gluon.jit
@@ -215,26 +214,30 @@ def _tile_rows(t):
     return rows, cols, rb, rh, ch
 
 
-def _is_hopper(device):
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _capability:
-        _capability[index] = torch.cuda.get_device_capability(index)[0]
-    return _capability[index] == 9
+@functools.lru_cache(maxsize=None)
+def _is_hopper(device_index):
+    return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
-def usable(q, k, v, causal):
+def usable(q, k, v):
     """Whether the Gluon forward takes these arguments (see the module docstring)."""
     B, H, T, D = q.shape
     return (q.is_cuda and q.dtype in _GL_DTYPES and k.dtype == q.dtype and v.dtype == q.dtype and D in (64, 128)
-            and k.shape[2] == T and T % 128 == 0 and _is_hopper(q.device)
+            and k.shape[2] == T and T % 128 == 0 and _is_hopper(q.device.index or 0)
             and B * H * T < 2**31 and all(_tile_rows(t) is not None for t in (q, k, v)))
+
+
+def picked_key(q, k, causal):
+    """The key under which `_picked` remembers a shape's config."""
+    B, H, T, D = q.shape
+    return D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1]
 
 
 def attention_fwd_tuned(q, k, v, causal, scale):
     """attention_fwd_gluon with the fastest of CONFIGS for this shape (timed on its first call), or None
     when the Gluon kernel cannot be built here (another Triton's Gluon API): the caller falls back."""
     B, H, T, D = q.shape
-    key = (D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1])
+    key = picked_key(q, k, causal)
     config = _picked.get(key, False)
     if config is False:  # this shape's first call: pick, and build (and run) the kernel once
         # as the tl kernels: small problems (and KERNELS_AUTOTUNE=0) take the first config untuned
@@ -255,11 +258,9 @@ def attention_fwd_tuned(q, k, v, causal, scale):
                                                            block_n=config[1])
 
 
+@functools.lru_cache(maxsize=None)  # (building a layout costs more host time than the rest of a descriptor)
 def _layout(rows, D, dtype):
-    key = (rows, D, dtype)
-    if key not in _layouts:  # (building one costs more host time than the rest of a descriptor)
-        _layouts[key] = gl.NVMMASharedLayout.get_default_for([rows, D], _GL_DTYPES[dtype])
-    return _layouts[key]
+    return gl.NVMMASharedLayout.get_default_for([rows, D], _GL_DTYPES[dtype])
 
 
 def _descriptor(t, block_rows):

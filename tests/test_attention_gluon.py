@@ -3,6 +3,7 @@ the kernel against float64 (every config, contiguous and fused-QKV views, GQA) a
 dispatch to it. Output under the house rule against PyTorch's SDPA in the same dtype; the log-sum-exp
 against float64 and the `tl` forward's.
 """
+import importlib
 import math
 import warnings
 
@@ -12,7 +13,7 @@ import torch
 from kernels.testing import assert_close
 
 gluon_mod = pytest.importorskip("kernels.attention_gluon")
-attention_mod = __import__("sys").modules["kernels.attention"]
+attention_mod = importlib.import_module("kernels.attention")  # (the package exports a function of that name)
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 hopper_only = pytest.mark.skipif(not HOPPER, reason="the Gluon forward needs a Hopper GPU")
 
@@ -102,7 +103,7 @@ def _check(q, k, v, causal, out, lse):
 @pytest.mark.parametrize("B, H, H_kv, T", [(1, 2, 2, 128), (2, 4, 2, 1024), (1, 3, 1, 384)])
 def test_gluon_forward_matches_float64(B, H, H_kv, T, D, block_m, block_n, causal, dtype):
     q, k, v = _inputs(B, H, H_kv, T, D, dtype, seed=T + D)
-    assert gluon_mod.usable(q, k, v, causal)
+    assert gluon_mod.usable(q, k, v)
     out, lse = gluon_mod.attention_fwd_gluon(q, k, v, causal, 1 / math.sqrt(D), block_m=block_m, block_n=block_n)
     _check(q, k, v, causal, out, lse)
 
@@ -117,7 +118,7 @@ def test_dispatch_takes_fused_qkv_views(D, H, H_kv, causal, dtype, monkeypatch):
     real = gluon_mod.attention_fwd_gluon
     monkeypatch.setattr(gluon_mod, "attention_fwd_gluon", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     q, k, v = _fused_qkv(2, H, H_kv, 256, D, dtype=str(dtype).split(".")[1], device="cuda", seed=D + H)
-    assert not q.is_contiguous() and gluon_mod.usable(q, k, v, causal)
+    assert not q.is_contiguous() and gluon_mod.usable(q, k, v)
     attention_mod.attention_fwd(q, k, v, causal)  # the first call of the shape: Triton's launch path
     out, lse = attention_mod.attention_fwd(q, k, v, causal)  # the second: FastLaunch's direct one
     assert calls and all(a[0].data_ptr() == q.data_ptr() for a in calls)
