@@ -3,6 +3,8 @@ against ours in `tl` and SDPA's cuDNN and flash backends on the FlashAttention g
 B*T = 16384, H*D = 2048):
 
     python tools/gpu_attention_gluon.py     # on a Hopper GPU; prints one line per point, TFLOP/s
+    GLUON_WS=1 python tools/gpu_attention_gluon.py   # plus the warp-specialized ping-pong kernel
+        # (kernels/attention_gluon_ws.py, EXPERIMENTAL): block_n 64 / 128, 2 or 3 stages
 """
 import math
 import os
@@ -32,6 +34,11 @@ def main():
             for bm, bn in attention_gluon.CONFIGS[D]:
                 ms = do_bench(lambda: attention_gluon.attention_fwd_gluon(q, k, v, causal, scale, bn, bm))
                 row.append(f"{bm}x{bn} {flops / ms * 1e-9:4.0f}")
+            if os.environ.get("GLUON_WS") == "1":
+                from kernels import attention_gluon_ws
+                for bn, stages in ((128, 2), (64, 2), (64, 3)):
+                    ms = do_bench(lambda: attention_gluon_ws.attention_fwd_ws(q, k, v, causal, scale, bn, stages))
+                    row.append(f"ws{bn}/{stages} {flops / ms * 1e-9:4.0f}")
             attention.attention_fwd(q, k, v, causal, scale)  # the first call picks the config (untimed)
             ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale))
             picked = attention_gluon._picked.get(attention_gluon.picked_key(q, k, causal))
