@@ -24,6 +24,7 @@ either further rows (contiguous (B, H, T, D)) or column offsets within a row (vi
 kernels.attention.attention_fwd's.
 """
 import functools
+import os
 import warnings
 
 import torch
@@ -44,6 +45,10 @@ _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 # FlashAttention grid (bench/RESULTS.md, seventh session) 64 x 128 / 64 x 64 led at D = 64 and 64 x 64
 # at D = 128 but for causal T = 512 (128 x 128); 128 x 64 led nowhere.
 CONFIGS = {64: ((64, 128), (64, 64)), 128: ((64, 64), (128, 128))}
+# EXPERIMENTAL (branch next/attn-fwd-ws): KERNELS_ATTN_GLUON_WS=1 adds the warp-specialized ping-pong kernel
+# (kernels/attention_gluon_ws.py) to the candidates, as (block_n, stages) with block_m 0.
+WS_CONFIGS = {64: ((0, 128, 2), (0, 64, 3)), 128: ((0, 128, 2), (0, 64, 2), (0, 64, 3))}
+USE_WS = os.environ.get("KERNELS_ATTN_GLUON_WS", "0") == "1"
 _picked = {}  # shape key -> (block_m, block_n), or None where the Gluon kernel failed to build
 
 
@@ -242,11 +247,11 @@ def attention_fwd_tuned(q, k, v, causal, scale):
     if config is False:  # this shape's first call: pick, and build (and run) the kernel once
         # as the tl kernels: small problems (and KERNELS_AUTOTUNE=0) take the first config untuned
         tune = attention_bwd.TUNE and B * H * T * T >= attention_bwd.TUNE_MIN_WORK
+        candidates = CONFIGS[D] + (WS_CONFIGS[D] if USE_WS else ())
         try:
-            config = CONFIGS[D][0] if not tune else min(CONFIGS[D], key=lambda c: do_bench(
-                lambda: attention_fwd_gluon(q, k, v, causal, scale, block_m=c[0], block_n=c[1]),
-                warmup=5, rep=25, return_mode="median"))
-            result = attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0], block_n=config[1])
+            config = candidates[0] if not tune else min(candidates, key=lambda c: do_bench(
+                lambda: _run(q, k, v, causal, scale, c), warmup=5, rep=25, return_mode="median"))
+            result = _run(q, k, v, causal, scale, config)
         except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once)
             warnings.warn(f"the Gluon attention forward failed to build ({type(e).__name__}: {e}); "
                           f"using the tl kernel for this shape")
@@ -254,8 +259,14 @@ def attention_fwd_tuned(q, k, v, causal, scale):
             return None
         _picked[key] = config
         return result
-    return None if config is None else attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0],
-                                                           block_n=config[1])
+    return None if config is None else _run(q, k, v, causal, scale, config)
+
+
+def _run(q, k, v, causal, scale, config):
+    if config[0] == 0:  # a WS_CONFIGS entry
+        from .attention_gluon_ws import attention_fwd_ws
+        return attention_fwd_ws(q, k, v, causal, scale, block_n=config[1], stages=config[2])
+    return attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0], block_n=config[1])
 
 
 @functools.lru_cache(maxsize=None)  # (building a layout costs more host time than the rest of a descriptor)

@@ -22,6 +22,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
+from ._launch import FastLaunch
 from .attention_gluon import LOG2E, _descriptor, _softmax_step
 
 
@@ -199,7 +200,10 @@ def attention_fwd_ws(q, k, v, causal, scale, block_n=128, stages=2):
     k_desc, k_tiles = _descriptor(k, block_n)
     v_desc, v_tiles = _descriptor(v, block_n)
     o_desc, _ = _descriptor(out, BLOCK_M)
-    _attn_fwd_ws_kernel[(T // (2 * BLOCK_M), B * H)](
-        q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles, bool(causal),
-        BLOCK_M, block_n, D, stages, num_warps=4)
+    _fast.launch((T // (2 * BLOCK_M), B * H, 1),
+                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles),
+                 dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, num_warps=4))
     return out, lse
+
+
+_fast = FastLaunch(_attn_fwd_ws_kernel)

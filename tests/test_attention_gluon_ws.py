@@ -30,3 +30,18 @@ def test_ws_forward_takes_fused_qkv_views(D, causal):
     q, k, v = _fused_qkv(2, 6, 2, 256, D, dtype="bfloat16", device="cuda", seed=D)
     out, lse = ws.attention_fwd_ws(q, k, v, causal, 1 / math.sqrt(D))
     _check(q, k, v, causal, out, lse)
+
+
+def test_ws_candidates_in_the_dispatch(monkeypatch):
+    """KERNELS_ATTN_GLUON_WS=1: the tuner times the ws configs beside the others; whatever it picks is right."""
+    import sys
+    gluon_mod, attention_mod = sys.modules["kernels.attention_gluon"], sys.modules["kernels.attention"]
+    monkeypatch.setattr(gluon_mod, "USE_WS", True)
+    monkeypatch.setattr(gluon_mod, "_picked", {})
+    monkeypatch.setattr(gluon_mod.attention_bwd, "TUNE", True)
+    for D in (64, 128):
+        q, k, v = _inputs(1, 4, 4, 2048, D, torch.bfloat16, seed=D)
+        attention_mod.attention_fwd(q, k, v, True)
+        out, lse = attention_mod.attention_fwd(q, k, v, True)  # the pick, launched directly
+        _check(q, k, v, True, out, lse)
+    assert len(gluon_mod._picked) == 2

@@ -214,7 +214,7 @@ def attention_kernels():
 
 
 def gluon_attention():
-    from kernels import attention_gluon
+    from kernels import attention_gluon, attention_gluon_ws
     ok = True
     for dtype in (torch.bfloat16, torch.float16):
         for D in (64, 128):
@@ -230,6 +230,13 @@ def gluon_attention():
                         first, second, third = _all_launches(step), _direct(step), _direct(step)
                         ok &= _report(f"gluon attention {str(dtype):14s} D={D} fused={fused!s:5s} "
                                       f"{block_m}x{block_n} causal={causal!s:5s}", [first, second, third])
+                for block_n, stages in ((128, 2), (64, 3)):
+                    for causal in (True, False):
+                        def step():
+                            attention_gluon_ws.attention_fwd_ws(q, k, v, causal, 0.125, block_n, stages)
+                        first, second, third = _all_launches(step), _direct(step), _direct(step)
+                        ok &= _report(f"gluon ws attention {str(dtype):14s} D={D} fused={fused!s:5s} "
+                                      f"block_n={block_n} stages={stages} causal={causal!s:5s}", [first, second, third])
     return ok
 
 
