@@ -24,7 +24,6 @@ either further rows (contiguous (B, H, T, D)) or column offsets within a row (vi
 kernels.attention.attention_fwd's.
 """
 import functools
-import os
 import warnings
 
 import torch
@@ -41,15 +40,15 @@ from ._launch import FastLaunch
 
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
-# (block_m, block_n) candidates per head dim, timed on a shape's first call. On the H200 over the
-# FlashAttention grid (bench/RESULTS.md, seventh session) 64 x 128 / 64 x 64 led at D = 64 and 64 x 64
-# at D = 128 but for causal T = 512 (128 x 128); 128 x 64 led nowhere.
-CONFIGS = {64: ((64, 128), (64, 64)), 128: ((64, 64), (128, 128))}
-# EXPERIMENTAL (branch next/attn-fwd-ws): KERNELS_ATTN_GLUON_WS=1 adds the warp-specialized ping-pong kernel
-# (kernels/attention_gluon_ws.py) to the candidates, as (block_n, stages) with block_m 0.
-WS_CONFIGS = {64: ((0, 128, 2), (0, 64, 3)), 128: ((0, 128, 2), (0, 64, 2), (0, 64, 3))}
-USE_WS = os.environ.get("KERNELS_ATTN_GLUON_WS", "0") == "1"
-_picked = {}  # shape key -> (block_m, block_n), or None where the Gluon kernel failed to build
+# Candidates per head dim, timed on a shape's first call: ("pipelined", block_m, block_n) is this module's
+# kernel, ("pingpong", block_n, stages) the warp-specialized one of attention_gluon_ws. On the H200 over the
+# FlashAttention grid (bench/RESULTS.md, eighth session): at D = 64 pipelined 64 x 128 / 64 x 64 led and the
+# ping-pong nowhere; at D = 128 the ping-pong (128, 2 stages) led from T = 2048 on (up to +20%) and tied at
+# T = 1024, pipelined 64 x 64 led below; pipelined 128 x 128 and the ping-pong's other settings led nowhere.
+CONFIGS = {64: (("pipelined", 64, 128), ("pipelined", 64, 64)),
+           128: (("pipelined", 64, 64), ("pingpong", 128, 2))}
+_picked = {}  # shape key -> its config, or None where no candidate could be built
+_unbuildable = set()  # candidates this Triton's Gluon failed to build (tried once, then left out)
 
 
 @gluon.jit
@@ -239,34 +238,38 @@ def picked_key(q, k, causal):
 
 
 def attention_fwd_tuned(q, k, v, causal, scale):
-    """attention_fwd_gluon with the fastest of CONFIGS for this shape (timed on its first call), or None
-    when the Gluon kernel cannot be built here (another Triton's Gluon API): the caller falls back."""
+    """(out, lse) from the fastest of CONFIGS for this shape (timed on its first call), or None when no
+    candidate can be built here (another Triton's Gluon API): the caller falls back to the tl kernel."""
     B, H, T, D = q.shape
     key = picked_key(q, k, causal)
     config = _picked.get(key, False)
     if config is False:  # this shape's first call: pick, and build (and run) the kernel once
         # as the tl kernels: small problems (and KERNELS_AUTOTUNE=0) take the first config untuned
         tune = attention_bwd.TUNE and B * H * T * T >= attention_bwd.TUNE_MIN_WORK
-        candidates = CONFIGS[D] + (WS_CONFIGS[D] if USE_WS else ())
-        try:
-            config = candidates[0] if not tune else min(candidates, key=lambda c: do_bench(
-                lambda: _run(q, k, v, causal, scale, c), warmup=5, rep=25, return_mode="median"))
-            result = _run(q, k, v, causal, scale, config)
-        except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once)
-            warnings.warn(f"the Gluon attention forward failed to build ({type(e).__name__}: {e}); "
-                          f"using the tl kernel for this shape")
-            _picked[key] = None
-            return None
-        _picked[key] = config
-        return result
-    return None if config is None else _run(q, k, v, causal, scale, config)
+        times = {}
+        for candidate in CONFIGS[D] if tune else CONFIGS[D][:1]:
+            if candidate in _unbuildable:
+                continue
+
+            def run():
+                return run_config(q, k, v, causal, scale, candidate)
+            try:
+                run()  # builds it
+                times[candidate] = do_bench(run, warmup=5, rep=25, return_mode="median") if tune else 0.0
+            except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once)
+                _unbuildable.add(candidate)
+                warnings.warn(f"the Gluon attention forward {candidate} failed to build ({type(e).__name__}: {e}); "
+                              f"left out (the tl kernel runs where no candidate builds)")
+        config = _picked[key] = min(times, key=times.get) if times else None
+    return None if config is None else run_config(q, k, v, causal, scale, config)
 
 
-def _run(q, k, v, causal, scale, config):
-    if config[0] == 0:  # a WS_CONFIGS entry
-        from .attention_gluon_ws import attention_fwd_ws
-        return attention_fwd_ws(q, k, v, causal, scale, block_n=config[1], stages=config[2])
-    return attention_fwd_gluon(q, k, v, causal, scale, block_m=config[0], block_n=config[1])
+def run_config(q, k, v, causal, scale, config):
+    """(out, lse) from the kernel and settings one CONFIGS entry names."""
+    kind, a, b = config
+    if kind == "pingpong":
+        return attention_gluon_ws.attention_fwd_ws(q, k, v, causal, scale, block_n=a, stages=b)
+    return attention_fwd_gluon(q, k, v, causal, scale, block_m=a, block_n=b)
 
 
 @functools.lru_cache(maxsize=None)  # (building a layout costs more host time than the rest of a descriptor)
@@ -302,3 +305,5 @@ def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
 
 
 _fast = FastLaunch(_attn_fwd_gluon_kernel)  # Triton's launch path costs more host time than a small forward
+
+from . import attention_gluon_ws  # noqa: E402 (last: it imports this module's helpers)

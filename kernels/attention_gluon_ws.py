@@ -1,6 +1,6 @@
-"""EXPERIMENTAL (branch next/attn-fwd-ws; compiled offline, not yet run on a GPU): the Gluon attention
-forward of kernels/attention_gluon.py with FlashAttention-3's other two tricks, warp specialization and
-the ping-pong of two consumer warpgroups.
+"""The Gluon attention forward of kernels/attention_gluon.py with FlashAttention-3's other two tricks, warp
+specialization and the ping-pong of two consumer warpgroups: its "pingpong" candidates (the D = 128 pick
+from T = 2048 on, on the H200: bench/RESULTS.md, eighth session).
 
 One program takes 2 x BLOCK_M query rows of one head, in three partitions (`gl.warp_specialize`):
 - the producer (one warpgroup, few registers) loads both Q tiles, then K and V blocks by TMA into

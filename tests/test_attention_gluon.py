@@ -99,7 +99,7 @@ def _check(q, k, v, causal, out, lse):
 @hopper_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("D, block_m, block_n", [(D, m, n) for D in (64, 128) for m, n in gluon_mod.CONFIGS[D]])
+@pytest.mark.parametrize("D, block_m, block_n", [(64, 64, 128), (64, 64, 64), (128, 64, 64), (128, 128, 128)])
 @pytest.mark.parametrize("B, H, H_kv, T", [(1, 2, 2, 128), (2, 4, 2, 1024), (1, 3, 1, 384)])
 def test_gluon_forward_matches_float64(B, H, H_kv, T, D, block_m, block_n, causal, dtype):
     q, k, v = _inputs(B, H, H_kv, T, D, dtype, seed=T + D)
@@ -131,13 +131,35 @@ def test_dispatch_falls_back_when_gluon_cannot_build(monkeypatch):
     def broken(*args, **kwargs):
         raise TypeError("warpgroup_mma() got an unexpected keyword argument")
     monkeypatch.setattr(gluon_mod, "attention_fwd_gluon", broken)
+    monkeypatch.setattr(gluon_mod.attention_gluon_ws, "attention_fwd_ws", broken)
     monkeypatch.setattr(gluon_mod, "_picked", {})
+    monkeypatch.setattr(gluon_mod, "_unbuildable", set())
     q, k, v = _inputs(1, 2, 2, 256, 64, torch.float16, seed=1)
     with pytest.warns(UserWarning, match="failed to build"):
         out, lse = attention_mod.attention_fwd(q, k, v, True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         attention_mod.attention_fwd(q, k, v, True)  # the same shape again: no second warning
+    _check(q, k, v, True, out, lse)
+
+
+@hopper_only
+def test_a_candidate_that_cannot_build_is_left_out(monkeypatch):
+    """One candidate failing to build (the ping-pong's warp_specialize on another Triton) warns once; the
+    tuner picks among the others, for this shape and the next."""
+    def broken(*args, **kwargs):
+        raise TypeError("warp_specialize() takes 3 positional arguments")
+    monkeypatch.setattr(gluon_mod.attention_gluon_ws, "attention_fwd_ws", broken)
+    monkeypatch.setattr(gluon_mod, "_picked", {})
+    monkeypatch.setattr(gluon_mod, "_unbuildable", set())
+    monkeypatch.setattr(gluon_mod.attention_bwd, "TUNE", True)
+    with pytest.warns(UserWarning, match="pingpong.*failed to build"):
+        out, lse = attention_mod.attention_fwd(*_inputs(1, 4, 4, 2048, 128, torch.bfloat16, seed=4), True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        q, k, v = _inputs(1, 4, 4, 4096, 128, torch.bfloat16, seed=5)  # another shape: no second warning
+        out, lse = attention_mod.attention_fwd(q, k, v, True)
+    assert set(gluon_mod._picked.values()) == {("pipelined", 64, 64)}
     _check(q, k, v, True, out, lse)
 
 

@@ -1,4 +1,4 @@
-"""The warp-specialized ping-pong Gluon forward (kernels/attention_gluon_ws.py, EXPERIMENTAL) against float64
+"""The warp-specialized ping-pong Gluon forward (kernels/attention_gluon_ws.py) against float64
 on a Hopper GPU: block sizes, stages, causal (including the key block only the second consumer reads),
 GQA, fused-QKV views, bf16 and fp16. A protocol bug would hang: run this file under `timeout`.
 """
@@ -32,11 +32,13 @@ def test_ws_forward_takes_fused_qkv_views(D, causal):
     _check(q, k, v, causal, out, lse)
 
 
-def test_ws_candidates_in_the_dispatch(monkeypatch):
-    """KERNELS_ATTN_GLUON_WS=1: the tuner times the ws configs beside the others; whatever it picks is right."""
+def test_pingpong_picked_by_the_dispatch(monkeypatch):
+    """At D = 128 the tuner times the ping-pong beside the pipelined kernel; whatever it picks is right."""
     import sys
     gluon_mod, attention_mod = sys.modules["kernels.attention_gluon"], sys.modules["kernels.attention"]
-    monkeypatch.setattr(gluon_mod, "USE_WS", True)
+    assert any(kind == "pingpong" for kind, *_ in gluon_mod.CONFIGS[128])
+    real, called = ws.attention_fwd_ws, []
+    monkeypatch.setattr(ws, "attention_fwd_ws", lambda *a, **kw: called.append(a) or real(*a, **kw))
     monkeypatch.setattr(gluon_mod, "_picked", {})
     monkeypatch.setattr(gluon_mod.attention_bwd, "TUNE", True)
     for D in (64, 128):
@@ -44,4 +46,4 @@ def test_ws_candidates_in_the_dispatch(monkeypatch):
         attention_mod.attention_fwd(q, k, v, True)
         out, lse = attention_mod.attention_fwd(q, k, v, True)  # the pick, launched directly
         _check(q, k, v, True, out, lse)
-    assert len(gluon_mod._picked) == 2
+    assert len(gluon_mod._picked) == 2 and called  # timed on D = 128's first call at least

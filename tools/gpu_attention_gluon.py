@@ -3,8 +3,8 @@ against ours in `tl` and SDPA's cuDNN and flash backends on the FlashAttention g
 B*T = 16384, H*D = 2048):
 
     python tools/gpu_attention_gluon.py     # on a Hopper GPU; prints one line per point, TFLOP/s
-    GLUON_WS=1 python tools/gpu_attention_gluon.py   # plus the warp-specialized ping-pong kernel
-        # (kernels/attention_gluon_ws.py, EXPERIMENTAL): block_n 64 / 128, 2 or 3 stages
+    GLUON_MORE=1 python tools/gpu_attention_gluon.py   # plus settings outside CONFIGS: pipelined 128 x 128,
+        # 128 x 64, the ping-pong's block_n 64 and 3 stages
 """
 import math
 import os
@@ -22,6 +22,11 @@ from kernels import attention_gluon  # noqa: E402
 attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 
 
+def name(config):
+    kind, a, b = config
+    return f"{a}x{b}" if kind == "pipelined" else f"pp{a}/{b}"
+
+
 def main():
     points = [(D, T) for D in (128, 64) for T in (512, 1024, 2048, 4096, 8192, 16384)]
     for causal in (True, False):
@@ -31,24 +36,21 @@ def main():
             flops = 4 * B * H * T * T * D * (0.5 if causal else 1.0)
             scale = 1 / math.sqrt(D)
             row = []
-            for bm, bn in attention_gluon.CONFIGS[D]:
-                ms = do_bench(lambda: attention_gluon.attention_fwd_gluon(q, k, v, causal, scale, bn, bm))
-                row.append(f"{bm}x{bn} {flops / ms * 1e-9:4.0f}")
-            if os.environ.get("GLUON_WS") == "1":
-                from kernels import attention_gluon_ws
-                for bn, stages in ((128, 2), (64, 2), (64, 3)):
-                    ms = do_bench(lambda: attention_gluon_ws.attention_fwd_ws(q, k, v, causal, scale, bn, stages))
-                    row.append(f"ws{bn}/{stages} {flops / ms * 1e-9:4.0f}")
+            more = ((("pipelined", 128, 128), ("pipelined", 128, 64), ("pingpong", 64, 2), ("pingpong", 64, 3))
+                    if os.environ.get("GLUON_MORE") == "1" else ())
+            for config in attention_gluon.CONFIGS[D] + more:
+                ms = do_bench(lambda: attention_gluon.run_config(q, k, v, causal, scale, config))
+                row.append(f"{name(config)} {flops / ms * 1e-9:4.0f}")
             attention.attention_fwd(q, k, v, causal, scale)  # the first call picks the config (untimed)
             ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale))
             picked = attention_gluon._picked.get(attention_gluon.picked_key(q, k, causal))
-            row.append(f"ours {flops / ms * 1e-9:4.0f} ({picked[0]}x{picked[1]})" if picked else "ours (tl)")
+            row.append(f"ours {flops / ms * 1e-9:4.0f} ({name(picked)})" if picked else "ours (tl)")
             ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale, use_tma=False))  # the tl kernel
             row.append(f"tl {flops / ms * 1e-9:4.0f}")
-            for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
+            for peer, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("fa2", SDPBackend.FLASH_ATTENTION)):
                 with sdpa_kernel(backend):
                     ms = do_bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-                row.append(f"{name} {flops / ms * 1e-9:4.0f}")
+                row.append(f"{peer} {flops / ms * 1e-9:4.0f}")
             print(f"causal={causal!s:5s} D{D} T{T}: " + " | ".join(row), flush=True)
 
 
