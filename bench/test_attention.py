@@ -110,8 +110,21 @@ def build(case, provider):
     raise ValueError(provider)
 
 
+def forward_pick(case):
+    """Which forward kernel ours took for this case: the Gluon forward's tuned pick, or "tl"."""
+    try:
+        from kernels import attention_gluon
+    except ImportError:  # a Triton without Gluon
+        return "tl"
+    s = case.shape
+    q = torch.empty(s["B"], s["H"], s["T"], s["D"], dtype=case.dtype, device="meta")
+    return "-".join(map(str, attention_gluon._picked.get(attention_gluon.picked_key(q, q, True)) or ("tl",)))
+
+
 def test_attention(benchmark, case, provider):
     extra = {"implementation": kernels.IMPLEMENTATION["attention"]} if provider == "ours" else {}
     common.run_case(benchmark, case, provider, lambda c: build(c, provider),
                     lambda q, k, v: kernels.reference.attention(q, k, v, causal=True),
                     make_inputs, leaves=(0, 1, 2), flops=flops(case), big=True, extra=extra)
+    if provider == "ours" and benchmark.enabled and common.ON_CUDA:
+        benchmark.extra_info["forward_kernel"] = forward_pick(case)

@@ -49,9 +49,14 @@ def _fact(a, _tensor=torch.Tensor):
     if isinstance(a, bool):
         return "bool", a
     if hasattr(a, "block_shape"):  # a host TMA descriptor (Gluon): its binary's facts, as a tensor's and ints'
-        return ("desc", a.base.dtype, a.base.data_ptr() % 16 == 0, tuple(a.block_shape), a.layout, a.padding,
-                *map(_fact, a.shape), *map(_fact, a.strides))
+        return "desc", a.base.dtype, a.base.data_ptr() % 16 == 0, a.__dict__.get("launch_facts") or descriptor_facts(a)
     return a  # None and other constants are compiled in
+
+
+def descriptor_facts(desc):
+    """The facts of a host TMA descriptor besides its base tensor's; a descriptor may carry them precomputed as
+    its attribute `launch_facts` (attention_gluon's copies of one descriptor do)."""
+    return (tuple(desc.block_shape), desc.layout, desc.padding, *map(_fact, desc.shape), *map(_fact, desc.strides))
 
 
 class LaunchPlan:

@@ -36,7 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from . import attention_bwd
-from ._launch import FastLaunch
+from ._launch import FastLaunch, descriptor_facts
 
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -272,15 +272,33 @@ def run_config(q, k, v, causal, scale, config):
     return attention_fwd_gluon(q, k, v, causal, scale, block_m=a, block_n=b)
 
 
-@functools.lru_cache(maxsize=None)  # (building a layout costs more host time than the rest of a descriptor)
+@functools.lru_cache(maxsize=None)
 def _layout(rows, D, dtype):
     return gl.NVMMASharedLayout.get_default_for([rows, D], _GL_DTYPES[dtype])
 
 
+_descriptors = {}  # (shape, strides, dtype, block rows) -> (a descriptor of such a tensor, its tile addressing)
+
+
 def _descriptor(t, block_rows):
-    rows, cols, rb, rh, ch = _tile_rows(t)
-    layout = _layout(block_rows, t.shape[3], t.dtype)
-    return TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout), (rb, rh, ch)
+    """A host TMA descriptor of t in tiles of block_rows token rows, and (rb, rh, ch) (see `_tile_rows`).
+
+    A descriptor is its tensor's address plus what the key holds: the first of a kind is built (and
+    checked) by TensorDescriptor, later ones are copies with another base, at a fraction of the host
+    time (t's 16-byte alignment was checked by `usable`)."""
+    key = (t.shape, t.stride(), t.dtype, block_rows)
+    known = _descriptors.get(key)
+    if known is None:
+        rows, cols, rb, rh, ch = _tile_rows(t)
+        layout = _layout(block_rows, t.shape[3], t.dtype)
+        template = TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout)
+        template.launch_facts = descriptor_facts(template)  # FastLaunch's key, shared by the copies
+        known = _descriptors[key] = (template, (rb, rh, ch))
+    template, tiles = known
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(template.__dict__)
+    desc.base = t
+    return desc, tiles
 
 
 def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):

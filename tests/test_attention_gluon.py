@@ -96,6 +96,26 @@ def _check(q, k, v, causal, out, lse):
     torch.testing.assert_close(lse, lse_tl, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_descriptor_copies_match_a_fresh_descriptor(fused):
+    """_descriptor builds one TensorDescriptor per kind and copies it with another base: every field, and
+    FastLaunch's facts (which pick the binary), as a descriptor built for that tensor from scratch."""
+    from kernels._launch import _fact
+    make = (lambda s: _fused_qkv(2, 4, 2, 256, 64, dtype="bfloat16", seed=s)) if fused else (
+        lambda s: [torch.randn(2, h, 256, 64).to(torch.bfloat16) for h in (4, 2, 2)])
+    first, second = make(1), make(2)
+    for a, b in zip(first, second):
+        gluon_mod._descriptor(a, 64)
+        copy, tiles = gluon_mod._descriptor(b, 64)
+        rows, cols, rb, rh, ch = gluon_mod._tile_rows(b)
+        layout = gluon_mod._layout(64, 64, b.dtype)
+        fresh = gluon_mod.TensorDescriptor(b, [rows, cols], [b.stride(2), 1], [64, 64], layout)
+        assert copy.base is b and tiles == (rb, rh, ch)
+        assert (copy.shape, copy.strides, copy.block_shape, copy.layout, copy.padding) == (
+            fresh.shape, fresh.strides, fresh.block_shape, fresh.layout, fresh.padding)
+        assert _fact(copy) == _fact(fresh)
+
+
 @hopper_only
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("causal", [True, False])
