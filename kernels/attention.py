@@ -282,6 +282,9 @@ class AttentionFn(torch.autograd.Function):
 def attention(q, k, v, causal=True, scale=None):
     """softmax(q k^T * scale) v with the reference's contract (see kernels.reference.attention)."""
     # Under torch.compile the device check (it reads the environment) runs inside the op instead.
-    check_kernel_args(q, k, v, scale, device=not torch.compiler.is_compiling())
+    compiling = torch.compiler.is_compiling()
+    check_kernel_args(q, k, v, scale, device=not compiling)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if not compiling and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return _fwd(q, k, v, bool(causal), scale)[0]  # no gradient wanted: no autograd.Function (host time)
     return AttentionFn.apply(q, k, v, bool(causal), scale)

@@ -198,6 +198,20 @@ def test_noncontiguous_grad_output(device):
 
 # ---- the Triton path really runs, and the autograd / op plumbing ---------------------------------
 
+def test_no_gradient_wanted_no_autograd_function(device, monkeypatch):
+    """Under no_grad (or with no input needing a gradient) kernels.attention runs the forward alone (less host
+    time) and gives the output the autograd path gives."""
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 1, 19, 19, 16, torch.float32, device))
+    with_grad = attention(q, k, v)
+    applied = []
+    monkeypatch.setattr(attention_mod.AttentionFn, "apply", lambda *a: applied.append(a))
+    with torch.no_grad():
+        out = attention(q, k, v)
+    plain = attention(q.detach(), k.detach(), v.detach(), causal=True)
+    assert not applied and out.grad_fn is None and plain.grad_fn is None
+    assert torch.equal(out, with_grad.detach()) and torch.equal(plain, out)
+
+
 def test_triton_path_executes(device, monkeypatch):
     assert kernels.IMPLEMENTATION["attention"] == "triton"
     assert kernels.attention is attention
