@@ -29,7 +29,8 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
 - host overhead: in eager mode the public functions skip the custom-op dispatcher (an
   autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient),
   check the common case in one cheap test (the full checker and its messages run when it fails),
-  launch plans (grid, constexprs, the last binary) are cached per shape, no autotuning, one forward
+  launch plans (grid, constexprs, the binary) are cached under every fact of their arguments but the
+  tensors' alignment (a dict lookup and an alignment test per launch), no autotuning, one forward
   launch and two backward launches, each through the compiled kernel's launcher (kernels/_launch.py).
   Still, at 16384 x 768 a fwd+bwd costs more CPU time (autograd.Function plus three launches) than
   GPU time, so per-call timings there measure the host (bench/RESULTS.md; tools/host_profile_cpu.py
@@ -182,15 +183,20 @@ def fwd_config(n_cols):
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": max(1, min(16, block_m * block_n // 1024))}
 
 
-@functools.lru_cache(maxsize=1024)
 def _fwd_plan(n_rows, n_cols, is_rms, has_res, has_w, has_b, config):
-    """The forward's grid and constexprs for a shape. `config` is fwd_config, passed in so that a tool
-    swapping it (tools/gpu_norms.py sweeps launch shapes) gets new plans."""
+    """The forward's grid and constexprs for a shape."""
     flags = dict(IS_RMS=is_rms, HAS_RES=has_res, HAS_W=has_w, HAS_B=has_b)
     if n_cols <= MAX_FUSED_N:
         cfg = config(n_cols)
         return LaunchPlan((cdiv(n_rows, cfg["BLOCK_M"]),), **flags, **cfg)
     return LaunchPlan((n_rows,), **flags, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+
+
+# Launch plans under every fact of their launch's arguments but the tensors' alignment (dtypes, ints),
+# so that FastLaunch.launch_known finds the binary without checking them. fwd_config is part of the key
+# so that a tool swapping it (tools/gpu_norms.py sweeps launch shapes) gets new plans.
+_FWD_PLANS = {}
+MAX_PLANS = 4096  # then the cache starts over (many row counts, as in inference with varying batches)
 
 
 def norm_fwd(x, residual, weight, bias, eps, is_rms):
@@ -211,13 +217,23 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
     if n_rows == 0 or n_cols == 0:
         return y, summed, stats
     # y and the sum are new contiguous tensors (row stride n_cols); x and residual may have strided rows.
+    # A missing tensor's pointer is another tensor's (y for the sum, x for the rest), never read.
     x2, stride_xm = rows_of(x, n_cols)
     r2, stride_rm = rows_of(residual, n_cols) if residual is not None else (x2, stride_xm)
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2
-    plan = _fwd_plan(n_rows, n_cols, is_rms, residual is not None, weight is not None, bias is not None, fwd_config)
-    (_fwd_launch if n_cols <= MAX_FUSED_N else _fwd_looped_launch)[plan](
-        x2, r2, w, b, y, summed if summed is not None else y, stats, stride_xm, stride_rm, n_rows, n_cols, eps)
+    s = summed if summed is not None else y
+    key = (n_rows, n_cols, stride_xm, stride_rm, x2.dtype, r2.dtype, w.dtype, b.dtype, s.dtype, eps.__class__,
+           is_rms, residual is not None, weight is not None, bias is not None, fwd_config)
+    plan = _FWD_PLANS.get(key)
+    if plan is None:
+        if len(_FWD_PLANS) >= MAX_PLANS:
+            _FWD_PLANS.clear()
+        plan = _FWD_PLANS[key] = _fwd_plan(n_rows, n_cols, *key[10:])
+    aligned = not (x2.data_ptr() | r2.data_ptr() | w.data_ptr() | b.data_ptr() | y.data_ptr() | s.data_ptr()
+                   | stats.data_ptr()) % 16
+    (_fwd_launch if n_cols <= MAX_FUSED_N else _fwd_looped_launch).launch_known(
+        plan, (x2, r2, w, b, y, s, stats, stride_xm, stride_rm, n_rows, n_cols, eps), aligned)
     return y, summed, stats
 
 
