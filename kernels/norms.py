@@ -206,9 +206,10 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
     Arguments are assumed checked (the public functions do it).
     """
     n_cols, n_rows = n_cols_rows(x)
-    # (empty_like and new_empty with int sizes are the cheapest allocation calls on the host; the
-    # format makes y contiguous)
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    # (empty_like and new_empty with int sizes are the cheapest allocation calls on the host; y is
+    # contiguous: x's empty_like where x is, else the format's, which costs a little more)
+    contiguous = x.is_contiguous()
+    y = torch.empty_like(x) if contiguous else torch.empty_like(x, memory_format=torch.contiguous_format)
     summed = None
     if residual is not None:
         sum_dtype = x.dtype if residual.dtype == x.dtype else torch.promote_types(x.dtype, residual.dtype)
@@ -218,7 +219,7 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
         return y, summed, stats
     # y and the sum are new contiguous tensors (row stride n_cols); x and residual may have strided rows.
     # A missing tensor's pointer is another tensor's (y for the sum, x for the rest), never read.
-    x2, stride_xm = rows_of(x, n_cols)
+    x2, stride_xm = (x, n_cols) if contiguous else rows_of(x, n_cols)
     r2, stride_rm = rows_of(residual, n_cols) if residual is not None else (x2, stride_xm)
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2

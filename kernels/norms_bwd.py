@@ -308,12 +308,13 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     saved is the forward's normalized input (x, or the sum), stats the forward's fp32 statistics.
     """
     n_cols, n_rows = n_cols_rows(saved)
-    dx = torch.empty_like(saved, memory_format=torch.contiguous_format)
+    contiguous = saved.is_contiguous()  # (then its empty_like is contiguous, and cheaper with no format)
+    dx = torch.empty_like(saved) if contiguous else torch.empty_like(saved, memory_format=torch.contiguous_format)
     has_w, has_b = weight is not None, bias is not None
     if n_rows == 0 or n_cols == 0:
         return (dx, torch.zeros_like(weight) if has_w else None, torch.zeros_like(bias) if has_b else None)
-    x2, stride_xm = rows_of(saved, n_cols)
-    dy2, stride_dym = rows_of(dy, n_cols)
+    x2, stride_xm = (saved, n_cols) if contiguous else rows_of(saved, n_cols)
+    dy2, stride_dym = (dy, n_cols) if dy.is_contiguous() else rows_of(dy, n_cols)
     ds2, stride_dsm = rows_of(dsum, n_cols) if dsum is not None else (dy2, stride_dym)
     w = weight.contiguous() if has_w else x2
     key = (n_rows, n_cols, stride_xm, stride_dym, stride_dsm, x2.dtype, dy2.dtype, ds2.dtype, w.dtype,
@@ -341,8 +342,9 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
                                  n_cols), aligned)
     if second is None:
         return dx, None, None
-    dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if has_w else None
-    db = torch.empty_like(bias, memory_format=torch.contiguous_format) if has_b else None
+    # (1-D: a parameter's empty_like is contiguous, or has the odd stride of a single element)
+    dw = torch.empty_like(weight) if has_w else None
+    db = torch.empty_like(bias) if has_b else None
     dw_, db_ = (dw if has_w else db), (db if has_b else dw)
     _sum_launch.launch_known(second, (part, dw_, db_, n_progs, n_cols),
                              not (part.data_ptr() | dw_.data_ptr() | db_.data_ptr()) % 16)
