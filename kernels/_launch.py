@@ -15,6 +15,8 @@ A call site that launches one shape many times can go further with a `LaunchPlan
 built once): `launcher[plan](*args)` reuses the plan's previous binary without building the key when
 the arguments differ from that launch's only in the tensors' addresses (same types, dtypes and
 non-tensor values, every tensor 16-byte aligned): the same facts, checked in a few C-level passes.
+A call site whose plans are cached under every fact but the tensors' alignment (each dtype, each int
+argument's value) can skip that check too: `launcher.launch_known(plan, args, aligned)`.
 """
 import functools
 import operator
@@ -62,12 +64,13 @@ def descriptor_facts(desc):
 class LaunchPlan:
     """A grid and the constexprs / launch options (num_warps) for many launches from one call site."""
 
-    __slots__ = ("grid", "meta", "last")
+    __slots__ = ("grid", "meta", "last", "known")
 
     def __init__(self, grid, **meta):
         self.grid = tuple(grid) + (1,) * (3 - len(grid))
         self.meta = meta
         self.last = None  # _Repeat of the latest direct launch with this plan
+        self.known = None  # (device, binary entry) for launch_known
 
 
 _dtype_of = operator.attrgetter("dtype")
@@ -148,6 +151,23 @@ class FastLaunch:
         if all(a.data_ptr() % 16 == 0 for a in args if isinstance(a, torch.Tensor)):
             plan.last = _Repeat(self, device, args, hit)
         return self._run(hit, plan.grid, device, args)
+
+    def launch_known(self, plan, args, aligned):
+        """`self[plan](*args)` for a call site that keeps one plan per set of argument facts except the
+        tensors' 16-byte alignment: the same tensor dtypes and non-tensor values (ints are compared by
+        value; a float's value is no fact) at every call with this plan. `aligned`: whether every tensor
+        argument is 16-byte aligned. The binary is then known from the plan and the device alone."""
+        if not self.direct or _hooks_active():
+            return self.kernel[plan.grid](*args, **plan.meta)
+        device = self._current_device()
+        known = plan.known
+        if aligned and known is not None and known[0] == device:
+            return self._run(known[1], plan.grid, device, args)
+        compiled = self.launch_plan(plan, args)
+        last = plan.last
+        if aligned and last is not None and last.device == device:
+            plan.known = (device, last.entry)
+        return compiled
 
     def _current_device(self):
         if self._driver is None:

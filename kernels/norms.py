@@ -29,7 +29,8 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
 - host overhead: in eager mode the public functions skip the custom-op dispatcher (an
   autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient),
   check the common case in one cheap test (the full checker and its messages run when it fails),
-  launch plans (grid, constexprs, the last binary) are cached per shape, no autotuning, one forward
+  launch plans (grid, constexprs, the binary) are cached under every fact of their arguments but the
+  tensors' alignment (a dict lookup and an alignment test per launch), no autotuning, one forward
   launch and two backward launches, each through the compiled kernel's launcher (kernels/_launch.py).
   Still, at 16384 x 768 a fwd+bwd costs more CPU time (autograd.Function plus three launches) than
   GPU time, so per-call timings there measure the host (bench/RESULTS.md; tools/host_profile_cpu.py
@@ -182,15 +183,20 @@ def fwd_config(n_cols):
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": max(1, min(16, block_m * block_n // 1024))}
 
 
-@functools.lru_cache(maxsize=1024)
 def _fwd_plan(n_rows, n_cols, is_rms, has_res, has_w, has_b, config):
-    """The forward's grid and constexprs for a shape. `config` is fwd_config, passed in so that a tool
-    swapping it (tools/gpu_norms.py sweeps launch shapes) gets new plans."""
+    """The forward's grid and constexprs for a shape."""
     flags = dict(IS_RMS=is_rms, HAS_RES=has_res, HAS_W=has_w, HAS_B=has_b)
     if n_cols <= MAX_FUSED_N:
         cfg = config(n_cols)
         return LaunchPlan((cdiv(n_rows, cfg["BLOCK_M"]),), **flags, **cfg)
     return LaunchPlan((n_rows,), **flags, BLOCK_N=LOOP_BLOCK_N, num_warps=8)
+
+
+# Launch plans under every fact of their launch's arguments but the tensors' alignment (dtypes, ints),
+# so that FastLaunch.launch_known finds the binary without checking them. fwd_config is part of the key
+# so that a tool swapping it (tools/gpu_norms.py sweeps launch shapes) gets new plans.
+_FWD_PLANS = {}
+MAX_PLANS = 4096  # then the cache starts over (many row counts, as in inference with varying batches)
 
 
 def norm_fwd(x, residual, weight, bias, eps, is_rms):
@@ -200,9 +206,10 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
     Arguments are assumed checked (the public functions do it).
     """
     n_cols, n_rows = n_cols_rows(x)
-    # (empty_like and new_empty with int sizes are the cheapest allocation calls on the host; the
-    # format makes y contiguous)
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    # (empty_like and new_empty with int sizes are the cheapest allocation calls on the host; y is
+    # contiguous: x's empty_like where x is, else the format's, which costs a little more)
+    contiguous = x.is_contiguous()
+    y = torch.empty_like(x) if contiguous else torch.empty_like(x, memory_format=torch.contiguous_format)
     summed = None
     if residual is not None:
         sum_dtype = x.dtype if residual.dtype == x.dtype else torch.promote_types(x.dtype, residual.dtype)
@@ -211,13 +218,23 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
     if n_rows == 0 or n_cols == 0:
         return y, summed, stats
     # y and the sum are new contiguous tensors (row stride n_cols); x and residual may have strided rows.
-    x2, stride_xm = rows_of(x, n_cols)
+    # A missing tensor's pointer is another tensor's (y for the sum, x for the rest), never read.
+    x2, stride_xm = (x, n_cols) if contiguous else rows_of(x, n_cols)
     r2, stride_rm = rows_of(residual, n_cols) if residual is not None else (x2, stride_xm)
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2
-    plan = _fwd_plan(n_rows, n_cols, is_rms, residual is not None, weight is not None, bias is not None, fwd_config)
-    (_fwd_launch if n_cols <= MAX_FUSED_N else _fwd_looped_launch)[plan](
-        x2, r2, w, b, y, summed if summed is not None else y, stats, stride_xm, stride_rm, n_rows, n_cols, eps)
+    s = summed if summed is not None else y
+    key = (n_rows, n_cols, stride_xm, stride_rm, x2.dtype, r2.dtype, w.dtype, b.dtype, s.dtype, eps.__class__,
+           is_rms, residual is not None, weight is not None, bias is not None, fwd_config)
+    plan = _FWD_PLANS.get(key)
+    if plan is None:
+        if len(_FWD_PLANS) >= MAX_PLANS:
+            _FWD_PLANS.clear()
+        plan = _FWD_PLANS[key] = _fwd_plan(n_rows, n_cols, *key[10:])
+    aligned = not (x2.data_ptr() | r2.data_ptr() | w.data_ptr() | b.data_ptr() | y.data_ptr() | s.data_ptr()
+                   | stats.data_ptr()) % 16
+    (_fwd_launch if n_cols <= MAX_FUSED_N else _fwd_looped_launch).launch_known(
+        plan, (x2, r2, w, b, y, s, stats, stride_xm, stride_rm, n_rows, n_cols, eps), aligned)
     return y, summed, stats
 
 
@@ -265,6 +282,15 @@ class NormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dsum=None):
         return (*_backward(ctx, dy, dsum, norm_bwd), None, None)
+
+
+# What NormFn.apply calls after its Python preamble (torch._C._FunctionBase.apply). That preamble costs
+# about 2 us of host time; _norm does its work itself, cheaper: functorch transforms still go through
+# NormFn.apply (which rejects them as before: NormFn has no setup_context), and every tensor argument
+# is unwrapped if it is a dead functorch wrapper, as the preamble does.
+_norm_fn_apply = super(torch.autograd.Function, NormFn).apply
+_functorch_active = torch._C._are_functorch_transforms_active
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 # ---- torch custom ops: what torch.compile sees ---------------------------------------------------
@@ -347,7 +373,11 @@ def _norm(x, residual, weight, bias, eps, is_rms):
     if torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad)
                                     or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
-        return NormFn.apply(x, residual, weight, bias, eps, is_rms)
+        if _functorch_active():
+            return NormFn.apply(x, residual, weight, bias, eps, is_rms)
+        return _norm_fn_apply(_unwrap_if_dead(x), residual if residual is None else _unwrap_if_dead(residual),
+                              weight if weight is None else _unwrap_if_dead(weight),
+                              bias if bias is None else _unwrap_if_dead(bias), eps, is_rms)
     y, summed, _ = norm_fwd(x, residual, weight, bias, eps, is_rms)  # nothing to differentiate
     return y if residual is None else (y, summed)
 

@@ -275,10 +275,8 @@ def sm_count(device):
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=1024)
 def _bwd_plans(n_rows, n_cols, device, is_rms, has_ds, has_w, has_b, config, prefetch):
-    """(programs, main launch plan, second-stage plan or None) for a shape. `config` and `prefetch` are
-    bwd_config and PREFETCH, passed in so that a tool swapping them (tools/gpu_norms.py) gets new plans."""
+    """(programs, main launch plan, second-stage plan or None) for a shape."""
     flags = dict(IS_RMS=is_rms, HAS_DS=has_ds, HAS_W=has_w, HAS_B=has_b)
     n_sm = sm_count(device)
     if n_cols <= MAX_FUSED_N:
@@ -297,37 +295,57 @@ def _bwd_plans(n_rows, n_cols, device, is_rms, has_ds, has_w, has_b, config, pre
                                      num_warps=4)
 
 
+# The backward's plans under every fact of their launches' arguments but the tensors' alignment (as
+# norms._FWD_PLANS, for FastLaunch.launch_known). bwd_config and PREFETCH are part of the key so that a
+# tool swapping them (tools/gpu_norms.py) gets new plans.
+_BWD_PLANS = {}
+MAX_PLANS = 4096
+
+
 def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
     """Launch the backward kernels; returns (ds in saved's dtype, dw like weight or None, db like bias or None).
 
     saved is the forward's normalized input (x, or the sum), stats the forward's fp32 statistics.
     """
     n_cols, n_rows = n_cols_rows(saved)
-    dx = torch.empty_like(saved, memory_format=torch.contiguous_format)
+    contiguous = saved.is_contiguous()  # (then its empty_like is contiguous, and cheaper with no format)
+    dx = torch.empty_like(saved) if contiguous else torch.empty_like(saved, memory_format=torch.contiguous_format)
     has_w, has_b = weight is not None, bias is not None
     if n_rows == 0 or n_cols == 0:
         return (dx, torch.zeros_like(weight) if has_w else None, torch.zeros_like(bias) if has_b else None)
-    x2, stride_xm = rows_of(saved, n_cols)
-    dy2, stride_dym = rows_of(dy, n_cols)
+    x2, stride_xm = (saved, n_cols) if contiguous else rows_of(saved, n_cols)
+    dy2, stride_dym = (dy, n_cols) if dy.is_contiguous() else rows_of(dy, n_cols)
     ds2, stride_dsm = rows_of(dsum, n_cols) if dsum is not None else (dy2, stride_dym)
     w = weight.contiguous() if has_w else x2
-    n_progs, main, second = _bwd_plans(n_rows, n_cols, saved.device, is_rms, dsum is not None,
-                                       has_w, has_b, bwd_config, PREFETCH)
+    key = (n_rows, n_cols, stride_xm, stride_dym, stride_dsm, x2.dtype, dy2.dtype, ds2.dtype, w.dtype,
+           bias.dtype if has_b else None, saved.device, is_rms, dsum is not None, has_w, has_b, bwd_config, PREFETCH)
+    plans = _BWD_PLANS.get(key)
+    if plans is None:
+        if len(_BWD_PLANS) >= MAX_PLANS:
+            _BWD_PLANS.clear()
+        plans = _BWD_PLANS[key] = _bwd_plans(n_rows, n_cols, *key[10:])
+    n_progs, main, second = plans
     # No partials without weight and bias: dx stands in as an unused pointer, as in every launch with a
     # missing tensor.
     part = dx
     if n_cols <= MAX_FUSED_N:
         if second is not None:
             part = saved.new_empty(has_w + has_b, n_progs, n_cols, dtype=torch.float32)
-        _bwd_launch[main](x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows, n_cols)
+        launcher = _bwd_launch
     else:
         if second is not None:  # zeros: the looped kernel adds into its partial rows
             part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32)
-        _bwd_looped_launch[main](x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows,
-                                 n_cols)
+        launcher = _bwd_looped_launch
+    aligned = not (x2.data_ptr() | w.data_ptr() | dy2.data_ptr() | ds2.data_ptr() | dx.data_ptr() | part.data_ptr()
+                   | stats.data_ptr()) % 16
+    launcher.launch_known(main, (x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows,
+                                 n_cols), aligned)
     if second is None:
         return dx, None, None
-    dw = torch.empty_like(weight, memory_format=torch.contiguous_format) if has_w else None
-    db = torch.empty_like(bias, memory_format=torch.contiguous_format) if has_b else None
-    _sum_launch[second](part, dw if has_w else db, db if has_b else dw, n_progs, n_cols)
+    # (1-D: a parameter's empty_like is contiguous, or has the odd stride of a single element)
+    dw = torch.empty_like(weight) if has_w else None
+    db = torch.empty_like(bias) if has_b else None
+    dw_, db_ = (dw if has_w else db), (db if has_b else dw)
+    _sum_launch.launch_known(second, (part, dw_, db_, n_progs, n_cols),
+                             not (part.data_ptr() | dw_.data_ptr() | db_.data_ptr()) % 16)
     return dx, dw, db

@@ -1,5 +1,5 @@
-"""A stand-in for a (possibly autotuned) Triton kernel that counts `kernel[grid](...)` launches,
-so tests can prove the Triton path really ran."""
+"""A stand-in for a (possibly autotuned) Triton kernel that counts `kernel[grid](...)` launches (and a
+FastLaunch's `launch_known`), so tests can prove the Triton path really ran."""
 
 
 class LaunchSpy:
@@ -9,3 +9,7 @@ class LaunchSpy:
     def __getitem__(self, grid):
         self.launches += 1
         return self.kernel[grid]
+
+    def launch_known(self, plan, args, aligned):
+        self.launches += 1
+        return self.kernel.launch_known(plan, args, aligned)

@@ -149,3 +149,28 @@ def test_plan_reuses_a_binary_only_for_the_same_facts():
     launch[plan](*aligned)
     other[plan](*aligned)
     assert other.kernel.log[0] == "through triton"
+
+
+def test_known_plan_runs_the_binary_of_its_facts():
+    # launch_known: the caller keeps one plan per fact set but the alignment, and says whether every
+    # tensor is aligned. An aligned call reuses the plan's binary for the current device; a misaligned one
+    # takes the checked path (its own binary); another device gets its own binary, through Triton first.
+    kernel, driver = _FakeKernel(), _Driver()
+    launch = FastLaunch(kernel)
+    launch.kernel, launch.direct, launch._driver = kernel, True, driver
+    plan = LaunchPlan((8,), BLOCK=128, num_warps=4)
+    buf = torch.zeros(1040)
+    aligned, misaligned = (buf[:1000], buf[16:1016], 1000, 0.5), (buf[1:1001], buf[16:1016], 1000, 0.5)
+    for args, is_aligned in ((aligned, True), (aligned, True), (misaligned, False), (misaligned, False),
+                             (aligned, True), ((buf[4:1004], buf[16:1016], 1000, 2.0), True)):
+        kernel.log.clear()
+        launch.launch_known(plan, args, is_aligned)
+        assert kernel.log[-1] == _facts(args, plan.meta), args
+    assert plan.known is not None and plan.known[0] == 0
+    driver.device = 1
+    kernel.log.clear()
+    launch.launch_known(plan, aligned, True)
+    assert kernel.log[0] == "through triton"
+    for _ in range(2):
+        launch.launch_known(plan, aligned, True)
+    assert plan.known[0] == 1 and kernel.log[-1] == _facts(aligned, plan.meta)

@@ -11,7 +11,10 @@ autotuner's cache pre-filled with the last config of its list: nothing is benchm
 call launches directly (the second is FastLaunch's first, through Triton's path), all with
 matmul.PERSISTENT off; then the persistent kernels (kernels/matmul_persistent.py) both ways.
 Attention: forward and the three backward kernels, fp32 / bf16 / fp16, causal or not, GQA, odd
-lengths: the first call (through the autotuner) against the third (direct); the Gluon forward
+lengths: the first call (through the autotuner) against the third (direct); the norms (kernels/norms.py,
+norms_bwd.py: forward, backward and its second stage, plain and looped widths, strided rows), whose
+launches go through FastLaunch.launch_known: the first call (Triton's path) against the second and
+third (direct); the Gluon forward
 (kernels/attention_gluon.py, TMA descriptors among its arguments), every config, contiguous and
 fused-QKV views: its first call (Triton's path) against the second and third (direct).
 Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
@@ -32,7 +35,7 @@ CALLS = []
 stub_launches(lambda kernel_id, args: CALLS.append((kernel_id, args)))
 os.environ["KERNELS_AUTOTUNE"] = "0"
 
-from kernels import attention_bwd, matmul as mm, matmul_persistent as mp  # noqa: E402
+from kernels import attention_bwd, matmul as mm, matmul_persistent as mp, norms, norms_bwd  # noqa: E402
 
 attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 
@@ -213,6 +216,27 @@ def attention_kernels():
     return ok
 
 
+def norm_kernels():
+    ok = True
+    for is_rms in (False, True):
+        for add in (False, True):
+            for dtype in (torch.bfloat16, torch.float32):
+                for shape, pad in (((4, 33, 768), 0), ((7, 768), 16), ((3, 20000), 0)):
+                    n = shape[-1]
+                    x = torch.empty(*shape[:-1], n + pad, dtype=dtype)[..., :n]  # strided rows where pad
+                    r = torch.empty(shape, dtype=dtype) if add else None
+                    w, b = torch.empty(n, dtype=dtype), None if is_rms else torch.empty(n, dtype=dtype)
+                    dy = torch.empty(shape, dtype=dtype)
+
+                    def step():
+                        y, summed, stats = norms.norm_fwd(x, r, w, b, 1e-5, is_rms)
+                        norms_bwd.norm_bwd(dy, summed if add else x, dy if add else None, w, b, stats, is_rms)
+                    first, second, third = _all_launches(step), _direct(step), _direct(step)
+                    ok &= _report(f"norm rms={is_rms!s:5s} add={add!s:5s} {str(dtype):14s} {shape} pad={pad} "
+                                  f"({len(first)} launches)", [first, second, third])
+    return ok
+
+
 def gluon_attention():
     from kernels import attention_gluon, attention_gluon_ws
     ok = True
@@ -242,6 +266,7 @@ def gluon_attention():
 
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
-    same = fixed_configs() & autotuned() & persistent_kernels() & attention_kernels() & gluon_attention()
+    same = (fixed_configs() & autotuned() & persistent_kernels() & attention_kernels() & norm_kernels()
+            & gluon_attention())
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)
