@@ -284,15 +284,6 @@ class NormFn(torch.autograd.Function):
         return (*_backward(ctx, dy, dsum, norm_bwd), None, None)
 
 
-# What NormFn.apply calls after its Python preamble (torch._C._FunctionBase.apply). That preamble costs
-# about 2 us of host time; _norm does its work itself, cheaper: functorch transforms still go through
-# NormFn.apply (which rejects them as before: NormFn has no setup_context), and every tensor argument
-# is unwrapped if it is a dead functorch wrapper, as the preamble does.
-_norm_fn_apply = super(torch.autograd.Function, NormFn).apply
-_functorch_active = torch._C._are_functorch_transforms_active
-_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
-
-
 # ---- torch custom ops: what torch.compile sees ---------------------------------------------------
 
 @torch.library.custom_op("kernels::norm_fwd", mutates_args=())
@@ -373,11 +364,7 @@ def _norm(x, residual, weight, bias, eps, is_rms):
     if torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad)
                                     or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
-        if _functorch_active():
-            return NormFn.apply(x, residual, weight, bias, eps, is_rms)
-        return _norm_fn_apply(_unwrap_if_dead(x), residual if residual is None else _unwrap_if_dead(residual),
-                              weight if weight is None else _unwrap_if_dead(weight),
-                              bias if bias is None else _unwrap_if_dead(bias), eps, is_rms)
+        return NormFn.apply(x, residual, weight, bias, eps, is_rms)
     y, summed, _ = norm_fwd(x, residual, weight, bias, eps, is_rms)  # nothing to differentiate
     return y if residual is None else (y, summed)
 
