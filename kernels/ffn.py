@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import GATED_ACTIVATIONS, check_ffn_args, check_linear_args
-from ._runtime import check_device
-from .matmul import act_bwd, linear_act_fwd
+from ._runtime import check_device, interpreting
+from .matmul import ACT_CODES, act_bwd, linear_act_fwd
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -114,6 +114,14 @@ class FFNFn(torch.autograd.Function):
                                                     ctx.has_b_out)
         return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,
                 None, None)
+
+
+# What FFNFn.apply calls after its Python preamble (torch._C._FunctionBase.apply), as kernels/norms.py does:
+# ffn does the preamble's work itself, cheaper: functorch transforms still go through FFNFn.apply, and
+# every tensor argument is unwrapped if it is a dead functorch wrapper, as the preamble does.
+_ffn_fn_apply = super(torch.autograd.Function, FFNFn).apply
+_functorch_active = torch._C._are_functorch_transforms_active
+_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
 
 
 # ---- custom ops, for torch.compile ------------------------------------------------------------------
@@ -222,6 +230,32 @@ def _needs_pre(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+_DEVICE_TYPE = "cpu" if interpreting() else "cuda"  # what check_device accepts
+_GATED = {name: gated for name, (_, gated) in ACT_CODES.items()}
+
+
+def _vector_ok(b, n, dtype, device):
+    return b is None or (isinstance(b, Tensor) and b.dim() == 1 and b.shape[0] == n and b.dtype == dtype
+                         and b.device == device)
+
+
+def _ffn_args_ok(x, w_in, b_in, w_out, b_out, activation):
+    """True only where check_ffn_args and check_device pass and _cast has nothing to cast: the common case
+    in one cheap test for the hot path, which runs the full checks (and their messages) when it says False."""
+    gated = _GATED.get(activation)
+    if gated is None or not (isinstance(x, Tensor) and isinstance(w_in, Tensor) and isinstance(w_out, Tensor)):
+        return False
+    dtype, device = x.dtype, x.device
+    if (dtype not in SUPPORTED_DTYPES or device.type != _DEVICE_TYPE or x.dim() == 0 or w_in.dim() != 2
+            or w_out.dim() != 2 or w_in.dtype != dtype or w_out.dtype != dtype or w_in.device != device
+            or w_out.device != device or torch.is_autocast_enabled(_DEVICE_TYPE)):
+        return False
+    n_in = w_in.shape[0]
+    return (x.shape[-1] == w_in.shape[1] and w_out.shape[1] == (n_in // 2 if gated else n_in)
+            and not (gated and n_in % 2) and _vector_ok(b_in, n_in, dtype, device)
+            and _vector_ok(b_out, w_out.shape[0], dtype, device))
+
+
 def linear_act(x, w, b=None, activation="gelu"):
     """activation(x @ w.T + b) in one Triton GEMM; gated activations halve the width (w stacks gate; up)."""
     check_linear_args(x, w, b, activation)
@@ -238,13 +272,23 @@ def linear_act(x, w, b=None, activation="gelu"):
 
 def ffn(x, w_in, b_in, w_out, b_out, activation):
     """linear_act(x, w_in, b_in, activation) @ w_out.T + b_out, forward and backward fused as above."""
-    check_ffn_args(x, w_in, b_in, w_out, b_out, activation)
-    check_device(x=x)  # the weights are on x's device (checked above)
-    x, w_in, b_in, w_out, b_out = _cast(x, w_in, b_in, w_out, b_out)
-    x2, save_pre = x.reshape(-1, x.shape[-1]), _needs_pre(x, w_in, b_in, w_out, b_out)
+    if not _ffn_args_ok(x, w_in, b_in, w_out, b_out, activation):
+        check_ffn_args(x, w_in, b_in, w_out, b_out, activation)
+        check_device(x=x)  # the weights are on x's device (checked above)
+        x, w_in, b_in, w_out, b_out = _cast(x, w_in, b_in, w_out, b_out)
+    x2 = x.reshape(-1, x.shape[-1])
+    save_pre = torch.is_grad_enabled() and (x.requires_grad or w_in.requires_grad or w_out.requires_grad
+                                            or (b_in is not None and b_in.requires_grad)
+                                            or (b_out is not None and b_out.requires_grad))
     _check_index_range(x2, w_in, w_out)
     if torch.compiler.is_compiling():
         y, _, _ = torch.ops.kernels.ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, save_pre)
-    else:
+    elif not save_pre:  # nothing to differentiate: no autograd.Function
+        y = _ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, False)[0]
+    elif _functorch_active():
         y = FFNFn.apply(x2, w_in, b_in, w_out, b_out, activation, save_pre)
+    else:
+        y = _ffn_fn_apply(_unwrap_if_dead(x2), _unwrap_if_dead(w_in), b_in if b_in is None else _unwrap_if_dead(b_in),
+                          _unwrap_if_dead(w_out), b_out if b_out is None else _unwrap_if_dead(b_out), activation,
+                          save_pre)
     return y.reshape(*x.shape[:-1], y.shape[-1])

@@ -55,7 +55,7 @@ import triton.language as tl
 from . import matmul_persistent
 from .matmul_persistent import grouped_tile
 from ._activations import activation, activation_and_grad
-from ._launch import FastLaunch, remembered_pick
+from ._launch import FastLaunch, LaunchPlan, remembered_pick
 from ._runtime import interpreting, tma_scratch
 
 RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
@@ -171,18 +171,21 @@ def _launch(tuned, fast, M, N, K, configs, tma_ok, args, constexprs):
     CPU with the launch stubbed, Triton 3.6: 37 -> 18 us autotuned, 23 -> 16 us with a fixed config.
     tools/fast_launch_check.py shows (without a GPU) that these launches hand Triton's launcher the
     same binary, grid and arguments as `kernel[grid](...)` through the autotuner and heuristics.
+    Returns the LaunchPlan of a direct launch (None after the autotuner's), for _PLANS.
     """
     if M > SMALL_M and autotune_enabled():
         config = remembered_pick(_PICKED, tuned, _grid(M, N), args, constexprs, _m_bucket(M), N, K)
         if config is None:  # this first call went through the autotuner
-            return
+            return None
     else:
         config = _fixed_config(M <= SMALL_M, configs)
     blocks = config.kwargs
     grid = ((-(-M // blocks["BLOCK_M"])) * (-(-N // blocks["BLOCK_N"])),)  # ceil divisions
     # all_kwargs: the launch options exactly as the autotuner passes them, so both share one binary
-    fast[grid](*args, **constexprs, **config.all_kwargs(), EVEN_K=K % blocks["BLOCK_K"] == 0,
-               USE_TMA=bool(blocks["TMA"] and tma_ok))
+    meta = {**constexprs, **config.all_kwargs(), "EVEN_K": K % blocks["BLOCK_K"] == 0,
+            "USE_TMA": bool(blocks["TMA"] and tma_ok)}
+    fast[grid](*args, **meta)
+    return LaunchPlan(grid, **meta)
 
 
 def _m_bucket(m):
@@ -407,6 +410,41 @@ def _grid(M, N):
     return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
 
 
+# Launch plans of linear_act_fwd and act_bwd (which kernel, its grid, constexprs and config) under every fact
+# of their launches' arguments but the tensors' alignment (shapes, strides, dtypes, device) and every
+# setting that picks the kernel or its config (PERSISTENT, SMALL_M, autotuning, the _fixed_config
+# functions, which tests and tools swap), so that a repeated call builds one key and launches through
+# FastLaunch.launch_known: no TMA-rule tests, config pick or FastLaunch key. Only calls whose tensors are
+# all 16-byte aligned use them (the persistent kernels and TMA need it; the others take the full path).
+# A plan from an autotuned pick is used only while that pick's dict (_PICKED of its module) is the one
+# the pick went into; tests replace the dicts to tune again.
+_PLANS = {}
+MAX_PLANS = 4096  # then the cache starts over (many row counts, as in inference with varying batches)
+
+
+def _plan_key(*facts):
+    return (*facts, autotune_enabled(), PERSISTENT, PERSISTENT_GATED_FWD, SMALL_M, _INTERPRETING, _fixed_config,
+            matmul_persistent._fixed_config)
+
+
+def _remember(key, picks, persistent, plan):
+    if plan is not None:
+        if len(_PLANS) >= MAX_PLANS:
+            _PLANS.clear()
+        _PLANS[key] = (picks, persistent, plan)
+
+
+def _known(key):
+    """The plan remembered under key, when still valid: (persistent, plan) or None."""
+    hit = _PLANS.get(key)
+    if hit is None:
+        return None
+    picks, persistent, plan = hit
+    if picks is not None and picks is not (matmul_persistent._PICKED if persistent else _PICKED):
+        return None
+    return persistent, plan
+
+
 def linear_act_fwd(x, w, b, activation, store_pre):
     """(act(x @ w.T + b), pre or an empty tensor) for 2-D x (M, K) and w (N or 2H, K) of x's dtype."""
     code, gated = ACT_CODES[activation]
@@ -425,15 +463,38 @@ def linear_act_fwd(x, w, b, activation, store_pre):
             pre.copy_(full)
         return out, pre
     _set_allocator()
+    bias = b if b is not None else x
+    aligned = not (x.data_ptr() | w.data_ptr() | bias.data_ptr() | pre.data_ptr() | out.data_ptr()) % 16
+    key = _plan_key(True, activation, b is not None, store_pre, M, K, n_pre, x.stride(), w.stride(), x.dtype,
+                    w.dtype, bias.dtype, x.get_device())
+    known = _known(key) if aligned else None
+    if known is not None:
+        persistent, plan = known
+        if persistent:
+            matmul_persistent._fwd_fast.launch_known(
+                plan, (x, w, bias, pre if store_pre else out, out, M, N, K, x.stride(0), w.stride(0),
+                       pre.stride(0) if store_pre else out.stride(0), out.stride(0), _m_bucket(M)), True)
+        else:
+            _linear_act_fwd_fast.launch_known(
+                plan, (x, w, bias, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
+                       pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M)), True)
+        return out, pre
     if (PERSISTENT and (not gated or PERSISTENT_GATED_FWD) and (M > SMALL_M or _INTERPRETING)
             and matmul_persistent.usable(N, x, w, out, pre)):
-        matmul_persistent.launch(x, w, b, pre, out, code, gated, store_pre, _m_bucket(M), autotune_enabled())
+        tune = autotune_enabled()
+        plan = matmul_persistent.launch(x, w, b, pre, out, code, gated, store_pre, _m_bucket(M), tune)
+        if aligned:
+            _remember(key, matmul_persistent._PICKED if tune else None, True, plan)
         return out, pre
-    _launch(_linear_act_fwd_tuned, _linear_act_fwd_fast, M, N, K, _configs_of(True, gated),
-            _tma_ok((x, (x.stride(0), x.stride(1))), (w, (w.stride(0), w.stride(1)))),
-            (x, w, b if b is not None else x, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0),
-             w.stride(1), pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M)),
-            dict(ACT=code, GATED=gated, HAS_BIAS=b is not None, STORE_PRE=store_pre, PRECISION=_precision(x.dtype)))
+    tune = M > SMALL_M and autotune_enabled()
+    plan = _launch(_linear_act_fwd_tuned, _linear_act_fwd_fast, M, N, K, _configs_of(True, gated),
+                   _tma_ok((x, (x.stride(0), x.stride(1))), (w, (w.stride(0), w.stride(1)))),
+                   (x, w, bias, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0),
+                    w.stride(1), pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M)),
+                   dict(ACT=code, GATED=gated, HAS_BIAS=b is not None, STORE_PRE=store_pre,
+                        PRECISION=_precision(x.dtype)))
+    if aligned:
+        _remember(key, _PICKED if tune else None, False, plan)
     return out, pre
 
 
@@ -456,15 +517,39 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
         grad, from_gemm = pre.new_zeros(M, N), False
     w = w_out if from_gemm else pre
     _set_allocator()
+    act_arg = act if store_act else pre
+    aligned = not (grad.data_ptr() | w.data_ptr() | pre.data_ptr() | d_pre.data_ptr() | act_arg.data_ptr()
+                   | dbias.data_ptr()) % 16
+    key = _plan_key(False, activation, from_gemm, store_act, bias_grad, M, K, pre.shape[1], grad.stride(),
+                    w.stride(), pre.stride(), d_pre.stride(), grad.dtype, w.dtype, pre.dtype, pre.get_device())
+    known = _known(key) if aligned else None
+    if known is not None:
+        persistent, plan = known
+        if persistent:
+            matmul_persistent._bwd_fast.launch_known(
+                plan, (grad, w, pre, d_pre, dbias, M, N, K, grad.stride(0), w.stride(0), pre.stride(0),
+                       d_pre.stride(0), _m_bucket(M)), True)
+        else:
+            _act_bwd_fast.launch_known(
+                plan, (grad, w, pre, d_pre, act_arg, dbias, M, N, K, grad.stride(0), grad.stride(1), w.stride(0),
+                       w.stride(1), pre.stride(0), d_pre.stride(0), act.stride(0) if store_act else 0,
+                       _m_bucket(M)), True)
+        return d_pre, act, dbias if bias_grad else None
     if (PERSISTENT and gated and from_gemm and not store_act and (M > SMALL_M or _INTERPRETING)
             and matmul_persistent.usable(N, grad, w, pre, d_pre)):
-        matmul_persistent.launch_bwd(grad, w, pre, d_pre, dbias, code, gated, _m_bucket(M), autotune_enabled())
+        tune = autotune_enabled()
+        plan = matmul_persistent.launch_bwd(grad, w, pre, d_pre, dbias, code, gated, _m_bucket(M), tune)
+        if aligned:
+            _remember(key, matmul_persistent._PICKED if tune else None, True, plan)
         return d_pre, act, dbias if bias_grad else None
-    _launch(_act_bwd_tuned, _act_bwd_fast, M, N, K, _BWD_CONFIGS,
-            from_gemm and _tma_ok((grad, (grad.stride(0), grad.stride(1))), (w, (w.stride(0), w.stride(1)))),
-            (grad, w, pre, d_pre, act if store_act else pre, dbias, M, N, K, grad.stride(0), grad.stride(1),
-             w.stride(0), w.stride(1), pre.stride(0), d_pre.stride(0), act.stride(0) if store_act else 0,
-             _m_bucket(M)),
-            dict(ACT=code, GATED=gated, FROM_GEMM=from_gemm, STORE_ACT=store_act, HAS_DBIAS=bias_grad,
-                 PRECISION=_precision(pre.dtype)))
+    tune = M > SMALL_M and autotune_enabled()
+    plan = _launch(_act_bwd_tuned, _act_bwd_fast, M, N, K, _BWD_CONFIGS,
+                   from_gemm and _tma_ok((grad, (grad.stride(0), grad.stride(1))), (w, (w.stride(0), w.stride(1)))),
+                   (grad, w, pre, d_pre, act_arg, dbias, M, N, K, grad.stride(0), grad.stride(1),
+                    w.stride(0), w.stride(1), pre.stride(0), d_pre.stride(0), act.stride(0) if store_act else 0,
+                    _m_bucket(M)),
+                   dict(ACT=code, GATED=gated, FROM_GEMM=from_gemm, STORE_ACT=store_act, HAS_DBIAS=bias_grad,
+                        PRECISION=_precision(pre.dtype)))
+    if aligned:
+        _remember(key, _PICKED if tune else None, False, plan)
     return d_pre, act, dbias if bias_grad else None

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ._activations import activation, activation_and_grad
-from ._launch import FastLaunch, remembered_pick
+from ._launch import FastLaunch, LaunchPlan, remembered_pick
 from ._runtime import interpreting
 
 
@@ -185,18 +185,21 @@ _PICKED = {}
 def _run(tuned, fast, programs, M, N, K, m_bucket, args, meta, tune):
     """The first call of an autotune key goes through the autotuner; later calls, and every call with
     tune False (GPU tests: the list's first config), launch the jitted kernel directly (FastLaunch: the
-    autotuner's per-call host work cost more than the launch itself, kernels/_launch.py)."""
+    autotuner's per-call host work cost more than the launch itself, kernels/_launch.py). Returns the
+    LaunchPlan of a direct launch (None after the autotuner's), for matmul._PLANS."""
     if tune:
         def grid(m):
             return (min(programs, triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"])),)
         config = remembered_pick(_PICKED, tuned, grid, args, meta, m_bucket, N, K)
         if config is None:  # this first call went through the autotuner
-            return
+            return None
     else:
         config = _fixed_config(_configs_of(fast, meta["GATED"]))
     blocks = config.kwargs
     tiles = (-(-M // blocks["BLOCK_M"])) * (-(-N // blocks["BLOCK_N"]))  # ceil divisions
-    fast[(min(programs, tiles),)](*args, **meta, **config.all_kwargs())
+    grid, meta = (min(programs, tiles),), {**meta, **config.all_kwargs()}
+    fast[grid](*args, **meta)
+    return LaunchPlan(grid, **meta)
 
 
 def _programs(device):
@@ -205,21 +208,21 @@ def _programs(device):
 
 
 def launch_bwd(dy, w_out, pre, d_pre, dbias, code, gated, m_bucket, tune=True):
-    """d_pre (and dbias's column sums, when dbias is not empty) for matmul.act_bwd's GEMM case."""
+    """d_pre (and dbias's column sums, when dbias is not empty) for matmul.act_bwd's GEMM case; returns _run's plan."""
     M, K = dy.shape
     N = w_out.shape[1]
     programs = _programs(dy.device)
-    _run(_bwd_tuned, _bwd_fast, programs, M, N, K, m_bucket,
+    return _run(_bwd_tuned, _bwd_fast, programs, M, N, K, m_bucket,
          (dy, w_out, pre, d_pre, dbias, M, N, K, dy.stride(0), w_out.stride(0), pre.stride(0), d_pre.stride(0),
           m_bucket), dict(ACT=code, GATED=gated, HAS_DBIAS=dbias.numel() > 0, NUM_PROGRAMS=programs), tune)
 
 
 def launch(x, w, b, pre, out, code, gated, store_pre, m_bucket, tune=True):
-    """The forward over every output tile."""
+    """The forward over every output tile; returns _run's plan."""
     M, K = x.shape
     N = out.shape[1]
     programs = _programs(x.device)
-    _run(_tuned, _fwd_fast, programs, M, N, K, m_bucket,
+    return _run(_tuned, _fwd_fast, programs, M, N, K, m_bucket,
          (x, w, b if b is not None else x, pre if store_pre else out, out, M, N, K, x.stride(0), w.stride(0),
           pre.stride(0) if store_pre else out.stride(0), out.stride(0), m_bucket),
          dict(ACT=code, GATED=gated, HAS_BIAS=b is not None, STORE_PRE=store_pre, NUM_PROGRAMS=programs), tune)

@@ -1,0 +1,172 @@
+"""Microseconds of CPU per call of kernels.ffn's Python host path, on a machine without a GPU:
+
+    python tools/host_profile_ffn_cpu.py                 # the table: gelu with biases, swiglu without
+    python tools/host_profile_ffn_cpu.py --profile gelu  # plus cProfile of one case's fwd+bwd
+    python tools/host_profile_ffn_cpu.py --json          # the same numbers as one JSON line
+    python tools/host_profile_ffn_cpu.py --against /tmp/base 5   # before / after: alternating runs
+        # here and in another checkout (git archive HEAD | tar -x -C /tmp/base), 5 rounds, best of each
+
+As tools/host_profile_cpu.py does for the norms: TRITON_INTERPRET=1 makes the launchers accept CPU
+tensors, and every FastLaunch of kernels/matmul.py and matmul_persistent.py is given a stand-in for
+Triton's compiled kernel whose `run` does nothing (stand-in driver: device 0, stream 0), so what is
+timed is our host path (checks, casts, allocations, autograd.Function, config picks, FastLaunch's
+key and cache lookup, the launcher's argument tuple) but not the launch inside Triton's launcher
+(8-10 us per launch on the H100 host) nor CUDA allocation costs.
+
+The GPU's code path at large M, not the interpreter's, is the one taken: after the import, and after
+warm-up calls that fill the autotune picks (the first call of a key goes through Triton's autotuner,
+which here runs the interpreter once, on tiny tensors), the tool sets
+  - matmul.SMALL_M = 0, so M = 8 rows counts as large: autotuned picks (KERNELS_AUTOTUNE on, the
+    default), remembered_pick on every call, and the persistent kernels where matmul.PERSISTENT sends
+    them (non-gated forward, gated backward);
+  - matmul._INTERPRETING = False, so the persistent test is `M > SMALL_M` as on the GPU and
+    _set_allocator installs Triton's allocator before each launch as on the GPU.
+The config lists stay the interpreter's (one config each; what a pick costs does not depend on it).
+The forward's second GEMM (F.linear) and the backward's cuBLAS ops (three matmuls, a column sum, a
+cast) compute on the CPU here: the shapes are tiny (8 x 8 -> 8, bf16: the smallest widths the persistent
+kernels take) so that their math is small against their dispatch (a bf16 CPU matmul of these: 2.4 us,
+against 17 us at 8 x 32 -> 64); the outputs of the stubbed kernels are uninitialized memory. The
+yardsticks compute on the CPU too: the eager reference (kernels.reference.ffn) on the same tensors, and
+an empty autograd.Function. One thread, best of several loops; compare numbers with one another on one
+machine, not with the GPU host's; a shared machine's noise needs several alternating runs (--against).
+"""
+import json
+import os
+import sys
+
+os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: kernels then take CPU tensors
+ROOT = sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv else os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+
+import kernels  # noqa: E402
+from kernels import matmul, matmul_persistent  # noqa: E402
+from kernels._launch import FastLaunch  # noqa: E402
+import host_timing  # noqa: E402 (tools/, this script's directory)
+from host_timing import Ident  # noqa: E402
+from host_profile_cpu import _Driver, _NoopKernel  # noqa: E402
+
+CASES = {"gelu": ("gelu", True, 8), "swiglu": ("swiglu", False, 8)}  # activation, biases, hidden width
+ROWS, WIDTH, DTYPE = 8, 8, torch.bfloat16
+
+
+def stub_launches():
+    """Every FastLaunch of the FFN GEMMs takes its direct path to a launcher that does nothing."""
+    for mod in (matmul, matmul_persistent):
+        for obj in vars(mod).values():
+            if isinstance(obj, FastLaunch):
+                obj.kernel, obj.direct, obj._driver = _NoopKernel(obj.kernel), True, _Driver()
+
+
+
+
+def per_call(fn, n=300, repeats=15):
+    return host_timing.per_call(fn, n, repeats, warmup=20)
+
+
+def tensors(case):
+    activation, bias, hidden = CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    rows_in = 2 * hidden if activation in ("swiglu", "geglu") else hidden
+
+    def randn(*shape):
+        return (torch.randn(*shape, generator=gen) * 0.1).to(DTYPE).requires_grad_()
+    x = randn(ROWS, WIDTH)
+    w_in, w_out = randn(rows_in, WIDTH), randn(WIDTH, hidden)
+    b_in, b_out = (randn(rows_in), randn(WIDTH)) if bias else (None, None)
+    return (x, w_in, b_in, w_out, b_out), torch.randn(ROWS, WIDTH, generator=gen).to(DTYPE)
+
+
+def calls(fn, case):
+    """(fwd under no_grad, fwd + autograd.grad of every input) closures for fn (kernels.ffn or the reference)."""
+    activation = CASES[case][0]
+    ins, g = tensors(case)
+    wrt = [t for t in ins if t is not None]
+
+    def fwd():
+        with torch.no_grad():
+            fn(*ins, activation)
+
+    def fwd_bwd():
+        torch.autograd.grad(fn(*ins, activation), wrt, g)
+    return fwd, fwd_bwd
+
+
+def warm_up():
+    """The GPU's large-M path for 8 rows (see the module docstring): one call of each case fills the
+    autotune picks (through the interpreter), then the launches are the GPU's."""
+    matmul.SMALL_M = 0
+    for case in CASES:
+        for f in calls(kernels.ffn, case):
+            f()
+    matmul._INTERPRETING = False
+
+
+def measure():
+    out = {}
+    for case in CASES:
+        for fn, who in ((kernels.ffn, "ours"), (kernels.reference.ffn, "ref")):
+            fwd, fwd_bwd = calls(fn, case)
+            out[f"{case} {who} fwd"], out[f"{case} {who} fwd+bwd"] = per_call(fwd), per_call(fwd_bwd)
+    x = torch.randn(ROWS, WIDTH, dtype=DTYPE).requires_grad_()
+    g = torch.randn_like(x)
+    out["empty autograd.Function fwd+grad"] = per_call(lambda: torch.autograd.grad(Ident.apply(x), [x], [g]))
+    return out
+
+
+def table(us):
+    print(f"us per call, x {ROWS} x {WIDTH} -> hidden 8 {str(DTYPE)[6:]}, GPU's large-M path, launches stubbed "
+          "(ours) / CPU compute (reference)")
+    print(f"  {'case':8s} {'ours fwd':>9s} {'ours f+b':>9s} {'ref fwd':>9s} {'ref f+b':>9s}")
+    for case in CASES:
+        row = [us[f"{case} {who} {mode}"] for who in ("ours", "ref") for mode in ("fwd", "fwd+bwd")]
+        print(f"  {case:8s}" + "".join(f" {v:9.1f}" for v in row))
+    print(f"  {'empty autograd.Function fwd+grad':40s} {us['empty autograd.Function fwd+grad']:7.1f}")
+
+
+def profile(case, n=3000):
+    import cProfile
+    import pstats
+    _, fwd_bwd = calls(kernels.ffn, case)
+    per_call(fwd_bwd, n=10, repeats=1)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        fwd_bwd()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+
+
+def against(other, rounds):
+    """Alternate runs of this tool here and in the checkout `other`; print the best of each row."""
+    import subprocess
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    best = {}
+    for _ in range(rounds):
+        for root in (other, here):
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json", "--root", root],
+                                 capture_output=True, text=True, check=True).stdout
+            for name, us in json.loads(out.splitlines()[-1]).items():
+                best.setdefault(name, {})[root] = min(best.get(name, {}).get(root, float("inf")), us)
+    print(f"{'row':36s} {'before':>8s} {'after':>8s} {'ratio':>6s}  (us per call, best of {rounds} runs each)")
+    for name, us in best.items():
+        print(f"{name:36s} {us[other]:8.1f} {us[here]:8.1f} {us[here] / us[other]:6.2f}")
+
+
+if __name__ == "__main__":
+    if "--against" in sys.argv:
+        i = sys.argv.index("--against")
+        against(os.path.abspath(sys.argv[i + 1]), int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
+        sys.exit()
+    torch.set_num_threads(1)
+    stub_launches()
+    warm_up()
+    us = measure()
+    if "--json" in sys.argv:
+        print(json.dumps(us))
+    else:
+        table(us)
+    if "--profile" in sys.argv:
+        profile(sys.argv[sys.argv.index("--profile") + 1])
