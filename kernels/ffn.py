@@ -116,14 +116,6 @@ class FFNFn(torch.autograd.Function):
                 None, None)
 
 
-# What FFNFn.apply calls after its Python preamble (torch._C._FunctionBase.apply), as kernels/norms.py does:
-# ffn does the preamble's work itself, cheaper: functorch transforms still go through FFNFn.apply, and
-# every tensor argument is unwrapped if it is a dead functorch wrapper, as the preamble does.
-_ffn_fn_apply = super(torch.autograd.Function, FFNFn).apply
-_functorch_active = torch._C._are_functorch_transforms_active
-_unwrap_if_dead = torch._C._functorch.unwrap_if_dead
-
-
 # ---- custom ops, for torch.compile ------------------------------------------------------------------
 
 @torch.library.custom_op("kernels::linear_act_fwd", mutates_args=())
@@ -285,10 +277,6 @@ def ffn(x, w_in, b_in, w_out, b_out, activation):
         y, _, _ = torch.ops.kernels.ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     elif not save_pre:  # nothing to differentiate: no autograd.Function
         y = _ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, False)[0]
-    elif _functorch_active():
-        y = FFNFn.apply(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     else:
-        y = _ffn_fn_apply(_unwrap_if_dead(x2), _unwrap_if_dead(w_in), b_in if b_in is None else _unwrap_if_dead(b_in),
-                          _unwrap_if_dead(w_out), b_out if b_out is None else _unwrap_if_dead(b_out), activation,
-                          save_pre)
+        y = FFNFn.apply(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     return y.reshape(*x.shape[:-1], y.shape[-1])
