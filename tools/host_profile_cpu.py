@@ -31,48 +31,11 @@ import torch.nn.functional as F  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import norms, norms_bwd  # noqa: E402
-from kernels._launch import FastLaunch  # noqa: E402
 import host_timing  # noqa: E402 (tools/, this script's directory)
 from host_timing import Ident  # noqa: E402
 from kernels.testing import call_norm  # noqa: E402
 
 OPS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
-
-
-class _NoopCompiled:
-    function = packed_metadata = None
-
-    @staticmethod
-    def run(*args):
-        pass
-
-
-class _NoopKernel:
-    """Stands in for a triton.jit kernel: `kernel[grid](...)` "compiles" to a launcher doing nothing."""
-
-    def __init__(self, kernel):
-        self.arg_names = kernel.arg_names
-
-    def __getitem__(self, grid):
-        return lambda *args, **meta: _NoopCompiled
-
-
-class _Driver:
-    @staticmethod
-    def get_current_device():
-        return 0
-
-    @staticmethod
-    def get_current_stream(device):
-        return 0
-
-
-def stub_launches():
-    """Every FastLaunch of the norms takes its direct path to a launcher that does nothing."""
-    for mod in (norms, norms_bwd):
-        for obj in vars(mod).values():
-            if isinstance(obj, FastLaunch):
-                obj.kernel, obj.direct, obj._driver = _NoopKernel(obj.kernel), True, _Driver()
 
 
 def per_call(fn, n=300, repeats=15):
@@ -131,46 +94,18 @@ def table(us):
         print(f"  {name:40s} {us[name]:7.1f}")
 
 
-def profile(op, calls=3000):
-    import cProfile
-    import pstats
-    _, fwd_bwd = op_calls(kernels, op)
-    per_call(fwd_bwd, n=10, repeats=1)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(calls):
-        fwd_bwd()
-    prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
-
-
-def against(other, rounds):
-    """Alternate runs of this tool here and in the checkout `other`; print the best of each row."""
-    import subprocess
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    best = {}
-    for _ in range(rounds):
-        for root in (other, here):
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json", "--root", root],
-                                 capture_output=True, text=True, check=True).stdout
-            for name, us in json.loads(out.splitlines()[-1]).items():
-                best.setdefault(name, {})[root] = min(best.get(name, {}).get(root, float("inf")), us)
-    print(f"{'row':40s} {'before':>8s} {'after':>8s} {'ratio':>6s}  (us per call, best of {rounds} runs each)")
-    for name, us in best.items():
-        print(f"{name:40s} {us[other]:8.1f} {us[here]:8.1f} {us[here] / us[other]:6.2f}")
-
-
 if __name__ == "__main__":
     if "--against" in sys.argv:
         i = sys.argv.index("--against")
-        against(os.path.abspath(sys.argv[i + 1]), int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
+        host_timing.against(__file__, os.path.abspath(sys.argv[i + 1]),
+                            int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
         sys.exit()
     torch.set_num_threads(1)
-    stub_launches()
+    host_timing.stub_fast_launches(norms, norms_bwd)
     us = measure()
     if "--json" in sys.argv:  # for scripts that compare runs (the machine's noise needs many)
         print(json.dumps(us))
     else:
         table(us)
     if "--profile" in sys.argv:
-        profile(sys.argv[sys.argv.index("--profile") + 1])
+        host_timing.profile(op_calls(kernels, sys.argv[sys.argv.index("--profile") + 1])[1])

@@ -43,21 +43,11 @@ import torch  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import matmul, matmul_persistent  # noqa: E402
-from kernels._launch import FastLaunch  # noqa: E402
 import host_timing  # noqa: E402 (tools/, this script's directory)
 from host_timing import Ident  # noqa: E402
-from host_profile_cpu import _Driver, _NoopKernel  # noqa: E402
 
 CASES = {"gelu": ("gelu", True, 8), "swiglu": ("swiglu", False, 8)}  # activation, biases, hidden width
 ROWS, WIDTH, DTYPE = 8, 8, torch.bfloat16
-
-
-def stub_launches():
-    """Every FastLaunch of the FFN GEMMs takes its direct path to a launcher that does nothing."""
-    for mod in (matmul, matmul_persistent):
-        for obj in vars(mod).values():
-            if isinstance(obj, FastLaunch):
-                obj.kernel, obj.direct, obj._driver = _NoopKernel(obj.kernel), True, _Driver()
 
 
 
@@ -126,42 +116,14 @@ def table(us):
     print(f"  {'empty autograd.Function fwd+grad':40s} {us['empty autograd.Function fwd+grad']:7.1f}")
 
 
-def profile(case, n=3000):
-    import cProfile
-    import pstats
-    _, fwd_bwd = calls(kernels.ffn, case)
-    per_call(fwd_bwd, n=10, repeats=1)
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(n):
-        fwd_bwd()
-    prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(30)
-
-
-def against(other, rounds):
-    """Alternate runs of this tool here and in the checkout `other`; print the best of each row."""
-    import subprocess
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    best = {}
-    for _ in range(rounds):
-        for root in (other, here):
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--json", "--root", root],
-                                 capture_output=True, text=True, check=True).stdout
-            for name, us in json.loads(out.splitlines()[-1]).items():
-                best.setdefault(name, {})[root] = min(best.get(name, {}).get(root, float("inf")), us)
-    print(f"{'row':36s} {'before':>8s} {'after':>8s} {'ratio':>6s}  (us per call, best of {rounds} runs each)")
-    for name, us in best.items():
-        print(f"{name:36s} {us[other]:8.1f} {us[here]:8.1f} {us[here] / us[other]:6.2f}")
-
-
 if __name__ == "__main__":
     if "--against" in sys.argv:
         i = sys.argv.index("--against")
-        against(os.path.abspath(sys.argv[i + 1]), int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
+        host_timing.against(__file__, os.path.abspath(sys.argv[i + 1]),
+                            int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
         sys.exit()
     torch.set_num_threads(1)
-    stub_launches()
+    host_timing.stub_fast_launches(matmul, matmul_persistent)
     warm_up()
     us = measure()
     if "--json" in sys.argv:
@@ -169,4 +131,4 @@ if __name__ == "__main__":
     else:
         table(us)
     if "--profile" in sys.argv:
-        profile(sys.argv[sys.argv.index("--profile") + 1])
+        host_timing.profile(calls(kernels.ffn, sys.argv[sys.argv.index("--profile") + 1])[1], lines=30)

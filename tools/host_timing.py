@@ -31,3 +31,76 @@ class Ident(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         return g
+
+
+# ---- stand-ins for launching on a machine without a GPU (tools/host_profile_cpu.py, host_profile_ffn_cpu.py)
+
+class _NoopCompiled:
+    function = packed_metadata = None
+
+    @staticmethod
+    def run(*args):
+        pass
+
+
+class _NoopKernel:
+    """Stands in for a triton.jit kernel: `kernel[grid](...)` "compiles" to a launcher doing nothing."""
+
+    def __init__(self, kernel):
+        self.arg_names = kernel.arg_names
+
+    def __getitem__(self, grid):
+        return lambda *args, **meta: _NoopCompiled
+
+
+class _Driver:
+    @staticmethod
+    def get_current_device():
+        return 0
+
+    @staticmethod
+    def get_current_stream(device):
+        return 0
+
+
+def stub_fast_launches(*modules):
+    """Every FastLaunch of these modules takes its direct path to a launcher that does nothing."""
+    from kernels._launch import FastLaunch
+    for mod in modules:
+        for obj in vars(mod).values():
+            if isinstance(obj, FastLaunch):
+                obj.kernel, obj.direct, obj._driver = _NoopKernel(obj.kernel), True, _Driver()
+
+
+def profile(fn, calls=3000, lines=25):
+    """cProfile of `calls` calls of fn (after a few unprofiled ones): the top lines by own time."""
+    import cProfile
+    import pstats
+    per_call(fn, n=10, repeats=1)
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(lines)
+
+
+def against(tool, other, rounds):
+    """Alternate runs of the script `tool` (which takes --json and --root DIR) in this checkout and in the
+    checkout `other`; print the best of each row of its JSON."""
+    import json
+    import os
+    import subprocess
+    import sys
+    here = os.path.dirname(os.path.dirname(os.path.abspath(tool)))
+    best = {}
+    for _ in range(rounds):
+        for root in (other, here):
+            out = subprocess.run([sys.executable, os.path.abspath(tool), "--json", "--root", root],
+                                 capture_output=True, text=True, check=True).stdout
+            for name, us in json.loads(out.splitlines()[-1]).items():
+                best.setdefault(name, {})[root] = min(best.get(name, {}).get(root, float("inf")), us)
+    width = max(map(len, best))
+    print(f"{'row':{width}s} {'before':>8s} {'after':>8s} {'ratio':>6s}  (us per call, best of {rounds} runs each)")
+    for name, us in best.items():
+        print(f"{name:{width}s} {us[other]:8.1f} {us[here]:8.1f} {us[here] / us[other]:6.2f}")
