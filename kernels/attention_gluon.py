@@ -278,6 +278,7 @@ def _layout(rows, D, dtype):
 
 
 _descriptors = {}  # (shape, strides, dtype, block rows) -> (a descriptor of such a tensor, its tile addressing)
+MAX_DESCRIPTORS = 4096  # then the cache starts over (many sequence lengths, as in inference)
 
 
 def _descriptor(t, block_rows):
@@ -293,6 +294,9 @@ def _descriptor(t, block_rows):
         layout = _layout(block_rows, t.shape[3], t.dtype)
         template = TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout)
         template.launch_facts = descriptor_facts(template)  # FastLaunch's key, shared by the copies
+        template.base = None  # (the cache must not keep t alive)
+        if len(_descriptors) >= MAX_DESCRIPTORS:
+            _descriptors.clear()
         known = _descriptors[key] = (template, (rb, rh, ch))
     template, tiles = known
     desc = object.__new__(TensorDescriptor)

@@ -114,6 +114,7 @@ def test_descriptor_copies_match_a_fresh_descriptor(fused):
         assert (copy.shape, copy.strides, copy.block_shape, copy.layout, copy.padding) == (
             fresh.shape, fresh.strides, fresh.block_shape, fresh.layout, fresh.padding)
         assert _fact(copy) == _fact(fresh)
+    assert all(template.base is None for template, _ in gluon_mod._descriptors.values())  # no tensor kept alive
 
 
 @hopper_only
