@@ -23,13 +23,15 @@ position S - T + i (bottom-right alignment, as when decoding against a KV cache)
   launch the remembered pick directly. Small problems (T * S * B * H < 2^24) and KERNELS_AUTOTUNE=0
   take the list's first config untuned. Under TRITON_INTERPRET=1 a single small config runs (CPU
   tests). The interpreter's bf16 tl.dot is wrong, so bf16 is GPU-only in tests.
-- On Hopper the forward goes to the Gluon kernel of kernels/attention_gluon.py (FlashAttention-3's
-  overlap of the softmax with the tensor cores) where it applies: T == S a multiple of 128, D 64 or
+- On Hopper the forward goes to the Gluon kernels of kernels/attention_gluon.py (FlashAttention-3's
+  overlap of the softmax with the tensor cores) and attention_gluon_ws.py (plus its warp specialization
+  and ping-pong, a D = 128 candidate) where they apply: T == S a multiple of 128, D 64 or
   128, fp16 / bf16, q, k, v contiguous or views of a fused QKV projection. KERNELS_ATTN_GLUON=0 (or
   USE_GLUON = False) keeps every call on the `tl` kernel.
-- `attention` goes through `AttentionFn` (autograd). Under torch.compile its forward and backward call
-  the custom ops `torch.ops.kernels.attention_fwd` / `attention_bwd` (with fake implementations), so
-  `torch.compile` traces through without graph breaks; in eager mode they call the same launchers
+- `attention` goes through `AttentionFn` (autograd) where a gradient is wanted, else to the forward
+  alone (no autograd.Function: host time). Under torch.compile its forward and backward call the custom
+  ops `torch.ops.kernels.attention_fwd` / `attention_bwd` (with fake implementations), so `torch.compile`
+  traces through without graph breaks; in eager mode they call the same launchers
   directly (the op dispatcher costs more host time per call than the rest of the launch).
 """
 import math
