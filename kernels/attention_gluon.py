@@ -24,6 +24,7 @@ either further rows (contiguous (B, H, T, D)) or column offsets within a row (vi
 kernels.attention.attention_fwd's.
 """
 import functools
+import os
 import warnings
 
 import torch
@@ -36,6 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from . import attention_bwd
+from .norms_bwd import sm_count
 from ._launch import FastLaunch, descriptor_facts
 
 LOG2E = 1.4426950408889634
@@ -49,6 +51,20 @@ CONFIGS = {64: (("pipelined", 64, 128), ("pipelined", 64, 64)),
            128: (("pipelined", 64, 64), ("pingpong", 128, 2))}
 _picked = {}  # shape key -> its config, or None where no candidate could be built
 _unbuildable = set()  # candidates this Triton's Gluon failed to build (tried once, then left out)
+
+
+@gluon.jit
+def _tile_of(n_qb, head_group):
+    """(query block, batch x head) of this program in a 1D grid of n_qb blocks per head: heads in groups of
+    head_group, and within a group the longest causal rows of every head first, then the next longest:
+    a group's blocks share L2 (its heads' K and V) and the grid's last programs are its shortest."""
+    pid = gl.program_id(0)
+    n_bh = gl.num_programs(0) // n_qb
+    group = pid // (head_group * n_qb)
+    first_bh = group * head_group
+    size = gl.minimum(head_group, n_bh - first_bh)  # the last group may be smaller
+    r = pid - first_bh * n_qb
+    return n_qb - 1 - r // size, first_bh + r % size
 
 
 @gluon.jit
@@ -104,12 +120,11 @@ def _step(j, acc, p_prev, alpha_prev, m_i, l_i, q_smem, k_smem, v_smem, k_bars, 
 
 @gluon.jit
 def _attn_fwd_gluon_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads, n_kv_heads, qk_scale,
-                           q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+                           q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, head_group,
                            CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
                            HEAD_DIM: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
-    pid_m = gl.num_programs(0) - 1 - gl.program_id(0)  # the longest causal rows first
-    pid_bh = gl.program_id(1)
+    pid_m, pid_bh = _tile_of(seqlen // BLOCK_M, head_group)
     b = pid_bh // n_heads
     h = pid_bh % n_heads
     h_kv = h // (n_heads // n_kv_heads)
@@ -218,6 +233,19 @@ def _tile_rows(t):
     return rows, cols, rb, rh, ch
 
 
+# Causal blocks differ in work (block i reads i + 1 key blocks): heads go in groups of about one wave of
+# programs, each group's longest blocks first, so that a group's heads share L2 and the grid ends on short
+# blocks. KERNELS_ATTN_HEAD_GROUPS=0: one head at a time (its blocks longest first), the former order.
+HEAD_GROUPS = os.environ.get("KERNELS_ATTN_HEAD_GROUPS", "1") == "1"
+
+
+def heads_per_group(n_qb, n_bh, programs_per_sm, device):
+    """Heads per group for a grid of n_qb blocks per head (see HEAD_GROUPS)."""
+    if not HEAD_GROUPS:
+        return 1
+    return max(1, min(n_bh, sm_count(device) * programs_per_sm // n_qb))
+
+
 @functools.lru_cache(maxsize=None)
 def _is_hopper(device_index):
     return torch.cuda.get_device_capability(device_index)[0] == 9
@@ -320,8 +348,10 @@ def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
     k_desc, k_tiles = _descriptor(k, BLOCK_N)
     v_desc, v_tiles = _descriptor(v, BLOCK_N)
     o_desc, _ = _descriptor(out, BLOCK_M)
-    _fast.launch((T // BLOCK_M, B * H, 1),
-                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles),
+    n_qb = T // BLOCK_M
+    _fast.launch((n_qb * B * H, 1, 1),
+                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
+                  heads_per_group(n_qb, B * H, 2 if BLOCK_M == 64 else 1, q.device)),
                  dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D, num_warps=BLOCK_M // 16))
     return out, lse
 

@@ -23,7 +23,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 
 from ._launch import FastLaunch
-from .attention_gluon import LOG2E, _descriptor, _softmax_step
+from .attention_gluon import LOG2E, _descriptor, _softmax_step, _tile_of, heads_per_group
 
 
 @gluon.jit
@@ -137,12 +137,11 @@ def _consumer(ME: gl.constexpr, q_smem, k_smem, v_smem, q_bars, k_full, v_full, 
 
 @gluon.jit
 def _attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads, n_kv_heads, qk_scale,
-                        q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+                        q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, head_group,
                         CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                         STAGES: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = q_desc.dtype
-    pid_m = gl.num_programs(0) - 1 - gl.program_id(0)  # the longest causal rows first
-    pid_bh = gl.program_id(1)
+    pid_m, pid_bh = _tile_of(seqlen // (2 * BLOCK_M), head_group)
     b = pid_bh // n_heads
     h = pid_bh % n_heads
     h_kv = h // (n_heads // n_kv_heads)
@@ -200,8 +199,10 @@ def attention_fwd_ws(q, k, v, causal, scale, block_n=128, stages=2):
     k_desc, k_tiles = _descriptor(k, block_n)
     v_desc, v_tiles = _descriptor(v, block_n)
     o_desc, _ = _descriptor(out, BLOCK_M)
-    _fast.launch((T // (2 * BLOCK_M), B * H, 1),
-                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles),
+    n_qb = T // (2 * BLOCK_M)
+    _fast.launch((n_qb * B * H, 1, 1),
+                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
+                  heads_per_group(n_qb, B * H, 1, q.device)),
                  dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, num_warps=4))
     return out, lse
 

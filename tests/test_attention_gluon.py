@@ -147,6 +147,29 @@ def test_dispatch_takes_fused_qkv_views(D, H, H_kv, causal, dtype, monkeypatch):
 
 
 @hopper_only
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("config", [("pipelined", 64, 64), ("pipelined", 128, 128), ("pingpong", 128, 2)])
+@pytest.mark.parametrize("group", [1, 4, 5, 6])
+def test_head_groups_cover_every_block(group, config, causal, monkeypatch):
+    """Programs map to (query block, head) in groups of heads (heads_per_group): every block once, for groups
+    that divide the 6 heads or leave a smaller last group (5: 5 + 1), one head at a time and all at once."""
+    for mod in (gluon_mod, gluon_mod.attention_gluon_ws):
+        monkeypatch.setattr(mod, "heads_per_group", lambda *args: group)
+    q, k, v = _inputs(2, 3, 3, 512, 128 if config[0] == "pingpong" else 64, torch.bfloat16, seed=group)
+    out, lse = gluon_mod.run_config(q, k, v, causal, 1 / math.sqrt(q.shape[-1]), config)
+    _check(q, k, v, causal, out, lse)
+
+
+@pytest.mark.parametrize("n_qb, n_bh, per_sm, sms, expected", [(16, 256, 2, 132, 16), (8, 256, 1, 132, 16),
+                                                                 (128, 16, 1, 132, 1), (2, 3, 2, 132, 3)])
+def test_heads_per_group_fill_about_one_wave(n_qb, n_bh, per_sm, sms, expected, monkeypatch):
+    monkeypatch.setattr(gluon_mod, "sm_count", lambda device: sms)
+    assert gluon_mod.heads_per_group(n_qb, n_bh, per_sm, torch.device("cpu")) == expected
+    monkeypatch.setattr(gluon_mod, "HEAD_GROUPS", False)
+    assert gluon_mod.heads_per_group(n_qb, n_bh, per_sm, torch.device("cpu")) == 1
+
+
+@hopper_only
 def test_dispatch_falls_back_when_gluon_cannot_build(monkeypatch):
     """Another Triton's Gluon API failing to build warns once and leaves the tl kernel to do the work."""
     def broken(*args, **kwargs):

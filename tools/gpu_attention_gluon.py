@@ -5,6 +5,9 @@ B*T = 16384, H*D = 2048):
     python tools/gpu_attention_gluon.py     # on a Hopper GPU; prints one line per point, TFLOP/s
     GLUON_MORE=1 python tools/gpu_attention_gluon.py   # plus settings outside CONFIGS: pipelined 128 x 128,
         # 128 x 64, the ping-pong's block_n 64 and 3 stages
+    GLUON_ORDER=1 python tools/gpu_attention_gluon.py  # each config also with one head at a time
+        # (attention_gluon.HEAD_GROUPS off): "grouped / one head" TFLOP/s
+    GLUON_CAUSAL=1 ...                                 # the causal half of the grid only
 """
 import math
 import os
@@ -28,8 +31,9 @@ def name(config):
 
 
 def main():
+    default_order = attention_gluon.HEAD_GROUPS
     points = [(D, T) for D in (128, 64) for T in (512, 1024, 2048, 4096, 8192, 16384)]
-    for causal in (True, False):
+    for causal in (True,) if os.environ.get("GLUON_CAUSAL") == "1" else (True, False):
         for D, T in points:
             B, H = 16384 // T, 2048 // D
             q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) * 0.5 for _ in range(3))
@@ -39,8 +43,13 @@ def main():
             more = ((("pipelined", 128, 128), ("pipelined", 128, 64), ("pingpong", 64, 2), ("pingpong", 64, 3))
                     if os.environ.get("GLUON_MORE") == "1" else ())
             for config in attention_gluon.CONFIGS[D] + more:
-                ms = do_bench(lambda: attention_gluon.run_config(q, k, v, causal, scale, config))
-                row.append(f"{name(config)} {flops / ms * 1e-9:4.0f}")
+                rates = []
+                for grouped in (True, False) if os.environ.get("GLUON_ORDER") == "1" else (True,):
+                    attention_gluon.HEAD_GROUPS = grouped
+                    ms = do_bench(lambda: attention_gluon.run_config(q, k, v, causal, scale, config))
+                    rates.append(f"{flops / ms * 1e-9:4.0f}")
+                attention_gluon.HEAD_GROUPS = default_order
+                row.append(f"{name(config)} {' / '.join(rates)}")
             attention.attention_fwd(q, k, v, causal, scale)  # the first call picks the config (untimed)
             ms = do_bench(lambda: attention.attention_fwd(q, k, v, causal, scale))
             picked = attention_gluon._picked.get(attention_gluon.picked_key(q, k, causal))
