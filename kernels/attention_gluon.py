@@ -235,13 +235,14 @@ def _tile_rows(t):
 
 # Causal blocks differ in work (block i reads i + 1 key blocks): heads go in groups of about one wave of
 # programs, each group's longest blocks first, so that a group's heads share L2 and the grid ends on short
-# blocks. KERNELS_ATTN_HEAD_GROUPS=0: one head at a time (its blocks longest first), the former order.
+# blocks (H200, bench/RESULTS.md eighth session: D = 128, T = 1024..8192 +2-6%; T = 512 -7%). Non-causal
+# blocks are equal: one head at a time there. KERNELS_ATTN_HEAD_GROUPS=0: one head at a time everywhere.
 HEAD_GROUPS = os.environ.get("KERNELS_ATTN_HEAD_GROUPS", "1") == "1"
 
 
-def heads_per_group(n_qb, n_bh, programs_per_sm, device):
+def heads_per_group(n_qb, n_bh, programs_per_sm, device, causal):
     """Heads per group for a grid of n_qb blocks per head (see HEAD_GROUPS)."""
-    if not HEAD_GROUPS:
+    if not (HEAD_GROUPS and causal):
         return 1
     return max(1, min(n_bh, sm_count(device) * programs_per_sm // n_qb))
 
@@ -351,7 +352,7 @@ def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
     n_qb = T // BLOCK_M
     _fast.launch((n_qb * B * H, 1, 1),
                  (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
-                  heads_per_group(n_qb, B * H, 2 if BLOCK_M == 64 else 1, q.device)),
+                  heads_per_group(n_qb, B * H, 2 if BLOCK_M == 64 else 1, q.device, causal)),
                  dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D, num_warps=BLOCK_M // 16))
     return out, lse
 

@@ -202,7 +202,7 @@ def attention_fwd_ws(q, k, v, causal, scale, block_n=128, stages=2):
     n_qb = T // (2 * BLOCK_M)
     _fast.launch((n_qb * B * H, 1, 1),
                  (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
-                  heads_per_group(n_qb, B * H, 1, q.device)),
+                  heads_per_group(n_qb, B * H, 1, q.device, causal)),
                  dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, num_warps=4))
     return out, lse
 

@@ -164,9 +164,10 @@ def test_head_groups_cover_every_block(group, config, causal, monkeypatch):
                                                                  (128, 16, 1, 132, 1), (2, 3, 2, 132, 3)])
 def test_heads_per_group_fill_about_one_wave(n_qb, n_bh, per_sm, sms, expected, monkeypatch):
     monkeypatch.setattr(gluon_mod, "sm_count", lambda device: sms)
-    assert gluon_mod.heads_per_group(n_qb, n_bh, per_sm, torch.device("cpu")) == expected
+    assert gluon_mod.heads_per_group(n_qb, n_bh, per_sm, torch.device("cpu"), True) == expected
+    assert gluon_mod.heads_per_group(n_qb, n_bh, per_sm, torch.device("cpu"), False) == 1  # equal blocks
     monkeypatch.setattr(gluon_mod, "HEAD_GROUPS", False)
-    assert gluon_mod.heads_per_group(n_qb, n_bh, per_sm, torch.device("cpu")) == 1
+    assert gluon_mod.heads_per_group(n_qb, n_bh, per_sm, torch.device("cpu"), True) == 1
 
 
 @hopper_only
