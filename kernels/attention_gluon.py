@@ -334,26 +334,32 @@ def _descriptor(t, block_rows):
     return desc, tiles
 
 
+def forward_launch(q, k, v, causal, scale, q_rows, kv_rows, program_rows, programs_per_sm):
+    """(out, lse, grid, runtime arguments) of a Gluon forward (this module's or attention_gluon_ws's): q and
+    the output in TMA tiles of q_rows rows, k and v of kv_rows, program_rows query rows per program."""
+    B, H, T, D = q.shape
+    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    q_desc, q_tiles = _descriptor(q, q_rows)
+    k_desc, k_tiles = _descriptor(k, kv_rows)
+    v_desc, v_tiles = _descriptor(v, kv_rows)
+    o_desc, _ = _descriptor(out, q_rows)
+    n_qb = T // program_rows
+    args = (q_desc, k_desc, v_desc, o_desc, lse, T, H, k.shape[1], scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
+            heads_per_group(n_qb, B * H, programs_per_sm, q.device, causal))
+    return out, lse, (n_qb * B * H, 1, 1), args
+
+
 def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
     """(out, lse) as kernels.attention.attention_fwd, for arguments where `usable` holds.
 
     block_m 128: two warpgroups of 64 query rows per program, one program per SM; block_m 64: one
     warpgroup, so that two programs share an SM and one's softmax can run under the other's wgmma."""
-    B, H, T, D = q.shape
-    H_kv = k.shape[1]
-    BLOCK_M = block_m
-    BLOCK_N = block_n or (64 if D == 128 else 128)
-    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    q_desc, q_tiles = _descriptor(q, BLOCK_M)
-    k_desc, k_tiles = _descriptor(k, BLOCK_N)
-    v_desc, v_tiles = _descriptor(v, BLOCK_N)
-    o_desc, _ = _descriptor(out, BLOCK_M)
-    n_qb = T // BLOCK_M
-    _fast.launch((n_qb * B * H, 1, 1),
-                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
-                  heads_per_group(n_qb, B * H, 2 if BLOCK_M == 64 else 1, q.device, causal)),
-                 dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, HEAD_DIM=D, num_warps=BLOCK_M // 16))
+    D = q.shape[3]
+    block_n = block_n or (64 if D == 128 else 128)
+    out, lse, grid, args = forward_launch(q, k, v, causal, scale, block_m, block_n, block_m, 2 if block_m == 64 else 1)
+    _fast.launch(grid, args, dict(CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
+                                  num_warps=block_m // 16))
     return out, lse
 
 

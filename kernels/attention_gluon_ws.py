@@ -16,14 +16,13 @@ Under causal masking consumer 1 (the later rows) may need one key block more tha
 turns stop after consumer 0's last block, and consumer 0 releases the blocks it does not read.
 Scope, arguments and results as attention_gluon.attention_fwd_gluon.
 """
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
 from ._launch import FastLaunch
-from .attention_gluon import LOG2E, _descriptor, _softmax_step, _tile_of, heads_per_group
+from .attention_gluon import _softmax_step, _tile_of, forward_launch
 
 
 @gluon.jit
@@ -190,20 +189,9 @@ def _attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads, n_
 def attention_fwd_ws(q, k, v, causal, scale, block_n=128, stages=2):
     """(out, lse) as attention_gluon.attention_fwd_gluon, for arguments where attention_gluon.usable holds
     (T a multiple of 128 = 2 consumers x 64 rows)."""
-    B, H, T, D = q.shape
-    H_kv = k.shape[1]
-    BLOCK_M = 64
-    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
-    q_desc, q_tiles = _descriptor(q, BLOCK_M)
-    k_desc, k_tiles = _descriptor(k, block_n)
-    v_desc, v_tiles = _descriptor(v, block_n)
-    o_desc, _ = _descriptor(out, BLOCK_M)
-    n_qb = T // (2 * BLOCK_M)
-    _fast.launch((n_qb * B * H, 1, 1),
-                 (q_desc, k_desc, v_desc, o_desc, lse, T, H, H_kv, scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
-                  heads_per_group(n_qb, B * H, 1, q.device, causal)),
-                 dict(CAUSAL=bool(causal), BLOCK_M=BLOCK_M, BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, num_warps=4))
+    out, lse, grid, args = forward_launch(q, k, v, causal, scale, 64, block_n, 2 * 64, 1)
+    _fast.launch(grid, args, dict(CAUSAL=bool(causal), BLOCK_M=64, BLOCK_N=block_n, HEAD_DIM=q.shape[3],
+                                  STAGES=stages, num_warps=4))
     return out, lse
 
 
