@@ -72,8 +72,9 @@ ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False)
 # forward ran 6-12% faster persistent at all five points, ahead of every peer in three runs (1.01-1.17;
 # bench/RESULTS.md, sixth session). KERNELS_FFN_PERSISTENT=0 turns it off.
 # The non-gated backward measured no faster persistent. So did the gated forward (two accumulators), but
-# in the fourth session, through the autotuner on every call: KERNELS_FFN_PERSISTENT_GATED=1 (or
-# PERSISTENT_GATED_FWD = True) sends it to the persistent kernel too, opt-in until timed again.
+# in the fourth session, through the autotuner on every call, and again with direct launches in the
+# eighth (swiglu 2048 -> 5440 546 against 598 TFLOP/s per-tile, 768 -> 2048 even): KERNELS_FFN_PERSISTENT_GATED=1
+# (or PERSISTENT_GATED_FWD = True) sends it to the persistent kernel too, opt-in.
 PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "1") == "1"
 PERSISTENT_GATED_FWD = os.environ.get("KERNELS_FFN_PERSISTENT_GATED", "0") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
