@@ -121,6 +121,12 @@ def _report(name, calls):
     return same
 
 
+def _triton_then_direct(name, step):
+    """step's first call (through Triton's path) against its second and third (direct launches)."""
+    first, second, third = _all_launches(step), _direct(step), _direct(step)
+    return _report(f"{name} ({len(first)} launches)", [first, second, third])
+
+
 def _prefill(tuned, args, meta, config):
     """Put `config` in the autotuner's cache under these arguments' key: its pick, without benchmarking."""
     named = {**dict(zip(tuned.arg_names, args)), **meta}
@@ -231,9 +237,8 @@ def norm_kernels():
                     def step():
                         y, summed, stats = norms.norm_fwd(x, r, w, b, 1e-5, is_rms)
                         norms_bwd.norm_bwd(dy, summed if add else x, dy if add else None, w, b, stats, is_rms)
-                    first, second, third = _all_launches(step), _direct(step), _direct(step)
-                    ok &= _report(f"norm rms={is_rms!s:5s} add={add!s:5s} {str(dtype):14s} {shape} pad={pad} "
-                                  f"({len(first)} launches)", [first, second, third])
+                    ok &= _triton_then_direct(f"norm rms={is_rms!s:5s} add={add!s:5s} {str(dtype):14s} {shape} "
+                                              f"pad={pad}", step)
     return ok
 
 
@@ -251,16 +256,14 @@ def gluon_attention():
                     for causal in (True, False):
                         def step():
                             attention_gluon.attention_fwd_gluon(q, k, v, causal, 0.125, block_n, block_m)
-                        first, second, third = _all_launches(step), _direct(step), _direct(step)
-                        ok &= _report(f"gluon attention {str(dtype):14s} D={D} fused={fused!s:5s} "
-                                      f"{block_m}x{block_n} causal={causal!s:5s}", [first, second, third])
+                        ok &= _triton_then_direct(f"gluon attention {str(dtype):14s} D={D} fused={fused!s:5s} "
+                                                  f"{block_m}x{block_n} causal={causal!s:5s}", step)
                 for block_n, stages in ((128, 2), (64, 3)):
                     for causal in (True, False):
                         def step():
                             attention_gluon_ws.attention_fwd_ws(q, k, v, causal, 0.125, block_n, stages)
-                        first, second, third = _all_launches(step), _direct(step), _direct(step)
-                        ok &= _report(f"gluon ws attention {str(dtype):14s} D={D} fused={fused!s:5s} "
-                                      f"block_n={block_n} stages={stages} causal={causal!s:5s}", [first, second, third])
+                        ok &= _triton_then_direct(f"gluon ws attention {str(dtype):14s} D={D} fused={fused!s:5s} "
+                                                  f"block_n={block_n} stages={stages} causal={causal!s:5s}", step)
     return ok
 
 

@@ -16,7 +16,6 @@ on the CPU. Tiny tensors (4 x 768 bf16), one thread; best of several loops. Comp
 one another (before / after a change, ours / eager / an empty autograd.Function) on one machine, not
 with the GPU host's; a shared machine's noise needs several alternating runs (--against).
 """
-import json
 import os
 import sys
 
@@ -95,17 +94,4 @@ def table(us):
 
 
 if __name__ == "__main__":
-    if "--against" in sys.argv:
-        i = sys.argv.index("--against")
-        host_timing.against(__file__, os.path.abspath(sys.argv[i + 1]),
-                            int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
-        sys.exit()
-    torch.set_num_threads(1)
-    host_timing.stub_fast_launches(norms, norms_bwd)
-    us = measure()
-    if "--json" in sys.argv:  # for scripts that compare runs (the machine's noise needs many)
-        print(json.dumps(us))
-    else:
-        table(us)
-    if "--profile" in sys.argv:
-        host_timing.profile(op_calls(kernels, sys.argv[sys.argv.index("--profile") + 1])[1])
+    host_timing.run_tool(__file__, (norms, norms_bwd), measure, table, lambda op: op_calls(kernels, op)[1])

@@ -30,7 +30,6 @@ yardsticks compute on the CPU too: the eager reference (kernels.reference.ffn) o
 an empty autograd.Function. One thread, best of several loops; compare numbers with one another on one
 machine, not with the GPU host's; a shared machine's noise needs several alternating runs (--against).
 """
-import json
 import os
 import sys
 
@@ -117,18 +116,5 @@ def table(us):
 
 
 if __name__ == "__main__":
-    if "--against" in sys.argv:
-        i = sys.argv.index("--against")
-        host_timing.against(__file__, os.path.abspath(sys.argv[i + 1]),
-                            int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
-        sys.exit()
-    torch.set_num_threads(1)
-    host_timing.stub_fast_launches(matmul, matmul_persistent)
-    warm_up()
-    us = measure()
-    if "--json" in sys.argv:
-        print(json.dumps(us))
-    else:
-        table(us)
-    if "--profile" in sys.argv:
-        host_timing.profile(calls(kernels.ffn, sys.argv[sys.argv.index("--profile") + 1])[1], lines=30)
+    host_timing.run_tool(__file__, (matmul, matmul_persistent), measure, table,
+                         lambda case: calls(kernels.ffn, case)[1], warm_up)

@@ -104,3 +104,26 @@ def against(tool, other, rounds):
     print(f"{'row':{width}s} {'before':>8s} {'after':>8s} {'ratio':>6s}  (us per call, best of {rounds} runs each)")
     for name, us in best.items():
         print(f"{name:{width}s} {us[other]:8.1f} {us[here]:8.1f} {us[here] / us[other]:6.2f}")
+
+
+def run_tool(tool, stub_modules, measure, table, fwd_bwd_of, warm_up=None):
+    """The command line the host-profile tools share (see their docstrings): --against DIR [ROUNDS], --json,
+    --profile NAME (cProfile of fwd_bwd_of(NAME)); launches of stub_modules' FastLaunches stubbed."""
+    import json
+    import os
+    import sys
+    if "--against" in sys.argv:
+        i = sys.argv.index("--against")
+        against(tool, os.path.abspath(sys.argv[i + 1]), int(sys.argv[i + 2]) if len(sys.argv) > i + 2 else 3)
+        return
+    torch.set_num_threads(1)
+    stub_fast_launches(*stub_modules)
+    if warm_up is not None:
+        warm_up()
+    us = measure()
+    if "--json" in sys.argv:  # for scripts that compare runs (the machine's noise needs many)
+        print(json.dumps(us))
+    else:
+        table(us)
+    if "--profile" in sys.argv:
+        profile(fwd_bwd_of(sys.argv[sys.argv.index("--profile") + 1]), lines=30)
