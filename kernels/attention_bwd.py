@@ -368,12 +368,12 @@ _dq_fast = FastLaunch(_attn_bwd_dq_kernel)
 
 
 # EXPERIMENTAL (branch next/attn-bwd-gluon, not yet run on a GPU): KERNELS_ATTN_BWD_GLUON=1 sends the dK/dV
-# kernel to kernels/attention_bwd_gluon.py where it applies (Hopper, the forward's Gluon scope).
-GLUON_DKDV = os.environ.get("KERNELS_ATTN_BWD_GLUON", "0") == "1"
+# and dQ kernels to kernels/attention_bwd_gluon.py where they apply (Hopper, the forward's Gluon scope).
+GLUON_BWD = os.environ.get("KERNELS_ATTN_BWD_GLUON", "0") == "1"
 
 
 @functools.lru_cache(maxsize=None)
-def _gluon_dkdv():
+def _gluon_bwd():
     """kernels.attention_bwd_gluon, or None where this Triton has no Gluon (imported late: it imports
     attention_gluon, which imports this module)."""
     try:
@@ -463,7 +463,7 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
             out, dout, lse, delta, lse2, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T, padded_q,
             HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
 
-    gluon = _gluon_dkdv() if GLUON_DKDV and "dkdv" not in config else None
+    gluon = _gluon_bwd() if GLUON_BWD and not config else None
     gluon = gluon if gluon is not None and gluon.usable(q, k, v, dout) else None
 
     def dkdv():
@@ -474,6 +474,8 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
                 dict(meta, GQA=H != H_kv), config.get("dkdv"), (buckets, q.dtype))
 
     def dq_():
+        if gluon is not None and gluon.dq_tuned(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q):
+            return  # the Gluon kernel where it applies (and builds)
         _launch(_dq_tuned, _dq_fast, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
                 (q, k, v, dout, lse2, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
                 (buckets, q.dtype))

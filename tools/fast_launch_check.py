@@ -17,7 +17,7 @@ launches go through FastLaunch.launch_known: the first call (Triton's path) agai
 third (direct); the Gluon forward
 (kernels/attention_gluon.py, TMA descriptors among its arguments), every config, contiguous and
 fused-QKV views: its first call (Triton's path) against the second and third (direct); the same for
-the Gluon dK/dV kernel (kernels/attention_bwd_gluon.py).
+the Gluon dK/dV and dQ kernels (kernels/attention_bwd_gluon.py).
 Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
 """
@@ -288,6 +288,14 @@ def gluon_attention_bwd():
                                                            config)
                         first, second, third = _all_launches(step), _direct(step), _direct(step)
                         ok &= _report(f"gluon dK/dV {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
+                                      f"causal={causal!s:5s}", [first, second, third])
+                dq = torch.empty(2, 4, 256, D, dtype=dtype)
+                for config in attention_bwd_gluon.DQ_CONFIGS[D]:
+                    for causal in (True, False):
+                        def step():
+                            attention_bwd_gluon.dq_gluon(q, k, v, dout, lse2, delta, dq, causal, 0.125, 256, config)
+                        first, second, third = _all_launches(step), _direct(step), _direct(step)
+                        ok &= _report(f"gluon dQ {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
                                       f"causal={causal!s:5s}", [first, second, third])
     return ok
 

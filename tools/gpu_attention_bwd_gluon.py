@@ -1,12 +1,12 @@
-"""Time the Gluon dK/dV kernel (kernels/attention_bwd_gluon.py, EXPERIMENTAL) against the `tl` one on the
-FlashAttention grid (bf16, causal, B*T = 16384, H*D = 2048), and the whole forward+backward with it against
-cuDNN's:
+"""Time the Gluon backward kernels (kernels/attention_bwd_gluon.py, EXPERIMENTAL: dK/dV, dQ) against the `tl`
+ones on the FlashAttention grid (bf16, causal, B*T = 16384, H*D = 2048), and the whole forward+backward with
+them against cuDNN's:
 
     python tools/gpu_attention_bwd_gluon.py     # on a Hopper GPU; one line per point
 
-Per point: the dK/dV kernel alone (ms; tl at its tuned config, each Gluon config), the largest difference of
-the Gluon dK, dV from the tl ones (relative to their largest value), then fwd+bwd ms with the tl and the
-Gluon dK/dV and cuDNN's (TFLOP/s counted as 3.5x the causal forward's FLOPs).
+Per point: each kernel alone (ms; tl at its tuned config, each Gluon config) with the largest difference of
+the Gluon gradients from the tl ones (relative to their largest value), then fwd+bwd ms with the tl and the
+Gluon backward and cuDNN's (TFLOP/s counted as 3.5x the causal forward's FLOPs).
 """
 import os
 import sys
@@ -33,29 +33,32 @@ def main():
             dout = torch.randn_like(q)
             out, lse = att.attention_fwd(q, k, v, True)
             row = []
-            bwd.GLUON_DKDV = False
-            (_, dk, dv), (pre, dkdv, _) = bwd.backward_launches(dout, q, k, v, out, lse, True, D ** -0.5)
+            bwd.GLUON_BWD = False
+            grads, (pre, dkdv, dq_) = bwd.backward_launches(dout, q, k, v, out, lse, True, D ** -0.5)
             pre()
             dkdv()  # (tunes)
-            row.append(f"dkdv tl {do_bench(dkdv):.3f}")
-            for config in gluon_bwd.CONFIGS[D]:
-                bwd.GLUON_DKDV = True
-                saved, gluon_bwd.CONFIGS = gluon_bwd.CONFIGS, {D: (config,)}
-                gluon_bwd._picked.clear()
-                try:
-                    (_, dk2, dv2), (pre2, dkdv2, _) = bwd.backward_launches(dout, q, k, v, out, lse, True, D ** -0.5)
-                    pre2()
-                    dkdv2()
-                    ms = do_bench(dkdv2)
-                finally:
-                    gluon_bwd.CONFIGS = saved
-                diff = max(((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-                           for a, b in ((dk2, dk), (dv2, dv)))
-                row.append(f"{config} {ms:.3f} (diff {diff:.0e})")
+            dq_()
+            row.append(f"tl dkdv {do_bench(dkdv):.3f} dq {do_bench(dq_):.3f}")
+            for kind, table, step, outputs in (("dkdv", "CONFIGS", 1, (1, 2)), ("dq", "DQ_CONFIGS", 2, (0,))):
+                for config in getattr(gluon_bwd, table)[D]:
+                    bwd.GLUON_BWD = True
+                    saved = getattr(gluon_bwd, table)
+                    setattr(gluon_bwd, table, {D: (config,)})
+                    gluon_bwd._picked.clear()
+                    try:
+                        mine, launches = bwd.backward_launches(dout, q, k, v, out, lse, True, D ** -0.5)
+                        launches[0]()
+                        launches[step]()
+                        ms = do_bench(launches[step])
+                    finally:
+                        setattr(gluon_bwd, table, saved)
+                    diff = max(((mine[i].float() - grads[i].float()).abs().max() / grads[i].float().abs().max()).item()
+                               for i in outputs)
+                    row.append(f"{kind} {config} {ms:.3f} (diff {diff:.0e})")
             flops = 4 * B * H * T * T * D * 0.5 * 3.5
             leaves = [t.detach().requires_grad_() for t in (q, k, v)]
             for name, on in (("tl", False), ("gluon", True)):
-                bwd.GLUON_DKDV = on
+                bwd.GLUON_BWD = on
                 gluon_bwd._picked.clear()
                 torch.autograd.grad(kernels.attention(*leaves), leaves, dout)  # (the first call tunes)
                 ms = do_bench(lambda: torch.autograd.grad(kernels.attention(*leaves), leaves, dout))
