@@ -5,8 +5,6 @@ The `tl` preprocess (delta = rowsum(dO * O), lse2) runs first, as for the `tl` k
 
 dK/dV: one program owns BLOCK_N keys of one (batch, kv head) and walks the query blocks that see them (all of
 every head of its GQA group), accumulating in registers
-One program owns BLOCK_N keys of one (batch, kv head) and walks the query blocks that see them (all of
-every head of its GQA group), accumulating in registers
 
     dV += P^T dO          dK += dS^T Q          (dK scaled by the softmax scale at the end)
 
