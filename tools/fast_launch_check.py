@@ -286,17 +286,15 @@ def gluon_attention_bwd():
                         def step():
                             attention_bwd_gluon.dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, 0.125, 256,
                                                            config)
-                        first, second, third = _all_launches(step), _direct(step), _direct(step)
-                        ok &= _report(f"gluon dK/dV {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
-                                      f"causal={causal!s:5s}", [first, second, third])
+                        ok &= _triton_then_direct(f"gluon dK/dV {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
+                                      f"causal={causal!s:5s}", step)
                 dq = torch.empty(2, 4, 256, D, dtype=dtype)
                 for config in attention_bwd_gluon.DQ_CONFIGS[D]:
                     for causal in (True, False):
                         def step():
                             attention_bwd_gluon.dq_gluon(q, k, v, dout, lse2, delta, dq, causal, 0.125, 256, config)
-                        first, second, third = _all_launches(step), _direct(step), _direct(step)
-                        ok &= _report(f"gluon dQ {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
-                                      f"causal={causal!s:5s}", [first, second, third])
+                        ok &= _triton_then_direct(f"gluon dQ {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
+                                      f"causal={causal!s:5s}", step)
     return ok
 
 
