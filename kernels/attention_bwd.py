@@ -367,6 +367,22 @@ _dkdv_fast = FastLaunch(_attn_bwd_dkdv_kernel)
 _dq_fast = FastLaunch(_attn_bwd_dq_kernel)
 
 
+# EXPERIMENTAL (branch next/attn-bwd-gluon, not yet run on a GPU): KERNELS_ATTN_BWD_GLUON=1 sends the dK/dV
+# and dQ kernels to kernels/attention_bwd_gluon.py where they apply (Hopper, the forward's Gluon scope).
+GLUON_BWD = os.environ.get("KERNELS_ATTN_BWD_GLUON", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _gluon_bwd():
+    """kernels.attention_bwd_gluon, or None where this Triton has no Gluon (imported late: it imports
+    attention_gluon, which imports this module)."""
+    try:
+        from . import attention_bwd_gluon
+    except ImportError:
+        return None
+    return attention_bwd_gluon
+
+
 # The padded per-row buffers (lse2, delta) hold a multiple of this many rows per head: at least every
 # BLOCK_M of the dK/dV tables, so its last query block reads them whole.
 PAD_ROWS = 128
@@ -447,12 +463,19 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
             out, dout, lse, delta, lse2, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T, padded_q,
             HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
 
+    gluon = _gluon_bwd() if GLUON_BWD and not config else None
+    gluon = gluon if gluon is not None and gluon.usable(q, k, v, dout) else None
+
     def dkdv():
+        if gluon is not None and gluon.dkdv_tuned(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q):
+            return  # the Gluon kernel where it applies (and builds)
         _launch(_dkdv_tuned, _dkdv_fast, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
                 (q, k, v, dout, lse2, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
                 dict(meta, GQA=H != H_kv), config.get("dkdv"), (buckets, q.dtype))
 
     def dq_():
+        if gluon is not None and gluon.dq_tuned(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q):
+            return  # the Gluon kernel where it applies (and builds)
         _launch(_dq_tuned, _dq_fast, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
                 (q, k, v, dout, lse2, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
                 (buckets, q.dtype))

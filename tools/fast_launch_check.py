@@ -16,7 +16,8 @@ norms_bwd.py: forward, backward and its second stage, plain and looped widths, s
 launches go through FastLaunch.launch_known: the first call (Triton's path) against the second and
 third (direct); the Gluon forward
 (kernels/attention_gluon.py, TMA descriptors among its arguments), every config, contiguous and
-fused-QKV views: its first call (Triton's path) against the second and third (direct).
+fused-QKV views: its first call (Triton's path) against the second and third (direct); the same for
+the Gluon dK/dV and dQ kernels (kernels/attention_bwd_gluon.py).
 Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
 """
@@ -267,9 +268,39 @@ def gluon_attention():
     return ok
 
 
+def gluon_attention_bwd():
+    from kernels import attention_bwd_gluon
+    ok = True
+    for dtype in (torch.bfloat16, torch.float16):
+        for D in (64, 128):
+            for fused in (False, True):
+                if fused:
+                    q, k, v = torch.empty(2, 256, 8, D, dtype=dtype).transpose(1, 2).split([4, 2, 2], dim=1)
+                else:
+                    q, k, v = (torch.empty(2, h, 256, D, dtype=dtype) for h in (4, 2, 2))
+                dout, dk, dv = torch.empty(2, 4, 256, D, dtype=dtype), torch.empty(2, 2, 256, D, dtype=dtype), \
+                    torch.empty(2, 2, 256, D, dtype=dtype)
+                lse2, delta = torch.empty(2, 4, 256), torch.empty(2, 4, 256)
+                for config in attention_bwd_gluon.CONFIGS[D]:
+                    for causal in (True, False):
+                        def step():
+                            attention_bwd_gluon.dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, 0.125, 256,
+                                                           config)
+                        ok &= _triton_then_direct(f"gluon dK/dV {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
+                                      f"causal={causal!s:5s}", step)
+                dq = torch.empty(2, 4, 256, D, dtype=dtype)
+                for config in attention_bwd_gluon.DQ_CONFIGS[D]:
+                    for causal in (True, False):
+                        def step():
+                            attention_bwd_gluon.dq_gluon(q, k, v, dout, lse2, delta, dq, causal, 0.125, 256, config)
+                        ok &= _triton_then_direct(f"gluon dQ {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
+                                      f"causal={causal!s:5s}", step)
+    return ok
+
+
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
     same = (fixed_configs() & autotuned() & persistent_kernels() & attention_kernels() & norm_kernels()
-            & gluon_attention())
+            & gluon_attention() & gluon_attention_bwd())
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)
