@@ -1,5 +1,4 @@
-"""EXPERIMENTAL (branch next/attn-bwd-gluon; compiled for sm_90a offline, not yet run on a GPU): the attention
-backward's dK/dV and dQ kernels in Gluon for Hopper, with the forward's trick (kernels/attention_gluon.py):
+"""The attention backward's dK/dV and dQ kernels in Gluon for Hopper, with the forward's trick (kernels/attention_gluon.py):
 wgmmas issued asynchronously so that the exponentials and dS run on the CUDA cores under the tensor cores' work.
 The `tl` preprocess (delta = rowsum(dO * O), lse2) runs first, as for the `tl` kernels.
 
@@ -38,13 +37,17 @@ from . import attention_bwd, attention_gluon
 from ._launch import FastLaunch
 from .attention_gluon import LOG2E, _descriptor
 
-# (block_n, block_m, num_warps) per head dim, timed on a shape's first call: block_n keys per program (64 per
-# warpgroup), block_m query rows per step. Registers for sm_90a (Triton 3.6, offline): D 64 181-207, no
-# spills; D 128 at block_m 32 222-239, no spills; (128, 64, 8) at D 128 255 and 20-84 bytes of spills.
-CONFIGS = {64: ((128, 64, 8), (64, 64, 4)), 128: ((128, 32, 8), (128, 64, 8), (64, 32, 4))}
+# (block_n, block_m, num_warps) per head dim, timed on a shape's first call against each other and the `tl`
+# kernel (the first one where the shape is too small to time): block_n keys per program (64 per warpgroup),
+# block_m query rows per step. Registers for sm_90a (Triton 3.6, offline): D 64 181-207, no spills; D 128
+# (64, 32, 4) 222-239, no spills; (128, 64, 8) 255 and 20-84 bytes of spills, yet the fastest from T 4096.
+# Left out after the first GPU run (H200, causal, T 1024 / 4096 / 16384): D 64 (128, 64, 8), 20-34% slower
+# than (64, 64, 4); D 128 (128, 32, 8), 13-19% slower than (128, 64, 8).
+CONFIGS = {64: ((64, 64, 4), ), 128: ((64, 32, 4), (128, 64, 8))}
 # (block_m, block_n, num_warps) of the dQ kernel: block_m query rows per program (64 per warpgroup), block_n
-# keys per step (registers 122-231, no spills)
-DQ_CONFIGS = {64: ((128, 64, 8), (64, 64, 4), (128, 128, 8)), 128: ((128, 64, 8), (64, 64, 4), (128, 128, 8))}
+# keys per step (registers 122-231, no spills). Left out likewise: (128, 128, 8) at D 64 (5-35% slower),
+# (128, 64, 8) at D 128 (1-13% slower than (64, 64, 4)).
+DQ_CONFIGS = {64: ((64, 64, 4), (128, 64, 8)), 128: ((64, 64, 4), (128, 128, 8))}
 
 
 @gluon.jit
@@ -293,9 +296,10 @@ def usable(q, k, v, dout):
 _picked = {}  # (kernel, shape key) -> its config, or None where no candidate could be built
 
 
-def tuned(name, launch, configs, q, k, causal, *args):
+def tuned(name, launch, configs, q, k, causal, *args, fallback=None):
     """launch(*args, config) with the fastest of configs for this shape (timed on its first call, as the
-    forward's); False where no candidate can be built here (the caller launches the tl kernel)."""
+    forward's, against fallback(), the `tl` kernel, when given); False where the `tl` kernel timed faster or
+    no candidate can be built here (the caller launches the `tl` kernel)."""
     B, H, T, D = q.shape
     key = (name, D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1])
     config = _picked.get(key, False)
@@ -310,6 +314,9 @@ def tuned(name, launch, configs, q, k, causal, *args):
                 times[candidate] = do_bench(run, warmup=5, rep=25, return_mode="median") if tune else 0.0
             except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once per shape)
                 warnings.warn(f"the Gluon {name} kernel {candidate} failed to build ({type(e).__name__}: {e})")
+        if times and tune and fallback is not None:
+            fallback()  # (tunes the `tl` kernel for this shape first)
+            times[None] = do_bench(fallback, warmup=5, rep=25, return_mode="median")
         config = _picked[key] = min(times, key=times.get) if times else None
     if config is None:
         return False
@@ -317,12 +324,14 @@ def tuned(name, launch, configs, q, k, causal, *args):
     return True
 
 
-def dkdv_tuned(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q):
-    return tuned("dK/dV", dkdv_gluon, CONFIGS, q, k, causal, q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q)
+def dkdv_tuned(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q, fallback=None):
+    return tuned("dK/dV", dkdv_gluon, CONFIGS, q, k, causal, q, k, v, dout, lse2, delta, dk, dv, causal, scale,
+                 padded_q, fallback=fallback)
 
 
-def dq_tuned(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q):
-    return tuned("dQ", dq_gluon, DQ_CONFIGS, q, k, causal, q, k, v, dout, lse2, delta, dq, causal, scale, padded_q)
+def dq_tuned(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q, fallback=None):
+    return tuned("dQ", dq_gluon, DQ_CONFIGS, q, k, causal, q, k, v, dout, lse2, delta, dq, causal, scale, padded_q,
+                 fallback=fallback)
 
 
 def dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q, config=None):

@@ -1,4 +1,4 @@
-"""The Gluon backward kernels (kernels/attention_bwd_gluon.py, EXPERIMENTAL: dK/dV and dQ) on a Hopper GPU:
+"""The Gluon backward kernels (kernels/attention_bwd_gluon.py: dK/dV and dQ) on a Hopper GPU:
 every config, causal or not, GQA, fused-QKV views, bf16 and fp16. dQ, dK and dV against float64 under the house
 rule (PyTorch's SDPA backward in the same dtype as the baseline), and the dispatch.
 """
@@ -77,11 +77,45 @@ def test_gluon_backward_tuned_once_per_shape(monkeypatch):
     assert picks["dK/dV"] in gluon_bwd.CONFIGS[128] and picks["dQ"] in gluon_bwd.DQ_CONFIGS[128]
 
 
-def test_off_by_default_keeps_the_tl_kernel(monkeypatch):
+def test_switched_off_keeps_the_tl_kernel(monkeypatch):
+    monkeypatch.setattr(bwd_mod, "GLUON_BWD", False)
     for name in ("dkdv_gluon", "dq_gluon"):
         monkeypatch.setattr(gluon_bwd, name, lambda *a: pytest.fail("a Gluon backward kernel was called"))
-    if bwd_mod.GLUON_BWD:
-        pytest.skip("KERNELS_ATTN_BWD_GLUON=1 in the environment")
     q, k, v = (t.requires_grad_() for t in _inputs(1, 2, 2, 256, 64, torch.bfloat16, seed=2))
     attention(q, k, v, causal=True).sum().backward()
     assert math.isfinite(q.grad.float().sum().item())
+
+
+@pytest.mark.parametrize("tl_faster", [True, False])
+def test_tuner_keeps_the_tl_kernel_where_it_times_faster(tl_faster, monkeypatch):
+    """Each kernel's tuner times the `tl` kernel as one more candidate: made to time fastest, it is picked
+    (and no Gluon kernel runs after the timing); made to time slowest, a Gluon config is."""
+    monkeypatch.setattr(bwd_mod, "GLUON_BWD", True)
+    monkeypatch.setattr(bwd_mod, "TUNE", True)
+    monkeypatch.setattr(gluon_bwd, "_picked", {})
+    tl_ms = 0.001 if tl_faster else 1e6
+    monkeypatch.setattr(gluon_bwd, "do_bench", lambda fn, **kw: tl_ms if getattr(fn, "is_tl", False) else 1.0)
+    real_tuned = gluon_bwd.tuned
+
+    def tuned(*a, fallback=None, **kw):
+        def tl():
+            fallback()
+        tl.is_tl = True
+        return real_tuned(*a, fallback=tl, **kw)
+    monkeypatch.setattr(gluon_bwd, "tuned", tuned)
+    q, k, v = _inputs(1, 4, 4, 2048, 64, torch.bfloat16, seed=7)
+    dout = torch.randn_like(q)
+    first = _grads(lambda q, k, v, c: attention(q, k, v, causal=c), q, k, v, dout, True)
+    picks = set(gluon_bwd._picked.values())
+    assert picks == {None} if tl_faster else None not in picks
+    calls = []
+    for name in ("dkdv_gluon", "dq_gluon"):
+        real = getattr(gluon_bwd, name)
+        monkeypatch.setattr(gluon_bwd, name, lambda *a, _real=real: calls.append(a) or _real(*a))
+    again = _grads(lambda q, k, v, c: attention(q, k, v, causal=c), q, k, v, dout, True)
+    assert bool(calls) != tl_faster
+    truth = _grads(_sdpa, *(t.double() for t in (q, k, v)), dout.double(), True)
+    base = _grads(_sdpa, q, k, v, dout, True)
+    for name, a, b, t, r in zip(("dq", "dk", "dv"), first, again, truth, base):
+        assert_close(a, t, r, name=name)
+        assert_close(b, t, r, name=name)
