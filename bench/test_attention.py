@@ -110,15 +110,24 @@ def build(case, provider):
     raise ValueError(provider)
 
 
-def forward_pick(case):
-    """Which forward kernel ours took for this case: the Gluon forward's tuned pick, or "tl"."""
-    try:
-        from kernels import attention_gluon
-    except ImportError:  # a Triton without Gluon
-        return "tl"
+def kernel_picks(case):
+    """Which kernels ours took for this case: {"forward_kernel": the Gluon forward's tuned pick or "tl"}, and
+    for fwd+bwd the Gluon backward's picks of the dK/dV and dQ kernels ("tl" where the `tl` one ran)."""
     s = case.shape
     q = torch.empty(s["B"], s["H"], s["T"], s["D"], dtype=case.dtype, device="meta")
-    return "-".join(map(str, attention_gluon._picked.get(attention_gluon.picked_key(q, q, True)) or ("tl",)))
+    try:
+        from kernels import attention_bwd_gluon, attention_gluon
+    except ImportError:  # a Triton without Gluon
+        return {"forward_kernel": "tl"}
+
+    def name(config):
+        return "-".join(map(str, config or ("tl",)))
+    picks = {"forward_kernel": name(attention_gluon._picked.get(attention_gluon.picked_key(q, q, True)))}
+    if case.mode == "fwd+bwd":
+        for kernel in ("dK/dV", "dQ"):
+            key = attention_bwd_gluon.picked_key(kernel, q, q, True)
+            picks[f"{kernel.replace('/', '').lower()}_kernel"] = name(attention_bwd_gluon._picked.get(key))
+    return picks
 
 
 def test_attention(benchmark, case, provider):
@@ -127,4 +136,4 @@ def test_attention(benchmark, case, provider):
                     lambda q, k, v: kernels.reference.attention(q, k, v, causal=True),
                     make_inputs, leaves=(0, 1, 2), flops=flops(case), big=True, extra=extra)
     if provider == "ours" and benchmark.enabled and common.ON_CUDA:
-        benchmark.extra_info["forward_kernel"] = forward_pick(case)
+        benchmark.extra_info.update(kernel_picks(case))

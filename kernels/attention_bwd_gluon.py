@@ -296,12 +296,18 @@ def usable(q, k, v, dout):
 _picked = {}  # (kernel, shape key) -> its config, or None where no candidate could be built
 
 
+def picked_key(name, q, k, causal):
+    """The key under which `_picked` remembers kernel `name`'s ("dK/dV" or "dQ") pick for a shape."""
+    B, H, T, D = q.shape
+    return name, D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1]
+
+
 def tuned(name, launch, configs, q, k, causal, *args, fallback=None):
     """launch(*args, config) with the fastest of configs for this shape (timed on its first call, as the
     forward's, against fallback(), the `tl` kernel, when given); False where the `tl` kernel timed faster or
     no candidate can be built here (the caller launches the `tl` kernel)."""
     B, H, T, D = q.shape
-    key = (name, D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1])
+    key = picked_key(name, q, k, causal)
     config = _picked.get(key, False)
     if config is False:
         tune = attention_bwd.TUNE and B * H * T * T >= attention_bwd.TUNE_MIN_WORK
