@@ -135,7 +135,8 @@ def ffn_gated_gluon_kernels():
     configs = list(dict.fromkeys(c for table in mgg.CONFIGS.values() for c in table))
     for dtype in (torch.bfloat16, torch.float16):
         x, w = torch.empty(M, K, dtype=dtype), torch.empty(2 * H, K, dtype=dtype)
-        out, pre, bias = torch.empty(M, H, dtype=dtype), torch.empty(M, 2 * H, dtype=dtype), torch.empty(2 * H, dtype=dtype)
+        out, pre = torch.empty(M, H, dtype=dtype), torch.empty(M, 2 * H, dtype=dtype)
+        bias = torch.empty(2 * H, dtype=dtype)
         for act in ("swiglu", "geglu"):
             for store_pre in (True, False):
                 for bm, bn, bk, stages, warps in configs:
