@@ -4,6 +4,7 @@ without a GPU: a register-pressure check that costs no device time.
     python tools/sm90_registers.py attention_bwd [D]      # dK/dV and dQ kernels, head dim D (default 128)
     python tools/sm90_registers.py attention_fwd [D]
     python tools/sm90_registers.py ffn [ACT,...]          # the fused GEMMs of kernels/matmul.py
+    python tools/sm90_registers.py ffn_gated_gluon        # kernels/matmul_gated_gluon.py, every config
 
 Triton compiles for an explicit target without a driver (a stub takes the driver's place), then the
 ptxas bundled with Triton reports the registers and spill bytes of each config in the kernels' tables.
@@ -27,7 +28,7 @@ from tools.compile_only import use_compile_only_driver  # noqa: E402
 use_compile_only_driver()
 
 import kernels  # noqa: E402,F401
-from kernels import attention_bwd, matmul, matmul_persistent as mp  # noqa: E402
+from kernels import attention_bwd, matmul, matmul_gated_gluon as mgg, matmul_persistent as mp  # noqa: E402
 
 attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
 
@@ -127,15 +128,41 @@ def ffn_kernels(activations):
             show(f"persistent bwd {act}", config, compiled)
 
 
+def ffn_gated_gluon_kernels():
+    """The Gluon gated forward at every config of its table, swiglu and geglu, bf16 and fp16, with and
+    without storing the pre-activation (the epilogue's staging tiles differ)."""
+    M, K, H = 16384, 768, 2048
+    configs = list(dict.fromkeys(c for table in mgg.CONFIGS.values() for c in table))
+    for dtype in (torch.bfloat16, torch.float16):
+        x, w = torch.empty(M, K, dtype=dtype), torch.empty(2 * H, K, dtype=dtype)
+        out, pre = torch.empty(M, H, dtype=dtype), torch.empty(M, 2 * H, dtype=dtype)
+        bias = torch.empty(2 * H, dtype=dtype)
+        for act in ("swiglu", "geglu"):
+            for store_pre in (True, False):
+                for bm, bn, bk, stages, warps in configs:
+                    d = mgg._descriptor
+                    o = d(out, (M, H), (bm, bn))
+                    pg, pu = (d(pre, (M, H), (bm, bn)), d(pre[:, H:], (M, H), (bm, bn))) if store_pre else (o, o)
+                    bufs = mgg.epilogue_buffers((bm, bn, bk, stages, warps), 2, store_pre)
+                    compiled = mgg._gated_fwd_kernel.warmup(
+                        d(x, (M, K), (bm, bk)), d(w, (H, K), (bn, bk)), d(w[H:], (H, K), (bn, bk)), o, pg, pu, bias,
+                        M, H, K, grid=(1,), ACT=mgg.ACT_CODES[act], HAS_BIAS=True, STORE_PRE=store_pre,
+                        STAGES=stages, EPI_BUFS=bufs, GROUP=mgg.GROUP_M, num_warps=warps)
+                    show(f"gated gluon {act} {str(dtype)[6:]} pre={int(store_pre)}",
+                         (bm, bn, bk, stages, warps, f"epi{bufs}"), compiled)
+
+
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "attention_bwd"
     print(f"triton {triton.__version__}, target sm_90a (compile only)")
     if which.startswith("attention"):
         attention_kernels(which, int(sys.argv[2]) if len(sys.argv) > 2 else 128)
+    elif which == "ffn_gated_gluon":
+        ffn_gated_gluon_kernels()
     elif which == "ffn":
         ffn_kernels(sys.argv[2].split(",") if len(sys.argv) > 2 else ["gelu", "relu", "swiglu"])
     else:
-        raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd or ffn")
+        raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd, ffn or ffn_gated_gluon")
 
 
 if __name__ == "__main__":
