@@ -46,7 +46,9 @@ the launches after the first of a key go straight to the jitted kernel (FastLaun
 heuristics wrapper on the call path). The CPU interpreter runs one config, with TMA where the
 operands allow it, so the CPU tests cover both paths.
 """
+import functools
 import os
+import warnings
 
 import torch
 import triton
@@ -78,6 +80,13 @@ ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False)
 PERSISTENT = os.environ.get("KERNELS_FFN_PERSISTENT", "1") == "1"
 PERSISTENT_GATED_FWD = os.environ.get("KERNELS_FFN_PERSISTENT_GATED", "0") == "1"
 SMALL_M = 1024  # at or below this many rows one small tile config is used (no tuning worth its compiles)
+# The gated forward of kernels/matmul_gated_gluon.py (Hopper, Gluon: one wgmma of N = 2 BLOCK_N into one
+# accumulator per k-step, persistent, TMA stores under the next tile's loads) where it applies and M > SMALL_M,
+# timed per (M bucket, shape, dtype, bias, store_pre) on its first call against the tl kernel. Ninth session,
+# H200, M 16384 (tools/gpu_ffn_gated_gluon.py): with pre stored (training) 487-607 TFLOP/s against the tl
+# kernel's 412-516 (1.14-1.25x); without pre it loses at K 2048 (566 against 634), which the timing sees.
+# KERNELS_FFN_GLUON_GATED=0 keeps the tl kernel.
+GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
 
 
 def _config(bm, bn, bk, warps, stages, tma, **options):
@@ -463,6 +472,23 @@ def linear_act_fwd(x, w, b, activation, store_pre):
         if store_pre:
             pre.copy_(full)
         return out, pre
+    if gated and GLUON_GATED_FWD and M > SMALL_M and not _INTERPRETING:
+        gluon = _gated_gluon()
+        if gluon is not None and gluon.usable(x, w, b, activation):
+            config = _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre)
+            if config is not None:
+                gluon.gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre)
+                return out, pre
+    _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre)
+    return out, pre
+
+
+def _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre):
+    """linear_act_fwd's `tl` kernels (per-tile or persistent) into out, pre."""
+    code, gated = ACT_CODES[activation]
+    M, K = x.shape
+    n_pre = w.shape[0]
+    N = out.shape[1]
     _set_allocator()
     bias = b if b is not None else x
     aligned = not (x.data_ptr() | w.data_ptr() | bias.data_ptr() | pre.data_ptr() | out.data_ptr()) % 16
@@ -479,14 +505,14 @@ def linear_act_fwd(x, w, b, activation, store_pre):
             _linear_act_fwd_fast.launch_known(
                 plan, (x, w, bias, pre, out, M, N, K, x.stride(0), x.stride(1), w.stride(0), w.stride(1),
                        pre.stride(0) if store_pre else 0, out.stride(0), _m_bucket(M)), True)
-        return out, pre
+        return
     if (PERSISTENT and (not gated or PERSISTENT_GATED_FWD) and (M > SMALL_M or _INTERPRETING)
             and matmul_persistent.usable(N, x, w, out, pre)):
         tune = autotune_enabled()
         plan = matmul_persistent.launch(x, w, b, pre, out, code, gated, store_pre, _m_bucket(M), tune)
         if aligned:
             _remember(key, matmul_persistent._PICKED if tune else None, True, plan)
-        return out, pre
+        return
     tune = M > SMALL_M and autotune_enabled()
     plan = _launch(_linear_act_fwd_tuned, _linear_act_fwd_fast, M, N, K, _configs_of(True, gated),
                    _tma_ok((x, (x.stride(0), x.stride(1))), (w, (w.stride(0), w.stride(1)))),
@@ -496,7 +522,53 @@ def linear_act_fwd(x, w, b, activation, store_pre):
                         PRECISION=_precision(x.dtype)))
     if aligned:
         _remember(key, _PICKED if tune else None, False, plan)
-    return out, pre
+
+
+
+
+@functools.lru_cache(maxsize=None)
+def _gated_gluon():
+    """kernels.matmul_gated_gluon, or None where this Triton has no Gluon."""
+    try:
+        from . import matmul_gated_gluon
+    except ImportError:
+        return None
+    return matmul_gated_gluon
+
+
+# (activation, bias?, store_pre, M bucket, K, 2H, dtype, device) -> the Gluon config picked, or None: the tl kernel
+_GLUON_PICKS = {}
+
+
+def _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre):
+    """The gated forward's kernel for this shape: on its first call each Gluon config of the shape's class and
+    the tl kernel are timed (as the attention kernels are), without tuning the class's first config; None
+    where the tl kernel timed faster or no Gluon config builds. The timing runs write out and pre."""
+    M, K = x.shape
+    key = (activation, b is not None, bool(store_pre), _m_bucket(M), K, w.shape[0], x.dtype, x.get_device())
+    pick = _GLUON_PICKS.get(key, False)
+    if pick is not False:
+        return pick
+    from triton.testing import do_bench
+    tune = autotune_enabled()
+    configs = gluon.CONFIGS[gluon.shape_class(M, K)]
+    times = {}
+    for config in configs if tune else configs[:1]:
+        def run(config=config):
+            gluon.gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre)
+        try:
+            run()  # builds it
+            times[config] = do_bench(run, warmup=5, rep=25, return_mode="median") if tune else 0.0
+        except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once per shape)
+            warnings.warn(f"the Gluon gated forward {config} failed to build ({type(e).__name__}: {e}); the tl "
+                          f"kernel runs where none builds")
+    if times and tune:
+        def run_tl():
+            _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre)
+        run_tl()  # (tunes the tl kernel for this shape first)
+        times[None] = do_bench(run_tl, warmup=5, rep=25, return_mode="median")
+    pick = _GLUON_PICKS[key] = min(times, key=times.get) if times else None
+    return pick
 
 
 def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):

@@ -29,7 +29,8 @@ next tile's main loop runs.
 Scope (`usable`): Hopper (sm_90), fp16 / bf16, x (M, K) and w (2H, K) with unit last strides,
 16-byte aligned bases and row pitches (TMA), K and H multiples of 8; bias None or (2H,) of x's dtype.
 Edges (M, H and K not multiples of the tiles) are zero-filled by TMA on load and clipped on store.
-Not wired into kernels/matmul.py's dispatch yet: tools/gpu_ffn_gated_gluon.py times it first.
+kernels/matmul.py's linear_act_fwd takes it where it applies and M > SMALL_M, timed per shape against the
+tl kernel (the ninth session's table is there).
 """
 import functools
 
@@ -49,14 +50,18 @@ GROUP_M = 8
 SMEM_LIMIT = 232448 - 2048  # the H100's / H200's 227 KB per block, less room for the mbarriers
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, num_warps). BLOCK_N is the width of each half (gate, up): the wgmma is
-# BLOCK_M x 2 BLOCK_N. The first entry of a class is its default; tools/gpu_ffn_gated_gluon.py times them all.
+# BLOCK_M x 2 BLOCK_N. The first entry of a class is its default (untuned); kernels/matmul.py times a class's
+# entries against each other and the tl kernel. First GPU run (H200, M 16384, tools/gpu_ffn_gated_gluon.py):
+# 128 x 128 x 64 with 4 or 3 stages led at every shape; 128 x 64 x 64 (267-368 TFLOP/s) and BLOCK_K 32
+# (285-466) never did and are left out.
 CONFIGS = {
-    # M up to 1024: one warpgroup of 64 rows, more tiles to spread over the SMs
+    # M up to 1024: one warpgroup of 64 rows, more tiles to spread over the SMs (kernels/matmul.py sends
+    # M <= SMALL_M = 1024 to the tl kernel: host time weighs more there)
     "small_m": ((64, 128, 64, 4, 4), (128, 128, 64, 3, 8)),
     # K <= 1024 (768 -> 2048 / 3072): few k-steps per tile, so the epilogue weighs more
-    "narrow_k": ((128, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 64, 64, 4, 8), (128, 128, 32, 5, 8)),
+    "narrow_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8)),
     # K > 1024 (2048 -> 5440 / 8192)
-    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), (128, 64, 64, 5, 8), (128, 128, 32, 6, 8)),
+    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8)),
 }
 
 
@@ -262,13 +267,15 @@ def _descriptor(base, shape, block):
     return desc
 
 
-def gated_forward_gluon(x, w, b, activation, store_pre, config=None):
+def gated_forward_gluon(x, w, b, activation, store_pre, config=None, out=None, pre=None):
     """(out (M, H), pre (M, 2H) or an empty tensor) as kernels.matmul.linear_act_fwd for a gated activation,
-    where `usable` holds; config (BLOCK_M, BLOCK_N, BLOCK_K, stages, num_warps), default from CONFIGS."""
+    where `usable` holds; config (BLOCK_M, BLOCK_N, BLOCK_K, stages, num_warps), default from CONFIGS. out
+    and pre, when given, are contiguous tensors of those shapes to fill (linear_act_fwd allocates them)."""
     M, K = x.shape
     H = w.shape[0] // 2
-    out = torch.empty((M, H), device=x.device, dtype=x.dtype)
-    pre = torch.empty((M, 2 * H) if store_pre else (0,), device=x.device, dtype=x.dtype)
+    if out is None:
+        out = torch.empty((M, H), device=x.device, dtype=x.dtype)
+        pre = torch.empty((M, 2 * H) if store_pre else (0,), device=x.device, dtype=x.dtype)
     bm, bn, bk, stages, warps = config or CONFIGS[shape_class(M, K)][0]
     x_desc = _descriptor(x, (M, K), (bm, bk))
     wg_desc = _descriptor(w, (H, K), (bn, bk))

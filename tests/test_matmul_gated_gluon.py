@@ -53,13 +53,21 @@ def _low(t, dtype):
     return None if t is None else t.to(dtype)
 
 
+def _tl_forward(x, w, b, activation):
+    """(out, pre) of the tl gated forward, whichever kernel linear_act_fwd would pick."""
+    out = torch.empty(x.shape[0], w.shape[0] // 2, device=x.device, dtype=x.dtype)
+    pre = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
+    matmul._linear_act_fwd_tl(x, w, b, activation, True, out, pre)
+    return out, pre
+
+
 def _check(x, w, b, activation, dtype, store_pre=True, config=None, x_low=None):
     """Ours against float64 (baseline: PyTorch in dtype) and against the tl forward (baseline: tl's own error)."""
     x_low = x.to(dtype) if x_low is None else x_low
     w_low, b_low = w.to(dtype), _low(b, dtype)
     assert gluon_mod.usable(x_low, w_low, b_low, activation)
     out, pre = gluon_mod.gated_forward_gluon(x_low, w_low, b_low, activation, store_pre, config)
-    tl_out, tl_pre = matmul.linear_act_fwd(x_low, w_low, b_low, activation, True)
+    tl_out, tl_pre = _tl_forward(x_low, w_low, b_low, activation)
     truth = reference.linear_act(x, w, b, activation)
     assert out.dtype == dtype and out.shape == truth.shape
     assert_close(out, truth, reference.linear_act(x_low, w_low, b_low, activation), name=f"{activation} out")
@@ -117,3 +125,46 @@ def test_usable_refuses_what_it_cannot_take():
     assert not gluon_mod.usable(x, w[:250], None, "swiglu")  # H = 125 not a multiple of 8
     assert not gluon_mod.usable(x, w, torch.zeros(256, device="cuda"), "swiglu")  # bias of another dtype
     assert not gluon_mod.usable(x.cpu(), w.cpu(), None, "swiglu")
+
+
+@hopper_only
+@pytest.mark.parametrize("tl_faster", [True, False])
+@pytest.mark.parametrize("store_pre", [True, False])
+def test_linear_act_fwd_takes_the_timed_pick(tl_faster, store_pre, monkeypatch):
+    """linear_act_fwd (M > SMALL_M) times the Gluon configs of the shape's class and the tl kernel once per
+    shape and launches the faster: the tl kernel where it times faster (and no Gluon launch after the
+    timing), the Gluon kernel otherwise; right either way, and not timed again on the next call."""
+    monkeypatch.setenv("KERNELS_AUTOTUNE", "1")
+    monkeypatch.setattr(matmul, "_GLUON_PICKS", {})
+    monkeypatch.setattr(matmul, "GLUON_GATED_FWD", True)
+    timed = []
+
+    def fake_bench(fn, **kw):
+        timed.append(fn)
+        is_tl = fn.__name__ == "run_tl"
+        return (0.001 if tl_faster else 1e6) if is_tl else 1.0
+    monkeypatch.setattr("triton.testing.do_bench", fake_bench)
+    x, w, b = _inputs(2048, 768, 1000, torch.bfloat16, True)
+    x_low, w_low, b_low = x.to(torch.bfloat16), w.to(torch.bfloat16), b.to(torch.bfloat16)
+    matmul.linear_act_fwd(x_low, w_low, b_low, "swiglu", store_pre)
+    assert len(timed) == len(gluon_mod.CONFIGS["narrow_k"]) + 1
+    assert set(matmul._GLUON_PICKS.values()) == ({None} if tl_faster else {gluon_mod.CONFIGS["narrow_k"][0]})
+    calls = []
+    real = gluon_mod.gated_forward_gluon
+    monkeypatch.setattr(gluon_mod, "gated_forward_gluon", lambda *a: calls.append(a) or real(*a))
+    out, pre = matmul.linear_act_fwd(x_low, w_low, b_low, "swiglu", store_pre)
+    assert len(timed) == len(gluon_mod.CONFIGS["narrow_k"]) + 1 and bool(calls) != tl_faster
+    truth = reference.linear_act(x, w, b, "swiglu")
+    assert_close(out, truth, reference.linear_act(x_low, w_low, b_low, "swiglu"), name="out")
+    if store_pre:
+        assert_close(pre, F.linear(x, w, b), F.linear(x_low, w_low, b_low), name="pre")
+
+
+@hopper_only
+def test_switched_off_or_small_m_keeps_the_tl_kernel(monkeypatch):
+    monkeypatch.setattr(gluon_mod, "gated_forward_gluon", lambda *a: pytest.fail("the Gluon kernel was called"))
+    x = torch.randn(matmul.SMALL_M, 768, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(2 * 1024, 768, device="cuda", dtype=torch.bfloat16) / 768 ** 0.5
+    matmul.linear_act_fwd(x, w, None, "swiglu", True)  # M <= SMALL_M
+    monkeypatch.setattr(matmul, "GLUON_GATED_FWD", False)
+    matmul.linear_act_fwd(torch.cat([x, x]), w, None, "swiglu", True)
