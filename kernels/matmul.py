@@ -37,8 +37,9 @@ off by default). Any M, N, K. Two load paths for the main loop, chosen per launc
 The epilogue stores through masked pointers either way. With PERSISTENT on (below; the default),
 where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM (and, opt-in,
 the gated forward) run instead as the persistent kernels of kernels/matmul_persistent.py (one
-program per SM, asynchronous TMA stores). Tiles are visited in grouped (swizzled) order, 8 row-tiles
-per group, so consecutive programs share B columns in L2. M > 1024 is autotuned per (M bucket, N, K,
+program per SM, asynchronous TMA stores); on Hopper the gated forward may run as the Gluon kernel
+of kernels/matmul_gated_gluon.py (one wgmma for gate and up; timed against the tl one per shape).
+Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs share B columns in L2. M > 1024 is autotuned per (M bucket, N, K,
 dtype, activation) over five to eight configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the
 backward also EPI_FIRST);
 M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class; either way
@@ -83,9 +84,9 @@ SMALL_M = 1024  # at or below this many rows one small tile config is used (no t
 # The gated forward of kernels/matmul_gated_gluon.py (Hopper, Gluon: one wgmma of N = 2 BLOCK_N into one
 # accumulator per k-step, persistent, TMA stores under the next tile's loads) where it applies and M > SMALL_M,
 # timed per (M bucket, shape, dtype, bias, store_pre) on its first call against the tl kernel. Ninth session,
-# H200, M 16384 (tools/gpu_ffn_gated_gluon.py): with pre stored (training) 487-607 TFLOP/s against the tl
-# kernel's 412-516 (1.14-1.25x); without pre it loses at K 2048 (566 against 634), which the timing sees.
-# KERNELS_FFN_GLUON_GATED=0 keeps the tl kernel.
+# H200, M 16384 (bench/RESULTS.md): the GEMM alone with a bias and pre stored 487-607 TFLOP/s against the tl
+# kernel's 412-516, without pre it loses at K 2048 (566 against 634; the timing keeps tl there); in the FFN
+# the forward at 768 -> 2048 gains 3-9%. KERNELS_FFN_GLUON_GATED=0 keeps the tl kernel.
 GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
 
 
@@ -522,8 +523,6 @@ def _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre):
                         PRECISION=_precision(x.dtype)))
     if aligned:
         _remember(key, _PICKED if tune else None, False, plan)
-
-
 
 
 @functools.lru_cache(maxsize=None)
