@@ -40,8 +40,8 @@ the gated forward) run instead as the persistent kernels of kernels/matmul_persi
 program per SM, asynchronous TMA stores); on Hopper the gated forward may run as the Gluon kernel
 of kernels/matmul_gated_gluon.py (one wgmma for gate and up; timed against the tl one per shape).
 Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs share
-B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the
-backward also EPI_FIRST);
+B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
+configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the backward also EPI_FIRST);
 M <= 1024, or KERNELS_AUTOTUNE=0 (the tests), launches one fixed config per shape class; either way
 the launches after the first of a key go straight to the jitted kernel (FastLaunch, no autotuner or
 heuristics wrapper on the call path). The CPU interpreter runs one config, with TMA where the
