@@ -39,13 +39,16 @@ from .attention_gluon import LOG2E, _descriptor
 
 # (block_n, block_m, num_warps) per head dim, timed on a shape's first call against each other and the `tl`
 # kernel (the first one where the shape is too small to time): block_n keys per program (64 per warpgroup),
-# block_m query rows per step. Registers for sm_90a (Triton 3.6, offline): D 64 181-207, no spills; D 128
-# (64, 32, 4) 222-239, no spills; (128, 64, 8) 255 and 20-84 bytes of spills, yet the fastest from T 4096.
+# block_m query rows per step. Registers for sm_90a (Triton 3.6, offline, `python tools/sm90_registers.py
+# attention_bwd_gluon`), causal or not, no spills: D 64 175-198; D 128 (64, 32, 4) 195-208, (128, 64, 8)
+# 239-251 (the fastest from T 4096; 255 and 20-84 bytes of spills before K and V were indexed as in
+# _dkdv_step), (64, 64, 4) 239-248 (spilled likewise before; not yet timed on a GPU).
 # Left out after the first GPU run (H200, causal, T 1024 / 4096 / 16384): D 64 (128, 64, 8), 20-34% slower
 # than (64, 64, 4); D 128 (128, 32, 8), 13-19% slower than (128, 64, 8).
-CONFIGS = {64: ((64, 64, 4), ), 128: ((64, 32, 4), (128, 64, 8))}
+CONFIGS = {64: ((64, 64, 4), ), 128: ((64, 32, 4), (128, 64, 8), (64, 64, 4))}
 # (block_m, block_n, num_warps) of the dQ kernel: block_m query rows per program (64 per warpgroup), block_n
-# keys per step (registers 122-231, no spills). Left out likewise: (128, 128, 8) at D 64 (5-35% slower),
+# keys per step (registers 122-231, no spills; Q and dO indexed as K and V in _dkdv_step only saved 8-12 at
+# D 128 causal, so they are not). Left out likewise: (128, 128, 8) at D 64 (5-35% slower),
 # (128, 64, 8) at D 128 (1-13% slower than (64, 64, 4)).
 DQ_CONFIGS = {64: ((64, 64, 4), (128, 64, 8)), 128: ((64, 64, 4), (128, 128, 8))}
 
@@ -58,20 +61,27 @@ def _load_rows(desc, row, col, bar, dst, pred):
 
 @gluon.jit
 def _dkdv_step(j, it, dk, dv, k_smem, v_smem, q_smem, do_smem, q_bars, do_bars, q_desc, do_desc, q_row, q_col,
-               do_row, do_col, Lse2, Delta, row_base, n_blocks, m_first, keys, offs_m, zero_s, qk_scale,
+               do_row, do_col, Lse2, Delta, row_base, seqlen, n_blocks, m_first, keys, offs_m, zero_s, qk_scale,
                MASK: gl.constexpr, op_layout: gl.constexpr, BLOCK_M: gl.constexpr):
     """Query block m_first + j (ring position it) into dk, dv; MASK applies the causal mask."""
     dtype: gl.constexpr = q_smem.dtype
     slot = it % 2
     phase = (it // 2) & 1
+    # K and V (loop-invariant tiles) through an index that is always 0 but that LLVM cannot prove constant
+    # (seqlen >> 31, seqlen being positive): else LLVM hoists their wgmma descriptors (64 bits per K-step) out of
+    # the loop and holds them in registers across it; D 128 (128, 64, 8) then spilled 20-84 bytes at 255
+    # registers (Triton 3.6, ptxas -v). Rebuilt per use they cost integer ops in the loop, not registers.
+    kv = it & (seqlen >> 31)
+    k_tile = k_smem.index(kv)
+    v_tile = v_smem.index(kv)
     start_m = (m_first + j) * BLOCK_M
     rows = start_m + offs_m
     lse2 = gl.load(Lse2 + row_base + rows)
     delta = gl.load(Delta + row_base + rows)
     mbarrier.wait(q_bars.index(slot), phase)
-    s_t = warpgroup_mma(k_smem, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s_t = warpgroup_mma(k_tile, q_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     mbarrier.wait(do_bars.index(slot), phase)
-    dp_t = warpgroup_mma(v_smem, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dp_t = warpgroup_mma(v_tile, do_smem.index(slot).permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma_wait(num_outstanding=1, deps=(s_t, ))
     # P^T = exp2(S^T * scale * log2 e - lse2), 0 where the key comes after the query
     if MASK:
@@ -117,8 +127,8 @@ def _attn_bwd_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_des
     keys = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, s_layout))
     offs_m = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
 
-    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_DIM], v_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [1, BLOCK_N, HEAD_DIM], k_desc.layout)  # ([1, ...]: see _dkdv_step)
+    v_smem = gl.allocate_shared_memory(dtype, [1, BLOCK_N, HEAD_DIM], v_desc.layout)
     q_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, HEAD_DIM], q_desc.layout)
     do_smem = gl.allocate_shared_memory(dtype, [2, BLOCK_M, HEAD_DIM], do_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -130,8 +140,8 @@ def _attn_bwd_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_des
         mbarrier.init(do_bars.index(i), count=1)
 
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [b * k_rb + h_kv * k_rh + start_n, h_kv * k_ch], kv_bar, k_smem)
-    tma.async_copy_global_to_shared(v_desc, [b * v_rb + h_kv * v_rh + start_n, h_kv * v_ch], kv_bar, v_smem)
+    tma.async_copy_global_to_shared(k_desc, [b * k_rb + h_kv * k_rh + start_n, h_kv * k_ch], kv_bar, k_smem.index(0))
+    tma.async_copy_global_to_shared(v_desc, [b * v_rb + h_kv * v_rh + start_n, h_kv * v_ch], kv_bar, v_smem.index(0))
 
     n_qb = seqlen // BLOCK_M
     if CAUSAL:  # query blocks before the key block see none of it; from m_full on they see all of it
@@ -160,12 +170,12 @@ def _attn_bwd_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_des
             _load_rows(do_desc, do_row + i * BLOCK_M, do_col, do_bars.index(slot), do_smem.index(slot), i < n_blocks)
         for j in range(0, m_full - m_first):  # the diagonal band: masked
             dk, dv = _dkdv_step(j, it + j, dk, dv, k_smem, v_smem, q_smem, do_smem, q_bars, do_bars, q_desc, do_desc,
-                                q_row, q_col, do_row, do_col, Lse2, Delta, row_base, n_blocks, m_first, keys, offs_m,
-                                zero_s, qk_scale, True, op_layout, BLOCK_M)
+                                q_row, q_col, do_row, do_col, Lse2, Delta, row_base, seqlen, n_blocks, m_first, keys,
+                                offs_m, zero_s, qk_scale, True, op_layout, BLOCK_M)
         for j in range(m_full - m_first, n_blocks):
             dk, dv = _dkdv_step(j, it + j, dk, dv, k_smem, v_smem, q_smem, do_smem, q_bars, do_bars, q_desc, do_desc,
-                                q_row, q_col, do_row, do_col, Lse2, Delta, row_base, n_blocks, m_first, keys, offs_m,
-                                zero_s, qk_scale, False, op_layout, BLOCK_M)
+                                q_row, q_col, do_row, do_col, Lse2, Delta, row_base, seqlen, n_blocks, m_first, keys,
+                                offs_m, zero_s, qk_scale, False, op_layout, BLOCK_M)
         it += n_blocks
 
     mbarrier.invalidate(kv_bar)
@@ -173,12 +183,12 @@ def _attn_bwd_dkdv_gluon_kernel(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_des
         mbarrier.invalidate(q_bars.index(i))
         mbarrier.invalidate(do_bars.index(i))
     # K and V are no longer read: their tiles stage dK and dV for the TMA stores
-    k_smem.store((dk * sm_scale).to(dtype))
-    v_smem.store(dv.to(dtype))
+    k_smem.index(0).store((dk * sm_scale).to(dtype))
+    v_smem.index(0).store(dv.to(dtype))
     fence_async_shared()
     out_row = pid_bkv * seqlen + start_n
-    tma.async_copy_shared_to_global(dk_desc, [out_row, 0], k_smem)
-    tma.async_copy_shared_to_global(dv_desc, [out_row, 0], v_smem)
+    tma.async_copy_shared_to_global(dk_desc, [out_row, 0], k_smem.index(0))
+    tma.async_copy_shared_to_global(dv_desc, [out_row, 0], v_smem.index(0))
     tma.store_wait(pendings=0)
 
 

@@ -52,8 +52,8 @@ def dkdv_model(q, k, v, do, lse2, delta, causal, qk_scale, scale, block_n, block
         n_qb = T // block_m
         m_first, m_full = (start_n // block_m, min((start_n + block_n) // block_m, n_qb)) if causal else (0, 0)
         n_blocks = n_qb - m_first
-        kb, vb = k[b, h_kv, keys], v[b, h_kv, keys]
-        acc_k, acc_v = torch.zeros_like(kb), torch.zeros_like(vb)
+        k_tiles, v_tiles = [k[b, h_kv, keys]], [v[b, h_kv, keys]]  # one-tile buffers, as k_smem and v_smem
+        acc_k, acc_v = torch.zeros_like(k_tiles[0]), torch.zeros_like(v_tiles[0])
         ring, it = Ring(), 0
         for g in range(group):
             h = h_kv * group + g
@@ -64,6 +64,8 @@ def dkdv_model(q, k, v, do, lse2, delta, causal, qk_scale, scale, block_n, block
                 masked = j < m_full - m_first
                 slot, phase = (it + j) % 2, ((it + j) // 2) & 1
                 ring.wait(slot, phase, (h, j))
+                kv = (it + j) & (T >> 31)  # the kernel's index of K and V (always 0, not provably so to LLVM)
+                kb, vb = k_tiles[kv], v_tiles[kv]
                 rows = (m_first + j) * block_m + torch.arange(block_m)
                 s_t = kb @ q[b, h, rows].T
                 p_t = torch.exp2(s_t * qk_scale - lse2[b, h, rows][None, :])

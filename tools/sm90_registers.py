@@ -3,6 +3,7 @@ without a GPU: a register-pressure check that costs no device time.
 
     python tools/sm90_registers.py attention_bwd [D]      # dK/dV and dQ kernels, head dim D (default 128)
     python tools/sm90_registers.py attention_fwd [D]
+    python tools/sm90_registers.py attention_bwd_gluon [D,...]  # kernels/attention_bwd_gluon.py, every config
     python tools/sm90_registers.py ffn [ACT,...]          # the fused GEMMs of kernels/matmul.py
     python tools/sm90_registers.py ffn_gated_gluon        # kernels/matmul_gated_gluon.py, every config
 
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import triton  # noqa: E402
 
-from tools.compile_only import use_compile_only_driver  # noqa: E402
+from tools.compile_only import stub_launches, use_compile_only_driver  # noqa: E402
 
 use_compile_only_driver()
 
@@ -36,10 +37,13 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 
 
 def resources(compiled):
-    """(registers, spill-store bytes, shared-memory bytes, wgmma serialized) of a compiled kernel, from ptxas -v.
+    """(registers, spill-store bytes, shared-memory bytes, wgmma serialized, waits injected) of a compiled kernel,
+    from ptxas -v.
 
     ptxas serializes every wgmma of a kernel (info C7514) when it cannot prove that no other instruction
-    touches an in-flight wgmma's accumulator: the asynchronous tensor-core work then overlaps nothing."""
+    touches an in-flight wgmma's accumulator: the asynchronous tensor-core work then overlaps nothing. Info
+    C7517: it inserted a wgmma wait of its own before an instruction that reads registers it believes a wgmma in
+    flight may still write (the overlap written in the kernel is lost there)."""
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as f:
@@ -48,12 +52,13 @@ def resources(compiled):
                                 capture_output=True, text=True).stderr
     regs = int(re.search(r"Used (\d+) registers", report).group(1))
     spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
-    return regs, spills, compiled.metadata.shared, "C7514" in report
+    return regs, spills, compiled.metadata.shared, "C7514" in report, report.count("C7517")
 
 
 def show(name, config, compiled):
-    regs, spills, smem, serialized = resources(compiled)
-    flag = ("  <- spills" if spills else "") + ("  <- wgmma serialized" if serialized else "")
+    regs, spills, smem, serialized, injected = resources(compiled)
+    flag = ("  <- spills" if spills else "") + ("  <- wgmma serialized" if serialized else "") + \
+        (f"  <- {injected} wgmma waits injected" if injected else "")
     print(f"{name:34s} {str(config):22s} regs {regs:3d}  spill bytes {spills:4d}  smem {smem // 1024:3d} KB{flag}",
           flush=True)
 
@@ -84,6 +89,41 @@ def attention_kernels(which, D):
             q, q, q, q, rows, rows, q, *st * 5, H, H, T, T, T, 0.1, 0.1, *buckets, grid=(1,), **meta,
             BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=s)
         show("_attn_bwd_dq_kernel", (bm, bn, w, s), compiled)
+
+
+def gluon_attention_bwd_kernels(dims):
+    """The Gluon backward kernels (kernels/attention_bwd_gluon.py), every config, causal or not, bf16 and fp16:
+    launched with CPU tensors, each launch compiles and records its binary."""
+    from triton.compiler.compiler import CompiledKernel
+    from kernels import attention_bwd_gluon as gluon_bwd
+    seen = []
+    stub_launches(lambda kernel_id, args: None)
+    init = CompiledKernel._init_handles
+
+    def record(self):
+        seen.append(self)
+        init(self)
+    CompiledKernel._init_handles = record
+    B, H, H_kv, T = 2, 4, 2, 256
+    for D in dims:
+        for dtype in (torch.bfloat16, torch.float16):
+            q, dout = torch.empty(B, H, T, D, dtype=dtype), torch.empty(B, H, T, D, dtype=dtype)
+            k, v, dk, dv = (torch.empty(B, H_kv, T, D, dtype=dtype) for _ in range(4))
+            lse2, delta, dq = torch.empty(B, H, T), torch.empty(B, H, T), torch.empty(B, H, T, D, dtype=dtype)
+            for causal in (True, False):
+                runs = [("dkdv", c, lambda c=c: gluon_bwd.dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, 0.125,
+                                                                    T, c)) for c in gluon_bwd.CONFIGS[D]]
+                runs += [("dq", c, lambda c=c: gluon_bwd.dq_gluon(q, k, v, dout, lse2, delta, dq, causal, 0.125, T, c))
+                         for c in gluon_bwd.DQ_CONFIGS[D]]
+                for name, config, run in runs:
+                    seen.clear()
+                    try:
+                        run()
+                    except Exception as e:  # noqa: BLE001 (report the config that does not build, go on)
+                        print(f"{name} D{D} {str(dtype)[6:]} causal={causal!s:5s} {config}: FAILED "
+                              f"{type(e).__name__}: {str(e)[-600:]}", flush=True)
+                        continue
+                    show(f"{name} D{D} {str(dtype)[6:]} causal={causal!s:5s}", config, seen[-1])
 
 
 def ffn_kernels(activations):
@@ -155,14 +195,17 @@ def ffn_gated_gluon_kernels():
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "attention_bwd"
     print(f"triton {triton.__version__}, target sm_90a (compile only)")
-    if which.startswith("attention"):
+    if which == "attention_bwd_gluon":
+        gluon_attention_bwd_kernels([int(d) for d in sys.argv[2].split(",")] if len(sys.argv) > 2 else [64, 128])
+    elif which.startswith("attention"):
         attention_kernels(which, int(sys.argv[2]) if len(sys.argv) > 2 else 128)
     elif which == "ffn_gated_gluon":
         ffn_gated_gluon_kernels()
     elif which == "ffn":
         ffn_kernels(sys.argv[2].split(",") if len(sys.argv) > 2 else ["gelu", "relu", "swiglu"])
     else:
-        raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd, ffn or ffn_gated_gluon")
+        raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd, attention_bwd_gluon, ffn or "
+                         "ffn_gated_gluon")
 
 
 if __name__ == "__main__":
