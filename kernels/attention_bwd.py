@@ -368,7 +368,7 @@ _dq_fast = FastLaunch(_attn_bwd_dq_kernel)
 
 
 # The dK/dV and dQ kernels of kernels/attention_bwd_gluon.py run where they apply (Hopper, the forward's Gluon
-# scope), each timed per shape against the `tl` one (ninth session, H200: fwd+bwd 3-6% faster, the `tl` dK/dV
+# scope), each timed per shape against the `tl` one (ninth session, H200: fwd+bwd 3-10% faster, the `tl` dK/dV
 # kernel kept only at D 64 T 16384). KERNELS_ATTN_BWD_GLUON=0 keeps the `tl` kernels everywhere.
 GLUON_BWD = os.environ.get("KERNELS_ATTN_BWD_GLUON", "1") != "0"
 

@@ -40,12 +40,12 @@ from .attention_gluon import LOG2E, _descriptor
 # (block_n, block_m, num_warps) per head dim, timed on a shape's first call against each other and the `tl`
 # kernel (the first one where the shape is too small to time): block_n keys per program (64 per warpgroup),
 # block_m query rows per step. Registers for sm_90a (Triton 3.6, offline, `python tools/sm90_registers.py
-# attention_bwd_gluon`), causal or not, no spills: D 64 175-198; D 128 (64, 32, 4) 195-208, (128, 64, 8)
-# 239-251 (the fastest from T 4096; 255 and 20-84 bytes of spills before K and V were indexed as in
-# _dkdv_step), (64, 64, 4) 239-248 (spilled likewise before; not yet timed on a GPU).
-# Left out after the first GPU run (H200, causal, T 1024 / 4096 / 16384): D 64 (128, 64, 8), 20-34% slower
-# than (64, 64, 4); D 128 (128, 32, 8), 13-19% slower than (128, 64, 8).
-CONFIGS = {64: ((64, 64, 4), ), 128: ((64, 32, 4), (128, 64, 8), (64, 64, 4))}
+# attention_bwd_gluon`), causal or not, no spills: D 64 175-198; D 128 (64, 64, 4) 239-248, (128, 64, 8)
+# 239-251 (both spilled 20-92 bytes before K and V were indexed as in _dkdv_step).
+# H200, causal, T 1024 / 4096 / 16384, ms: D 128 (64, 64, 4) 0.285 / 0.942 / 3.514, (128, 64, 8) 0.347 / 1.112 /
+# 3.763, (64, 32, 4) 0.330 / 1.114 / 4.406 (left out), the `tl` kernel 0.392 / 1.172 / 4.085. Left out after the
+# first GPU run: D 64 (128, 64, 8), 20-34% slower than (64, 64, 4); D 128 (128, 32, 8), 13-19% slower.
+CONFIGS = {64: ((64, 64, 4), ), 128: ((64, 64, 4), (128, 64, 8))}
 # (block_m, block_n, num_warps) of the dQ kernel: block_m query rows per program (64 per warpgroup), block_n
 # keys per step (registers 122-231, no spills; Q and dO indexed as K and V in _dkdv_step only saved 8-12 at
 # D 128 causal, so they are not). Left out likewise: (128, 128, 8) at D 64 (5-35% slower),
