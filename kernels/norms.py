@@ -27,7 +27,8 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
   `kernels::norm_bwd`) with fake implementations and a registered autograd formula, so
   `torch.compile(fullgraph=True)` traces the public functions without graph breaks.
 - host overhead: in eager mode the public functions skip the custom-op dispatcher (an
-  autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient),
+  autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient,
+  and then no statistics allocated or stored),
   check the common case in one cheap test (the full checker and its messages run when it fails),
   launch plans (grid, constexprs, the binary) are cached under every fact of their arguments but the
   tensors' alignment (a dict lookup and an alignment test per launch), no autotuning, one forward
@@ -57,7 +58,8 @@ LOOP_BLOCK_N = 4096  # chunk width of the looped forward kernel
 @triton.jit(do_not_specialize=["n_rows"])
 def _norm_fwd_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_cols, eps,
                      IS_RMS: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
-                     HAS_B: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                     HAS_B: tl.constexpr, HAS_STATS: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
     # One program normalizes BLOCK_M whole rows held in registers as a (BLOCK_M, BLOCK_N) tile.
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
@@ -83,13 +85,15 @@ def _norm_fwd_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_co
         corr = tl.sum(d, axis=1) / n_cols
         var = tl.maximum(tl.sum(d * d, axis=1) / n_cols - corr * corr, 0.0)
         mean += corr
-        tl.store(Stats + rows, mean, mask=row_mask)
+        if HAS_STATS:
+            tl.store(Stats + rows, mean, mask=row_mask)
         xc = d - corr[:, None]
     rstd = tl.rsqrt(var + eps)
-    if IS_RMS:
-        tl.store(Stats + rows, rstd, mask=row_mask)
-    else:
-        tl.store(Stats + n_rows + rows, rstd, mask=row_mask)
+    if HAS_STATS:
+        if IS_RMS:
+            tl.store(Stats + rows, rstd, mask=row_mask)
+        else:
+            tl.store(Stats + n_rows + rows, rstd, mask=row_mask)
     y = xc * rstd[:, None]
     if HAS_W:
         y = y * tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
@@ -101,7 +105,7 @@ def _norm_fwd_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_co
 @triton.jit(do_not_specialize=["n_rows"])
 def _norm_fwd_looped_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_cols, eps,
                             IS_RMS: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
-                            HAS_B: tl.constexpr, BLOCK_N: tl.constexpr):
+                            HAS_B: tl.constexpr, HAS_STATS: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program per row, streamed in BLOCK_N chunks: statistics first, then the normalization.
     row = tl.program_id(0)
     X += row.to(tl.int64) * stride_xm
@@ -147,12 +151,14 @@ def _norm_fwd_looped_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_row
         corr = tl.sum(acc, axis=0) / n_cols
         var = tl.maximum(tl.sum(acc2, axis=0) / n_cols - corr * corr, 0.0)
         mean += corr
-        tl.store(Stats + row, mean)
+        if HAS_STATS:
+            tl.store(Stats + row, mean)
     rstd = tl.rsqrt(var + eps)
-    if IS_RMS:
-        tl.store(Stats + row, rstd)
-    else:
-        tl.store(Stats + n_rows + row, rstd)
+    if HAS_STATS:
+        if IS_RMS:
+            tl.store(Stats + row, rstd)
+        else:
+            tl.store(Stats + n_rows + row, rstd)
     for start in range(0, n_cols, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         mask = cols < n_cols
@@ -183,9 +189,9 @@ def fwd_config(n_cols):
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": max(1, min(16, block_m * block_n // 1024))}
 
 
-def _fwd_plan(n_rows, n_cols, is_rms, has_res, has_w, has_b, config):
+def _fwd_plan(n_rows, n_cols, is_rms, has_res, has_w, has_b, has_stats, config):
     """The forward's grid and constexprs for a shape."""
-    flags = dict(IS_RMS=is_rms, HAS_RES=has_res, HAS_W=has_w, HAS_B=has_b)
+    flags = dict(IS_RMS=is_rms, HAS_RES=has_res, HAS_W=has_w, HAS_B=has_b, HAS_STATS=has_stats)
     if n_cols <= MAX_FUSED_N:
         cfg = config(n_cols)
         return LaunchPlan((cdiv(n_rows, cfg["BLOCK_M"]),), **flags, **cfg)
@@ -199,10 +205,11 @@ _FWD_PLANS = {}
 MAX_PLANS = 4096  # then the cache starts over (many row counts, as in inference with varying batches)
 
 
-def norm_fwd(x, residual, weight, bias, eps, is_rms):
+def norm_fwd(x, residual, weight, bias, eps, is_rms, need_stats=True):
     """Launch the forward kernel; returns (y, the sum or None, stats).
 
-    stats is fp32 (2, n_rows) for LayerNorm (mean, rstd) and (1, n_rows) for RMSNorm (rstd).
+    stats is fp32 (2, n_rows) for LayerNorm (mean, rstd) and (1, n_rows) for RMSNorm (rstd); None with
+    need_stats=False (no backward to follow: neither allocated nor stored).
     Arguments are assumed checked (the public functions do it).
     """
     n_cols, n_rows = n_cols_rows(x)
@@ -214,27 +221,28 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms):
     if residual is not None:
         sum_dtype = x.dtype if residual.dtype == x.dtype else torch.promote_types(x.dtype, residual.dtype)
         summed = torch.empty_like(x, dtype=sum_dtype, memory_format=torch.contiguous_format)
-    stats = x.new_empty(1 if is_rms else 2, n_rows, dtype=torch.float32)
+    stats = x.new_empty(1 if is_rms else 2, n_rows, dtype=torch.float32) if need_stats else None
     if n_rows == 0 or n_cols == 0:
         return y, summed, stats
     # y and the sum are new contiguous tensors (row stride n_cols); x and residual may have strided rows.
-    # A missing tensor's pointer is another tensor's (y for the sum, x for the rest), never read.
+    # A missing tensor's pointer is another tensor's (y for the sum and the stats, x for the rest), never used.
     x2, stride_xm = (x, n_cols) if contiguous else rows_of(x, n_cols)
     r2, stride_rm = rows_of(residual, n_cols) if residual is not None else (x2, stride_xm)
     w = weight.contiguous() if weight is not None else x2
     b = bias.contiguous() if bias is not None else x2
     s = summed if summed is not None else y
+    st = stats if need_stats else y
     key = (n_rows, n_cols, stride_xm, stride_rm, x2.dtype, r2.dtype, w.dtype, b.dtype, s.dtype, eps.__class__,
-           is_rms, residual is not None, weight is not None, bias is not None, fwd_config)
+           is_rms, residual is not None, weight is not None, bias is not None, need_stats, fwd_config)
     plan = _FWD_PLANS.get(key)
     if plan is None:
         if len(_FWD_PLANS) >= MAX_PLANS:
             _FWD_PLANS.clear()
         plan = _FWD_PLANS[key] = _fwd_plan(n_rows, n_cols, *key[10:])
     aligned = not (x2.data_ptr() | r2.data_ptr() | w.data_ptr() | b.data_ptr() | y.data_ptr() | s.data_ptr()
-                   | stats.data_ptr()) % 16
+                   | st.data_ptr()) % 16
     (_fwd_launch if n_cols <= MAX_FUSED_N else _fwd_looped_launch).launch_known(
-        plan, (x2, r2, w, b, y, s, stats, stride_xm, stride_rm, n_rows, n_cols, eps), aligned)
+        plan, (x2, r2, w, b, y, s, st, stride_xm, stride_rm, n_rows, n_cols, eps), aligned)
     return y, summed, stats
 
 
@@ -365,7 +373,7 @@ def _norm(x, residual, weight, bias, eps, is_rms):
                                     or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
         return NormFn.apply(x, residual, weight, bias, eps, is_rms)
-    y, summed, _ = norm_fwd(x, residual, weight, bias, eps, is_rms)  # nothing to differentiate
+    y, summed, _ = norm_fwd(x, residual, weight, bias, eps, is_rms, False)  # nothing to differentiate: no stats
     return y if residual is None else (y, summed)
 
 

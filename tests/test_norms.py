@@ -199,6 +199,21 @@ def test_no_graph_without_grad(device):
     assert torch.equal(kernels.layer_norm(x, w), kernels.layer_norm(x, w.requires_grad_()).detach())
 
 
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("n", [W, 20000])  # 20000: the looped forward kernel
+def test_no_grad_forward_same_bits(op, n, device):
+    # Without autograd the forward neither allocates nor stores the statistics (HAS_STATS off): y and the
+    # sum must be bitwise those of the forward that stores them for a backward.
+    x, r = make_x((3, n), torch.float32, device), make_x((3, n), torch.float32, device)
+    w, b = torch.randn(n, device=device), torch.randn(n, device=device)
+    with torch.no_grad():
+        plain = call(kernels, op, x, r, w, b)
+    graphed = call(kernels, op, x, r, w.requires_grad_(), b.requires_grad_())
+    assert plain[0].grad_fn is None and graphed[0].grad_fn is not None
+    for got, want in zip(plain, graphed):
+        assert torch.equal(got, want.detach())
+
+
 def test_triton_path_executes(device, monkeypatch):
     # One forward launch; the backward is one main launch plus one second-stage launch for dw and db.
     assert all(kernels.IMPLEMENTATION[op] == "triton" for op in OPS)

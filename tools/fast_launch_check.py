@@ -238,6 +238,7 @@ def norm_kernels():
                     def step():
                         y, summed, stats = norms.norm_fwd(x, r, w, b, 1e-5, is_rms)
                         norms_bwd.norm_bwd(dy, summed if add else x, dy if add else None, w, b, stats, is_rms)
+                        norms.norm_fwd(x, r, w, b, 1e-5, is_rms, need_stats=False)  # the no-grad forward
                     ok &= _triton_then_direct(f"norm rms={is_rms!s:5s} add={add!s:5s} {str(dtype):14s} {shape} "
                                               f"pad={pad}", step)
     return ok
