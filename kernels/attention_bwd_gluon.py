@@ -24,16 +24,14 @@ again, as by the `tl` kernels).
 Scope as the forward's Gluon path (`attention_gluon.usable`: T == S a multiple of 128, D 64 / 128, fp16 /
 bf16, 2D-tileable q, k, v, and dO).
 """
-import warnings
 
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
-from triton.testing import do_bench
 
-from . import attention_bwd, attention_gluon
+from . import _tuning, attention_bwd, attention_gluon
 from ._launch import FastLaunch
 from .attention_gluon import LOG2E, _descriptor
 
@@ -321,19 +319,8 @@ def tuned(name, launch, configs, q, k, causal, *args, fallback=None):
     config = _picked.get(key, False)
     if config is False:
         tune = attention_bwd.TUNE and B * H * T * T >= attention_bwd.TUNE_MIN_WORK
-        times = {}
-        for candidate in configs[D] if tune else configs[D][:1]:
-            def run():
-                launch(*args, candidate)
-            try:
-                run()  # builds it
-                times[candidate] = do_bench(run, warmup=5, rep=25, return_mode="median") if tune else 0.0
-            except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once per shape)
-                warnings.warn(f"the Gluon {name} kernel {candidate} failed to build ({type(e).__name__}: {e})")
-        if times and tune and fallback is not None:
-            fallback()  # (tunes the `tl` kernel for this shape first)
-            times[None] = do_bench(fallback, warmup=5, rep=25, return_mode="median")
-        config = _picked[key] = min(times, key=times.get) if times else None
+        config = _picked[key] = _tuning.fastest(configs[D], lambda c: launch(*args, c), tune,
+                                                f"the Gluon {name} kernel", fallback=fallback)
     if config is None:
         return False
     launch(*args, config)

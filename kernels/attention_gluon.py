@@ -25,18 +25,16 @@ kernels.attention.attention_fwd's.
 """
 import functools
 import os
-import warnings
 
 import torch
 import triton
-from triton.testing import do_bench
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from . import attention_bwd
+from . import _tuning, attention_bwd
 from .norms_bwd import sm_count
 from ._launch import FastLaunch, descriptor_facts
 
@@ -275,21 +273,8 @@ def attention_fwd_tuned(q, k, v, causal, scale):
     if config is False:  # this shape's first call: pick, and build (and run) the kernel once
         # as the tl kernels: small problems (and KERNELS_AUTOTUNE=0) take the first config untuned
         tune = attention_bwd.TUNE and B * H * T * T >= attention_bwd.TUNE_MIN_WORK
-        times = {}
-        for candidate in CONFIGS[D] if tune else CONFIGS[D][:1]:
-            if candidate in _unbuildable:
-                continue
-
-            def run():
-                return run_config(q, k, v, causal, scale, candidate)
-            try:
-                run()  # builds it
-                times[candidate] = do_bench(run, warmup=5, rep=25, return_mode="median") if tune else 0.0
-            except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once)
-                _unbuildable.add(candidate)
-                warnings.warn(f"the Gluon attention forward {candidate} failed to build ({type(e).__name__}: {e}); "
-                              f"left out (the tl kernel runs where no candidate builds)")
-        config = _picked[key] = min(times, key=times.get) if times else None
+        config = _picked[key] = _tuning.fastest(CONFIGS[D], lambda c: run_config(q, k, v, causal, scale, c), tune,
+                                                "the Gluon attention forward", unbuildable=_unbuildable)
     return None if config is None else run_config(q, k, v, causal, scale, config)
 
 

@@ -49,13 +49,12 @@ operands allow it, so the CPU tests cover both paths.
 """
 import functools
 import os
-import warnings
 
 import torch
 import triton
 import triton.language as tl
 
-from . import matmul_persistent
+from . import _tuning, matmul_persistent
 from .matmul_persistent import grouped_tile
 from ._activations import activation, activation_and_grad
 from ._launch import FastLaunch, LaunchPlan, remembered_pick
@@ -541,32 +540,20 @@ _GLUON_PICKS = {}
 
 def _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre):
     """The gated forward's kernel for this shape: on its first call each Gluon config of the shape's class and
-    the tl kernel are timed (as the attention kernels are), without tuning the class's first config; None
-    where the tl kernel timed faster or no Gluon config builds. The timing runs write out and pre."""
+    the tl kernel are timed (kernels/_tuning.py; without tuning the class's first config); None where the tl
+    kernel timed faster or no Gluon config builds. The timing runs write out and pre."""
     M, K = x.shape
     key = (activation, b is not None, bool(store_pre), _m_bucket(M), K, w.shape[0], x.dtype, x.get_device())
     pick = _GLUON_PICKS.get(key, False)
     if pick is not False:
         return pick
-    from triton.testing import do_bench
-    tune = autotune_enabled()
-    configs = gluon.CONFIGS[gluon.shape_class(M, K)]
-    times = {}
-    for config in configs if tune else configs[:1]:
-        def run(config=config):
-            gluon.gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre)
-        try:
-            run()  # builds it
-            times[config] = do_bench(run, warmup=5, rep=25, return_mode="median") if tune else 0.0
-        except Exception as e:  # noqa: BLE001 (a compile error of this Triton's Gluon; say so once per shape)
-            warnings.warn(f"the Gluon gated forward {config} failed to build ({type(e).__name__}: {e}); the tl "
-                          f"kernel runs where none builds")
-    if times and tune:
-        def run_tl():
-            _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre)
-        run_tl()  # (tunes the tl kernel for this shape first)
-        times[None] = do_bench(run_tl, warmup=5, rep=25, return_mode="median")
-    pick = _GLUON_PICKS[key] = min(times, key=times.get) if times else None
+
+    def run_tl():
+        _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre)
+    pick = _GLUON_PICKS[key] = _tuning.fastest(
+        gluon.CONFIGS[gluon.shape_class(M, K)],
+        lambda config: gluon.gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre),
+        autotune_enabled(), "the Gluon gated forward", fallback=run_tl)
     return pick
 
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from kernels import _tuning
 from kernels.testing import assert_close
 from test_attention_gluon import HOPPER, _fused_qkv, _inputs
 
@@ -77,7 +78,7 @@ def test_gluon_backward_tuned_once_per_shape(monkeypatch):
     _check_grads(q, k, v, True, monkeypatch)
     picks = {key[0]: config for key, config in gluon_bwd._picked.items()}
     assert picks["dK/dV"] in (*gluon_bwd.CONFIGS[128], None) and picks["dQ"] in (*gluon_bwd.DQ_CONFIGS[128], None)
-    monkeypatch.setattr(gluon_bwd, "do_bench", lambda *a, **kw: pytest.fail("timed again"))
+    monkeypatch.setattr(_tuning, "do_bench", lambda *a, **kw: pytest.fail("timed again"))
     leaves = [t.detach().requires_grad_() for t in (q, k, v)]
     attention(*leaves, causal=True).sum().backward()
     assert {key[0]: config for key, config in gluon_bwd._picked.items()} == picks
@@ -100,7 +101,7 @@ def test_tuner_keeps_the_tl_kernel_where_it_times_faster(tl_faster, monkeypatch)
     monkeypatch.setattr(bwd_mod, "TUNE", True)
     monkeypatch.setattr(gluon_bwd, "_picked", {})
     tl_ms = 0.001 if tl_faster else 1e6
-    monkeypatch.setattr(gluon_bwd, "do_bench", lambda fn, **kw: tl_ms if getattr(fn, "is_tl", False) else 1.0)
+    monkeypatch.setattr(_tuning, "do_bench", lambda fn, **kw: tl_ms if getattr(fn, "is_tl", False) else 1.0)
     real_tuned = gluon_bwd.tuned
 
     def tuned(*a, fallback=None, **kw):
