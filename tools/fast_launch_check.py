@@ -244,16 +244,21 @@ def norm_kernels():
     return ok
 
 
+def _qkv(dtype, D, fused):
+    """q (2, 4, 256, D), k and v (2, 2, 256, D): contiguous, or (fused) views of one (B, T, H + 2 H_kv, D)
+    projection, as the model makes them."""
+    if fused:
+        return torch.empty(2, 256, 8, D, dtype=dtype).transpose(1, 2).split([4, 2, 2], dim=1)
+    return tuple(torch.empty(2, h, 256, D, dtype=dtype) for h in (4, 2, 2))
+
+
 def gluon_attention():
     from kernels import attention_gluon, attention_gluon_ws
     ok = True
     for dtype in (torch.bfloat16, torch.float16):
         for D in (64, 128):
             for fused in (False, True):
-                if fused:  # views of one (B, T, H + 2 H_kv, D) projection, as the model makes them
-                    q, k, v = torch.empty(2, 256, 8, D, dtype=dtype).transpose(1, 2).split([4, 2, 2], dim=1)
-                else:
-                    q, k, v = (torch.empty(2, h, 256, D, dtype=dtype) for h in (4, 2, 2))
+                q, k, v = _qkv(dtype, D, fused)
                 for block_m, block_n in ((64, 64), (64, 128), (128, 128)):
                     for causal in (True, False):
                         def step():
@@ -275,10 +280,7 @@ def gluon_attention_bwd():
     for dtype in (torch.bfloat16, torch.float16):
         for D in (64, 128):
             for fused in (False, True):
-                if fused:
-                    q, k, v = torch.empty(2, 256, 8, D, dtype=dtype).transpose(1, 2).split([4, 2, 2], dim=1)
-                else:
-                    q, k, v = (torch.empty(2, h, 256, D, dtype=dtype) for h in (4, 2, 2))
+                q, k, v = _qkv(dtype, D, fused)
                 dout, dk, dv = torch.empty(2, 4, 256, D, dtype=dtype), torch.empty(2, 2, 256, D, dtype=dtype), \
                     torch.empty(2, 2, 256, D, dtype=dtype)
                 lse2, delta = torch.empty(2, 4, 256), torch.empty(2, 4, 256)
@@ -287,15 +289,15 @@ def gluon_attention_bwd():
                         def step():
                             attention_bwd_gluon.dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, 0.125, 256,
                                                            config)
-                        ok &= _triton_then_direct(f"gluon dK/dV {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
-                                      f"causal={causal!s:5s}", step)
+                        ok &= _triton_then_direct(f"gluon dK/dV {str(dtype):14s} D={D} fused={fused!s:5s} "
+                                                  f"{config} causal={causal!s:5s}", step)
                 dq = torch.empty(2, 4, 256, D, dtype=dtype)
                 for config in attention_bwd_gluon.DQ_CONFIGS[D]:
                     for causal in (True, False):
                         def step():
                             attention_bwd_gluon.dq_gluon(q, k, v, dout, lse2, delta, dq, causal, 0.125, 256, config)
-                        ok &= _triton_then_direct(f"gluon dQ {str(dtype):14s} D={D} fused={fused!s:5s} {config} "
-                                      f"causal={causal!s:5s}", step)
+                        ok &= _triton_then_direct(f"gluon dQ {str(dtype):14s} D={D} fused={fused!s:5s} "
+                                                  f"{config} causal={causal!s:5s}", step)
     return ok
 
 
