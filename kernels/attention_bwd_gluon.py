@@ -1,6 +1,8 @@
-"""The attention backward's dK/dV and dQ kernels in Gluon for Hopper, with the forward's trick (kernels/attention_gluon.py):
-wgmmas issued asynchronously so that the exponentials and dS run on the CUDA cores under the tensor cores' work.
-The `tl` preprocess (delta = rowsum(dO * O), lse2) runs first, as for the `tl` kernels.
+"""The attention backward's dK/dV and dQ kernels in Gluon for Hopper, with the forward's trick
+(kernels/attention_gluon.py): wgmmas issued asynchronously so that the exponentials and dS run on the CUDA cores
+under the tensor cores' work. The `tl` preprocess (delta = rowsum(dO * O), lse2) runs first, as for the `tl`
+kernels. kernels/attention_bwd.py sends each of the two kernels here where it applies and timed faster than its
+`tl` twin for the shape (KERNELS_ATTN_BWD_GLUON=0: never).
 
 dK/dV: one program owns BLOCK_N keys of one (batch, kv head) and walks the query blocks that see them (all of
 every head of its GQA group), accumulating in registers
