@@ -63,14 +63,17 @@ def _check_saved(pre):
 # ---- the math, shared by the eager autograd.Functions and the registered custom ops ---------------
 
 # The backward functions return None for a bias gradient not asked for (the custom ops put an empty tensor
-# there, as their schemas return tensors; the autograd.Functions return the None: no allocation per call).
+# there, as their schemas return tensors; the autograd.Functions return the None: no allocation per call),
+# and db_in as act_bwd summed it, in fp32: the custom ops cast it to x's dtype, the autograd.Functions leave
+# that to the autograd engine, which casts every gradient to its input's dtype (the same aten cast as
+# .to(x.dtype), without a call from Python).
 
 # torch.mm rather than @: the same GEMM (matmul of two 2-D tensors is mm) without matmul's dispatch on the
 # operands' dimensions (~0.2 us each on the CPU).
 
 def _linear_act_bwd(grad, x, w, pre, activation, has_bias):
     d_pre, _, db = act_bwd(grad, None, pre, activation, store_act=False, bias_grad=has_bias)
-    return torch.mm(d_pre, w), torch.mm(d_pre.t(), x), db.to(x.dtype) if has_bias else None
+    return torch.mm(d_pre, w), torch.mm(d_pre.t(), x), db
 
 
 def _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre):
@@ -81,12 +84,13 @@ def _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre):
 
 def _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
     d_pre, _, db_in = act_bwd(dy, w_out, pre, activation, store_act=False, bias_grad=has_b_in)
-    return (torch.mm(d_pre, w_in), torch.mm(d_pre.t(), x), db_in.to(x.dtype) if has_b_in else None,
-            torch.mm(dy.t(), a), dy.sum(0) if has_b_out else None)
+    return (torch.mm(d_pre, w_in), torch.mm(d_pre.t(), x), db_in, torch.mm(dy.t(), a),
+            dy.sum(0) if has_b_out else None)
 
 
 def _or_empty(t, like):
-    return like.new_empty(0) if t is None else t
+    """A custom op's result for an optional one: t in like's dtype (db_in comes in fp32), or an empty tensor."""
+    return like.new_empty(0) if t is None else t.to(like.dtype)
 
 
 # ---- eager path: autograd.Functions (no custom-op dispatch on every call) ---------------------------
