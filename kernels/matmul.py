@@ -557,6 +557,13 @@ def _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre):
     return pick
 
 
+@functools.lru_cache(maxsize=None)
+def _no_dbias(device):
+    """The DBias argument where no bias gradient is summed (never written): one empty fp32 tensor per device
+    instead of an allocation per call (a zero-size tensor: its data pointer is 0, as a fresh one's)."""
+    return torch.empty(0, device=device, dtype=torch.float32)
+
+
 def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
     """d_pre = (grad @ w_out, or grad itself when w_out is None) * act'(pre), fused.
 
@@ -567,7 +574,7 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
     N = pre.shape[1] // 2 if gated else pre.shape[1]
     d_pre = torch.empty_like(pre)
     act = torch.empty((M, N), device=pre.device, dtype=pre.dtype) if store_act else None
-    dbias = torch.zeros(pre.shape[1] if bias_grad else 0, device=pre.device, dtype=torch.float32)
+    dbias = torch.zeros(pre.shape[1], device=pre.device, dtype=torch.float32) if bias_grad else _no_dbias(pre.device)
     from_gemm = w_out is not None
     K = w_out.shape[0] if from_gemm else 1
     if M == 0 or N == 0:

@@ -286,6 +286,28 @@ def test_custom_ops_trace_fullgraph(activation, device):
     torch.testing.assert_close(la(*tensors[:3], activation), kernels.linear_act(*tensors[:3], activation))
 
 
+@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+def test_eager_grads_equal_the_custom_ops(activation, device):
+    """The autograd.Functions return db_in in fp32 and leave its cast to the engine (kernels/ffn.py): the
+    gradients are bitwise the custom ops' (which cast it themselves), in the inputs' dtype. bf16 as the GPU
+    suite: the input dtype differs from the fp32 sums."""
+    x, w_in, b_in, w_out, b_out = (t.to(torch.bfloat16).requires_grad_()
+                                   for t in _params(17, 24, 40, 32, activation, True, device))
+    g = torch.randn(17, 32, device=device).to(torch.bfloat16)
+    grads = torch.autograd.grad(kernels.ffn(x, w_in, b_in, w_out, b_out, activation), [x, w_in, b_in, w_out, b_out], g)
+    with torch.no_grad():
+        _, pre, a = torch.ops.kernels.ffn_fwd(x, w_in, b_in, w_out, b_out, activation, True)
+        expected = torch.ops.kernels.ffn_bwd(g, x, w_in, w_out, pre, a, activation, True, True)
+    for name, ours, theirs in zip(NAMES, grads, expected):
+        assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs), name
+    grads = torch.autograd.grad(kernels.linear_act(x, w_in, b_in, activation), [x, w_in, b_in], pre.new_ones(
+        17, w_out.shape[1]))
+    with torch.no_grad():
+        expected = torch.ops.kernels.linear_act_bwd(pre.new_ones(17, w_out.shape[1]), x, w_in, pre, activation, True)
+    for name, ours, theirs in zip(NAMES, grads, expected):
+        assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs), name
+
+
 # ---- GPU only ------------------------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not CUDA, reason="needs CUDA: bf16 tl.dot is wrong in the interpreter; "
