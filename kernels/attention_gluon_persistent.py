@@ -24,7 +24,6 @@ pairs p, p + G, p + 2G, ... (G programs): the programs at work at one time cover
 go the same way (all equal). Needs n_qb = T / BLOCK_M even; otherwise scope, arguments and results as
 attention_gluon.attention_fwd_gluon.
 """
-import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
