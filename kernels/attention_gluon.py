@@ -41,12 +41,13 @@ from ._launch import FastLaunch, descriptor_facts
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 # Candidates per head dim, timed on a shape's first call: ("pipelined", block_m, block_n) is this module's
-# kernel, ("pingpong", block_n, stages) the warp-specialized one of attention_gluon_ws. On the H200 over the
+# kernel, ("pingpong", block_n, stages) the warp-specialized one of attention_gluon_ws, ("persistent", block_m,
+# block_n) the persistent one of attention_gluon_persistent (not yet timed on a GPU). On the H200 over the
 # FlashAttention grid (bench/RESULTS.md, eighth session): at D = 64 pipelined 64 x 128 / 64 x 64 led and the
 # ping-pong nowhere; at D = 128 the ping-pong (128, 2 stages) led from T = 2048 on (up to +20%) and tied at
 # T = 1024, pipelined 64 x 64 led below; pipelined 128 x 128 and the ping-pong's other settings led nowhere.
-CONFIGS = {64: (("pipelined", 64, 128), ("pipelined", 64, 64)),
-           128: (("pipelined", 64, 64), ("pingpong", 128, 2))}
+CONFIGS = {64: (("pipelined", 64, 128), ("pipelined", 64, 64), ("persistent", 64, 128)),
+           128: (("pipelined", 64, 64), ("pingpong", 128, 2), ("persistent", 64, 64))}
 _picked = {}  # shape key -> its config, or None where no candidate could be built
 _unbuildable = set()  # candidates this Triton's Gluon failed to build (tried once, then left out)
 
@@ -283,6 +284,8 @@ def run_config(q, k, v, causal, scale, config):
     kind, a, b = config
     if kind == "pingpong":
         return attention_gluon_ws.attention_fwd_ws(q, k, v, causal, scale, block_n=a, stages=b)
+    if kind == "persistent":
+        return attention_gluon_persistent.attention_fwd_persistent(q, k, v, causal, scale, block_m=a, block_n=b)
     return attention_fwd_gluon(q, k, v, causal, scale, block_m=a, block_n=b)
 
 
@@ -350,4 +353,4 @@ def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
 
 _fast = FastLaunch(_attn_fwd_gluon_kernel)  # Triton's launch path costs more host time than a small forward
 
-from . import attention_gluon_ws  # noqa: E402 (last: it imports this module's helpers)
+from . import attention_gluon_persistent, attention_gluon_ws  # noqa: E402 (last: they import this module's helpers)

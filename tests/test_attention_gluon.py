@@ -204,7 +204,7 @@ def test_a_candidate_that_cannot_build_is_left_out(monkeypatch):
         warnings.simplefilter("error")
         q, k, v = _inputs(1, 4, 4, 4096, 128, torch.bfloat16, seed=5)  # another shape: no second warning
         out, lse = attention_mod.attention_fwd(q, k, v, True)
-    assert set(gluon_mod._picked.values()) == {("pipelined", 64, 64)}
+    assert gluon_mod._picked and all(c[0] != "pingpong" for c in gluon_mod._picked.values())
     _check(q, k, v, True, out, lse)
 
 

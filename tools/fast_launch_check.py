@@ -14,9 +14,9 @@ Attention: forward and the three backward kernels, fp32 / bf16 / fp16, causal or
 lengths: the first call (through the autotuner) against the third (direct); the norms (kernels/norms.py,
 norms_bwd.py: forward, backward and its second stage, plain and looped widths, strided rows), whose
 launches go through FastLaunch.launch_known: the first call (Triton's path) against the second and
-third (direct); the Gluon forward
-(kernels/attention_gluon.py, TMA descriptors among its arguments), every config, contiguous and
-fused-QKV views: its first call (Triton's path) against the second and third (direct); the same for
+third (direct); the Gluon forwards
+(kernels/attention_gluon.py, _ws and _persistent, TMA descriptors among their arguments), every config,
+contiguous and fused-QKV views: its first call (Triton's path) against the second and third (direct); the same for
 the Gluon dK/dV and dQ kernels (kernels/attention_bwd_gluon.py).
 Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
@@ -253,7 +253,7 @@ def _qkv(dtype, D, fused):
 
 
 def gluon_attention():
-    from kernels import attention_gluon, attention_gluon_ws
+    from kernels import attention_gluon, attention_gluon_persistent, attention_gluon_ws
     ok = True
     for dtype in (torch.bfloat16, torch.float16):
         for D in (64, 128):
@@ -265,6 +265,13 @@ def gluon_attention():
                             attention_gluon.attention_fwd_gluon(q, k, v, causal, 0.125, block_n, block_m)
                         ok &= _triton_then_direct(f"gluon attention {str(dtype):14s} D={D} fused={fused!s:5s} "
                                                   f"{block_m}x{block_n} causal={causal!s:5s}", step)
+                for block_m, block_n in ((64, 64), (64, 128), (128, 128)):
+                    for causal in (True, False):
+                        def step():
+                            attention_gluon_persistent.attention_fwd_persistent(q, k, v, causal, 0.125, block_m,
+                                                                                block_n)
+                        ok &= _triton_then_direct(f"gluon persistent attention {str(dtype):14s} D={D} "
+                                                  f"fused={fused!s:5s} {block_m}x{block_n} causal={causal!s:5s}", step)
                 for block_n, stages in ((128, 2), (64, 3)):
                     for causal in (True, False):
                         def step():

@@ -4,6 +4,7 @@ without a GPU: a register-pressure check that costs no device time.
     python tools/sm90_registers.py attention_bwd [D]      # dK/dV and dQ kernels, head dim D (default 128)
     python tools/sm90_registers.py attention_fwd [D]
     python tools/sm90_registers.py attention_bwd_gluon [D,...]  # kernels/attention_bwd_gluon.py, every config
+    python tools/sm90_registers.py attention_fwd_gluon [D,...]  # the Gluon forwards, every CONFIGS entry (+ more)
     python tools/sm90_registers.py ffn [ACT,...]          # the fused GEMMs of kernels/matmul.py
     python tools/sm90_registers.py ffn_gated_gluon        # kernels/matmul_gated_gluon.py, every config
 
@@ -91,11 +92,9 @@ def attention_kernels(which, D):
         show("_attn_bwd_dq_kernel", (bm, bn, w, s), compiled)
 
 
-def gluon_attention_bwd_kernels(dims):
-    """The Gluon backward kernels (kernels/attention_bwd_gluon.py), every config, causal or not, bf16 and fp16:
-    launched with CPU tensors, each launch compiles and records its binary."""
+def _recording_launches():
+    """A list that every kernel compiled (and launched with CPU tensors) from now on is appended to."""
     from triton.compiler.compiler import CompiledKernel
-    from kernels import attention_bwd_gluon as gluon_bwd
     seen = []
     stub_launches(lambda kernel_id, args: None)
     init = CompiledKernel._init_handles
@@ -104,6 +103,14 @@ def gluon_attention_bwd_kernels(dims):
         seen.append(self)
         init(self)
     CompiledKernel._init_handles = record
+    return seen
+
+
+def gluon_attention_bwd_kernels(dims):
+    """The Gluon backward kernels (kernels/attention_bwd_gluon.py), every config, causal or not, bf16 and fp16:
+    launched with CPU tensors, each launch compiles and records its binary."""
+    from kernels import attention_bwd_gluon as gluon_bwd
+    seen = _recording_launches()
     B, H, H_kv, T = 2, 4, 2, 256
     for D in dims:
         for dtype in (torch.bfloat16, torch.float16):
@@ -124,6 +131,29 @@ def gluon_attention_bwd_kernels(dims):
                               f"{type(e).__name__}: {str(e)[-600:]}", flush=True)
                         continue
                     show(f"{name} D{D} {str(dtype)[6:]} causal={causal!s:5s}", config, seen[-1])
+
+
+def gluon_attention_fwd_kernels(dims):
+    """The Gluon forwards (kernels/attention_gluon.py, _ws, _persistent), every config of CONFIGS and the
+    persistent one at the pipelined kernel's other block shapes, causal or not, bf16 and fp16."""
+    from kernels import attention_gluon
+    seen = _recording_launches()
+    B, H, H_kv, T = 2, 4, 2, 512
+    for D in dims:
+        more = (("persistent", 128, 128),) if D == 128 else ()
+        for dtype in (torch.bfloat16, torch.float16):
+            q = torch.empty(B, H, T, D, dtype=dtype)
+            k, v = torch.empty(B, H_kv, T, D, dtype=dtype), torch.empty(B, H_kv, T, D, dtype=dtype)
+            for causal in (True, False):
+                for config in attention_gluon.CONFIGS[D] + more:
+                    seen.clear()
+                    try:
+                        attention_gluon.run_config(q, k, v, causal, 0.125, config)
+                    except Exception as e:  # noqa: BLE001 (report the config that does not build, go on)
+                        print(f"fwd D{D} {str(dtype)[6:]} causal={causal!s:5s} {config}: FAILED "
+                              f"{type(e).__name__}: {str(e)[-600:]}", flush=True)
+                        continue
+                    show(f"fwd D{D} {str(dtype)[6:]} causal={causal!s:5s}", config, seen[-1])
 
 
 def ffn_kernels(activations):
@@ -197,6 +227,8 @@ def main():
     print(f"triton {triton.__version__}, target sm_90a (compile only)")
     if which == "attention_bwd_gluon":
         gluon_attention_bwd_kernels([int(d) for d in sys.argv[2].split(",")] if len(sys.argv) > 2 else [64, 128])
+    elif which == "attention_fwd_gluon":
+        gluon_attention_fwd_kernels([int(d) for d in sys.argv[2].split(",")] if len(sys.argv) > 2 else [64, 128])
     elif which.startswith("attention"):
         attention_kernels(which, int(sys.argv[2]) if len(sys.argv) > 2 else 128)
     elif which == "ffn_gated_gluon":
@@ -204,8 +236,8 @@ def main():
     elif which == "ffn":
         ffn_kernels(sys.argv[2].split(",") if len(sys.argv) > 2 else ["gelu", "relu", "swiglu"])
     else:
-        raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd, attention_bwd_gluon, ffn or "
-                         "ffn_gated_gluon")
+        raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd, attention_bwd_gluon, "
+                         "attention_fwd_gluon, ffn or ffn_gated_gluon")
 
 
 if __name__ == "__main__":
