@@ -42,11 +42,14 @@ LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 # Candidates per head dim, timed on a shape's first call: ("pipelined", block_m, block_n) is this module's
 # kernel, ("pingpong", block_n, stages) the warp-specialized one of attention_gluon_ws, ("persistent", block_m,
-# block_n) the persistent one of attention_gluon_persistent (not yet timed on a GPU). On the H200 over the
+# block_n) the persistent one of attention_gluon_persistent. On the H200 over the
 # FlashAttention grid (bench/RESULTS.md, eighth session): at D = 64 pipelined 64 x 128 / 64 x 64 led and the
 # ping-pong nowhere; at D = 128 the ping-pong (128, 2 stages) led from T = 2048 on (up to +20%) and tied at
 # T = 1024, pipelined 64 x 64 led below; pipelined 128 x 128 and the ping-pong's other settings led nowhere.
-CONFIGS = {64: (("pipelined", 64, 128), ("pipelined", 64, 64), ("persistent", 64, 128)),
+# The persistent kernel (tenth session, H100, tools/gpu_attention_gluon.py GLUON_QUICK): causal D = 128 T = 512
+# 294 TFLOP/s against 253 (pipelined 64 x 64) and 219 (ping-pong), tied at T = 1024 (378 / 377), behind from
+# T = 2048 on; at D = 64 (64 x 128) behind at every point (215-428 against 229-477): a candidate at D = 128 only.
+CONFIGS = {64: (("pipelined", 64, 128), ("pipelined", 64, 64)),
            128: (("pipelined", 64, 64), ("pingpong", 128, 2), ("persistent", 64, 64))}
 _picked = {}  # shape key -> its config, or None where no candidate could be built
 _unbuildable = set()  # candidates this Triton's Gluon failed to build (tried once, then left out)
