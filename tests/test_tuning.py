@@ -13,12 +13,15 @@ from kernels import _tuning, matmul
 
 @pytest.fixture
 def fake_times(monkeypatch):
-    """do_bench returning times[name] for a run whose last call ran candidate `name` (None: the fallback)."""
+    """do_bench running fn once and returning times[name] for the candidate `name` it ran (None: the fallback),
+    or times[name][i] for its i-th timing where times[name] is a list."""
     times, timed = {}, []
 
     def fake_bench(fn, **kwargs):
-        timed.append(fn)
-        return times[fake_bench.last]
+        fn()
+        timed.append(fake_bench.last)
+        t = times[fake_bench.last]
+        return t[timed.count(fake_bench.last) - 1] if isinstance(t, list) else t
     fake_bench.last = None
     monkeypatch.setattr(_tuning, "do_bench", fake_bench)
     return types.SimpleNamespace(times=times, timed=timed, bench=fake_bench)
@@ -44,7 +47,24 @@ def test_the_fastest_candidate_wins(fake_times):
     fake_times.times.update(a=3.0, b=1.0, c=2.0)
     log = []
     assert _tuning.fastest(("a", "b", "c"), _runner(fake_times, log), True, "k") == "b"
-    assert len(fake_times.timed) == 3 and log[:1] == ["a"]
+    assert len(fake_times.timed) == 3 * _tuning.ROUNDS and log[:1] == ["a"]
+
+
+def test_rounds_alternate_the_order_and_the_median_round_ranks(fake_times):
+    """A clock drifting as the GPU heats up: each candidate is timed once per round, the order reversed every
+    other round, and ranked by its median round, so one slow round (a) or one lucky one (b) does not decide."""
+    assert _tuning.ROUNDS == 3
+    fake_times.times.update(a=[1.0, 9.0, 1.2], b=[0.5, 2.0, 2.0], c=[1.5, 1.5, 1.5])
+    log = []
+    assert _tuning.fastest(("a", "b", "c"), _runner(fake_times, log), True, "k") == "a"
+    assert fake_times.timed == ["a", "b", "c", "c", "b", "a", "a", "b", "c"]
+
+
+def test_a_single_candidate_is_not_timed(fake_times):
+    log = []
+    with pytest.warns(UserWarning, match="b failed to build"):
+        assert _tuning.fastest(("a", "b"), _runner(fake_times, log, broken=("b",)), True, "k") == "a"
+    assert log == ["a"] and not fake_times.timed
 
 
 def test_untuned_takes_the_first_untimed(fake_times):
@@ -60,7 +80,7 @@ def test_the_fallback_is_one_more_candidate(fake_times, tl_ms, expected):
     fake_times.times[None] = tl_ms
     log = []
     pick = _tuning.fastest(("a", "b"), _runner(fake_times, log), True, "k", fallback=_fallback(fake_times, log))
-    assert pick == expected and "tl" in log and len(fake_times.timed) == 3
+    assert pick == expected and "tl" in log and len(fake_times.timed) == 3 * _tuning.ROUNDS
 
 
 def test_a_candidate_that_fails_to_build_is_warned_about_and_left_out(fake_times):
@@ -95,9 +115,9 @@ def test_attention_forward_times_once_and_launches_the_pick(fake_times, monkeypa
     monkeypatch.setattr(gluon_fwd.attention_bwd, "TUNE", True)
     q = torch.empty(1, 4, 2048, 64, dtype=torch.bfloat16)  # B * H * T * T = 2^24: tuned
     assert gluon_fwd.attention_fwd_tuned(q, q, q, True, 0.125) == ("out", configs[-1])
-    assert len(fake_times.timed) == len(configs)
+    assert len(fake_times.timed) == len(configs) * _tuning.ROUNDS
     assert gluon_fwd.attention_fwd_tuned(q, q, q, True, 0.125) == ("out", configs[-1])
-    assert len(fake_times.timed) == len(configs)  # not timed again
+    assert len(fake_times.timed) == len(configs) * _tuning.ROUNDS  # not timed again
 
 
 @pytest.mark.parametrize("tl_faster", [True, False])
@@ -131,8 +151,9 @@ def test_gated_forward_pick_times_the_gluon_configs_against_the_tl_kernel(fake_t
     monkeypatch.setenv("KERNELS_AUTOTUNE", "1")
     x, w = torch.empty(4096, 64, dtype=torch.bfloat16), torch.empty(256, 64, dtype=torch.bfloat16)
     pick = matmul._gluon_gated_pick(gluon, x, w, None, "swiglu", True, None, None)
-    assert pick == (None if tl_faster else configs[1]) and len(fake_times.timed) == 3
+    n = 3 * _tuning.ROUNDS  # two configs and the tl kernel, each once a round
+    assert pick == (None if tl_faster else configs[1]) and len(fake_times.timed) == n
     assert matmul._gluon_gated_pick(gluon, x, w, None, "swiglu", True, None, None) == pick
-    assert len(fake_times.timed) == 3  # remembered per (activation, bias, store_pre, M bucket, K, 2H, dtype)
+    assert len(fake_times.timed) == n  # remembered per (activation, bias, store_pre, M bucket, K, 2H, dtype)
     matmul._gluon_gated_pick(gluon, x, w, None, "swiglu", False, None, None)
-    assert len(fake_times.timed) == 6  # without pre: another kernel, timed on its own
+    assert len(fake_times.timed) == 2 * n  # without pre: another kernel, timed on its own
