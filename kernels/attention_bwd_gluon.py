@@ -34,8 +34,8 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 
 from . import _tuning, attention_bwd, attention_gluon
-from ._launch import FastLaunch
-from .attention_gluon import LOG2E, _descriptor
+from ._launch import FastLaunch, launch_planned
+from .attention_gluon import LOG2E, _descriptor, launch_key
 
 # (block_n, block_m, num_warps) per head dim, timed on a shape's first call against each other and the `tl`
 # kernel (the first one where the shape is too small to time): block_n keys per program (64 per warpgroup),
@@ -351,10 +351,11 @@ def dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q, conf
     v_desc, v_tiles = _descriptor(v, block_n)
     dk_desc, _ = _descriptor(dk, block_n)
     dv_desc, _ = _descriptor(dv, block_n)
-    _fast.launch((triton.cdiv(T, block_n), B * H_kv, 1),
-                 (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2, delta, T, H, H_kv, padded_q,
-                  scale * LOG2E, scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles),
-                 dict(CAUSAL=bool(causal), BLOCK_N=block_n, BLOCK_M=block_m, HEAD_DIM=D, num_warps=num_warps))
+    grid, causal = (triton.cdiv(T, block_n), B * H_kv, 1), bool(causal)
+    args = (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2, delta, T, H, H_kv, padded_q, scale * LOG2E,
+            scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles)
+    launch_planned(_fast, launch_key(grid, args, args[:6], causal, block_n, block_m, num_warps), grid, args,
+                   dict(CAUSAL=causal, BLOCK_N=block_n, BLOCK_M=block_m, HEAD_DIM=D, num_warps=num_warps))
 
 
 def dq_gluon(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q, config=None):
@@ -367,10 +368,11 @@ def dq_gluon(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q, config=Non
     k_desc, k_tiles = _descriptor(k, block_n)
     v_desc, v_tiles = _descriptor(v, block_n)
     dq_desc, _ = _descriptor(dq, block_m)
-    _dq_fast.launch((T // block_m, B * H, 1),
-                    (q_desc, k_desc, v_desc, do_desc, dq_desc, lse2, delta, T, H, k.shape[1], padded_q,
-                     scale * LOG2E, scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles),
-                    dict(CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=num_warps))
+    grid, causal = (T // block_m, B * H, 1), bool(causal)
+    args = (q_desc, k_desc, v_desc, do_desc, dq_desc, lse2, delta, T, H, k.shape[1], padded_q, scale * LOG2E,
+            scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles)
+    launch_planned(_dq_fast, launch_key(grid, args, args[:5], causal, block_m, block_n, num_warps), grid, args,
+                   dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=num_warps))
 
 
 _fast = FastLaunch(_attn_bwd_dkdv_gluon_kernel)

@@ -36,7 +36,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from . import _tuning, attention_bwd
 from .norms_bwd import sm_count
-from ._launch import FastLaunch, descriptor_facts
+from ._launch import FastLaunch, descriptor_facts, launch_planned
 
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -325,6 +325,15 @@ def _descriptor(t, block_rows):
     return desc, tiles
 
 
+def launch_key(grid, args, descriptors, *extra):
+    """The key under which `launch_planned` remembers a Gluon attention launch: the grid, every int argument's
+    value, the descriptors' dtype, device and facts (block, layout, shape, strides), and `extra` (the kernel's
+    constexprs). The other tensor arguments are fp32 row buffers of this module's own making, aligned."""
+    base = descriptors[0].base
+    return (*extra, grid, base.dtype, base.get_device(), *[d.launch_facts for d in descriptors],
+            *[a for a in args if a.__class__ is int])
+
+
 def forward_launch(q, k, v, causal, scale, q_rows, kv_rows, program_rows, programs_per_sm):
     """(out, lse, grid, runtime arguments) of a Gluon forward (this module's or attention_gluon_ws's): q and
     the output in TMA tiles of q_rows rows, k and v of kv_rows, program_rows query rows per program."""
@@ -349,8 +358,9 @@ def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
     D = q.shape[3]
     block_n = block_n or (64 if D == 128 else 128)
     out, lse, grid, args = forward_launch(q, k, v, causal, scale, block_m, block_n, block_m, 2 if block_m == 64 else 1)
-    _fast.launch(grid, args, dict(CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
-                                  num_warps=block_m // 16))
+    causal = bool(causal)
+    launch_planned(_fast, launch_key(grid, args, args[:4], causal, block_m, block_n), grid, args,
+                   dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=block_m // 16))
     return out, lse
 
 

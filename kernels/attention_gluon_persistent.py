@@ -29,8 +29,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
-from ._launch import FastLaunch
-from .attention_gluon import _load_kv, _softmax_step, forward_launch
+from ._launch import FastLaunch, launch_planned
+from .attention_gluon import _load_kv, _softmax_step, forward_launch, launch_key
 from .norms_bwd import sm_count
 
 
@@ -215,8 +215,9 @@ def attention_fwd_persistent(q, k, v, causal, scale, block_m=64, block_n=64, pro
     n_pairs = B * H * T // (2 * block_m)
     if programs is None:
         programs = min(n_pairs, sm_count(q.device) * (2 if block_m == 64 else 1))
-    _fast.launch((programs, 1, 1), (*args[:-1], B * H),
-                 dict(CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=block_m // 16))
+    grid, args, causal = (programs, 1, 1), (*args[:-1], B * H), bool(causal)
+    launch_planned(_fast, launch_key(grid, args, args[:4], causal, block_m, block_n), grid, args,
+                   dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=block_m // 16))
     return out, lse
 
 

@@ -21,8 +21,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
-from ._launch import FastLaunch
-from .attention_gluon import _softmax_step, _tile_of, forward_launch
+from ._launch import FastLaunch, launch_planned
+from .attention_gluon import _softmax_step, _tile_of, forward_launch, launch_key
 
 
 @gluon.jit
@@ -190,8 +190,9 @@ def attention_fwd_ws(q, k, v, causal, scale, block_n=128, stages=2):
     """(out, lse) as attention_gluon.attention_fwd_gluon, for arguments where attention_gluon.usable holds
     (T a multiple of 128 = 2 consumers x 64 rows)."""
     out, lse, grid, args = forward_launch(q, k, v, causal, scale, 64, block_n, 2 * 64, 1)
-    _fast.launch(grid, args, dict(CAUSAL=bool(causal), BLOCK_M=64, BLOCK_N=block_n, HEAD_DIM=q.shape[3],
-                                  STAGES=stages, num_warps=4))
+    causal = bool(causal)
+    launch_planned(_fast, launch_key(grid, args, args[:4], causal, block_n, stages), grid, args,
+                   dict(CAUSAL=causal, BLOCK_M=64, BLOCK_N=block_n, HEAD_DIM=q.shape[3], STAGES=stages, num_warps=4))
     return out, lse
 
 

@@ -174,3 +174,27 @@ def test_known_plan_runs_the_binary_of_its_facts():
     for _ in range(2):
         launch.launch_known(plan, aligned, True)
     assert plan.known[0] == 1 and kernel.log[-1] == _facts(aligned, plan.meta)
+
+
+def test_launch_planned_keeps_one_plan_per_key(monkeypatch, device):
+    """launch_planned: one LaunchPlan per (launcher, key), built from the first call's grid and meta, every
+    launch through launch_known as aligned; the cache starts over past MAX_PLANS."""
+    from kernels import _launch
+    monkeypatch.setattr(_launch, "_PLANS", {})
+    monkeypatch.setattr(_launch, "MAX_PLANS", 3)
+    launch = FastLaunch(_scale_kernel)
+    calls = []
+    real = launch.launch_known
+    monkeypatch.setattr(launch, "launch_known", lambda plan, args, aligned: calls.append((plan, aligned))
+                        or real(plan, args, aligned))
+    x = torch.randn(300, device=device)
+    y = torch.empty_like(x)
+    for key in ("a", "a", "b"):
+        _launch.launch_planned(launch, (key,), (3,), (x, y, 300, 0.5), dict(BLOCK=128, num_warps=4))
+        torch.testing.assert_close(y, x * 0.5, rtol=0, atol=0)
+    (a1, al1), (a2, _), (b, _) = calls
+    assert a1 is a2 and a1 is not b and al1 and a1.grid == (3, 1, 1) and a1.meta == dict(BLOCK=128, num_warps=4)
+    assert set(_launch._PLANS) == {(launch, "a"), (launch, "b")}
+    for key in ("c", "d"):  # the fourth key: the cache is full, starts over
+        _launch.launch_planned(launch, (key,), (3,), (x, y, 300, 0.5), dict(BLOCK=128, num_warps=4))
+    assert set(_launch._PLANS) == {(launch, "d")}
