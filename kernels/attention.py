@@ -43,7 +43,7 @@ import triton.language as tl
 
 from ._checks import check_attention_args
 from ._launch import FastLaunch
-from ._runtime import check_device, tma_scratch
+from ._runtime import cdiv, check_device, tma_scratch
 from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, \
     load_tile, plan, unit_last_stride
 
@@ -229,7 +229,7 @@ def _fwd(q, k, v, causal, scale, config=None, use_tma=None):
             H, H_kv, T, S, scale * LOG2E, *buckets)
     if tma and q.is_cuda:
         triton.set_allocator(tma_scratch)  # device-side descriptors need a little global scratch
-    _launch(_fwd_tuned, _fwd_fast, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H), args, meta, config,
+    _launch(_fwd_tuned, _fwd_fast, lambda m: (cdiv(T, m["BLOCK_M"]), B * H), args, meta, config,
             (buckets, q.dtype))
     return out, lse
 

@@ -26,14 +26,14 @@ import triton.language as tl
 import triton.testing
 
 from ._launch import FastLaunch
-from ._runtime import interpreting
+from ._runtime import cdiv, interpreting, next_power_of_2
 
 LOG2E = 1.4426950408889634
 
 
 def seq_bucket(n):
     """Autotune key for a sequence length: the next power of two (at least 16)."""
-    return max(16, triton.next_power_of_2(max(int(n), 1)))
+    return max(16, next_power_of_2(max(int(n), 1)))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -44,9 +44,9 @@ def plan(B, H, H_kv, T, S, D, dtype):
     where small blocks win on occupancy) must not be reused for a large batch of the same length.
     """
     # fp32 inputs keep IEEE fp32 dots (tf32 would lose ~1e-3 and miss the fp32 tolerance).
-    meta = dict(HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
+    meta = dict(HEAD_DIM=D, BLOCK_D=next_power_of_2(D),
                 DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32")
-    return meta, (seq_bucket(T), seq_bucket(S), triton.next_power_of_2(B * H), triton.next_power_of_2(B * H_kv))
+    return meta, (seq_bucket(T), seq_bucket(S), next_power_of_2(B * H), next_power_of_2(B * H_kv))
 
 
 def _configs(shapes):
@@ -446,7 +446,7 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
         q, k, v, out = (unit_last_stride(t) for t in (q, k, v, out))
     lse = lse.contiguous()
     meta, buckets = plan(B, H, H_kv, T, S, D, q.dtype)
-    padded_q = triton.cdiv(T, PAD_ROWS) * PAD_ROWS
+    padded_q = cdiv(T, PAD_ROWS) * PAD_ROWS
     delta = torch.empty((B, H, padded_q), dtype=torch.float32, device=q.device)
     lse2 = torch.empty((B, H, padded_q), dtype=torch.float32, device=q.device)
     so, sdo = out.stride(), dout.stride()
@@ -468,12 +468,12 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
     gluon = gluon if gluon is not None and gluon.usable(q, k, v, dout) else None
 
     def dkdv_tl():
-        _launch(_dkdv_tuned, _dkdv_fast, lambda m: (triton.cdiv(S, m["BLOCK_N"]), B * H_kv),
+        _launch(_dkdv_tuned, _dkdv_fast, lambda m: (cdiv(S, m["BLOCK_N"]), B * H_kv),
                 (q, k, v, dout, lse2, delta, dk, dv, *strides, *dk.stride()[:3], *dv.stride()[:3], *common),
                 dict(meta, GQA=H != H_kv), config.get("dkdv"), (buckets, q.dtype))
 
     def dq_tl():
-        _launch(_dq_tuned, _dq_fast, lambda m: (triton.cdiv(T, m["BLOCK_M"]), B * H),
+        _launch(_dq_tuned, _dq_fast, lambda m: (cdiv(T, m["BLOCK_M"]), B * H),
                 (q, k, v, dout, lse2, delta, dq, *strides, *dq.stride()[:3], *common), meta, config.get("dq"),
                 (buckets, q.dtype))
 

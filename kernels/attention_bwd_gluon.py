@@ -27,7 +27,6 @@ Scope as the forward's Gluon path (`attention_gluon.usable`: T == S a multiple o
 bf16, 2D-tileable q, k, v, and dO).
 """
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
@@ -35,6 +34,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 
 from . import _tuning, attention_bwd, attention_gluon
 from ._launch import FastLaunch, launch_planned
+from ._runtime import cdiv, next_power_of_2
 from .attention_gluon import LOG2E, _descriptor, launch_key
 
 # (block_n, block_m, num_warps) per head dim, timed on a shape's first call against each other and the `tl`
@@ -309,7 +309,7 @@ _picked = {}  # (kernel, shape key) -> its config, or None where no candidate co
 def picked_key(name, q, k, causal):
     """The key under which `_picked` remembers kernel `name`'s ("dK/dV" or "dQ") pick for a shape."""
     B, H, T, D = q.shape
-    return name, D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1]
+    return name, D, bool(causal), q.dtype, T, next_power_of_2(B * H), H // k.shape[1]
 
 
 def tuned(name, launch, configs, q, k, causal, *args, fallback=None):
@@ -351,7 +351,7 @@ def dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q, conf
     v_desc, v_tiles = _descriptor(v, block_n)
     dk_desc, _ = _descriptor(dk, block_n)
     dv_desc, _ = _descriptor(dv, block_n)
-    grid, causal = (triton.cdiv(T, block_n), B * H_kv, 1), bool(causal)
+    grid, causal = (cdiv(T, block_n), B * H_kv, 1), bool(causal)
     args = (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2, delta, T, H, H_kv, padded_q, scale * LOG2E,
             scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles)
     launch_planned(_fast, launch_key(grid, args, args[:6], causal, block_n, block_m, num_warps), grid, args,

@@ -24,10 +24,10 @@ either further rows (contiguous (B, H, T, D)) or column offsets within a row (vi
 kernels.attention.attention_fwd's.
 """
 import functools
+import itertools
 import os
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
@@ -37,6 +37,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from . import _tuning, attention_bwd
 from .norms_bwd import sm_count
 from ._launch import FastLaunch, descriptor_facts, launch_planned
+from ._runtime import next_power_of_2
 
 LOG2E = 1.4426950408889634
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -265,7 +266,7 @@ def usable(q, k, v):
 def picked_key(q, k, causal):
     """The key under which `_picked` remembers a shape's config."""
     B, H, T, D = q.shape
-    return D, bool(causal), q.dtype, T, triton.next_power_of_2(B * H), H // k.shape[1]
+    return D, bool(causal), q.dtype, T, next_power_of_2(B * H), H // k.shape[1]
 
 
 def attention_fwd_tuned(q, k, v, causal, scale):
@@ -298,6 +299,7 @@ def _layout(rows, D, dtype):
 
 
 _descriptors = {}  # (shape, strides, dtype, block rows) -> (a descriptor of such a tensor, its tile addressing)
+_template_ids = itertools.count()
 MAX_DESCRIPTORS = 4096  # then the cache starts over (many sequence lengths, as in inference)
 
 
@@ -314,6 +316,7 @@ def _descriptor(t, block_rows):
         layout = _layout(block_rows, t.shape[3], t.dtype)
         template = TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout)
         template.launch_facts = descriptor_facts(template)  # FastLaunch's key, shared by the copies
+        template.facts_id = next(_template_ids)  # launch_key's stand-in for those facts (never reused)
         template.base = None  # (the cache must not keep t alive)
         if len(_descriptors) >= MAX_DESCRIPTORS:
             _descriptors.clear()
@@ -327,10 +330,11 @@ def _descriptor(t, block_rows):
 
 def launch_key(grid, args, descriptors, *extra):
     """The key under which `launch_planned` remembers a Gluon attention launch: the grid, every int argument's
-    value, the descriptors' dtype, device and facts (block, layout, shape, strides), and `extra` (the kernel's
-    constexprs). The other tensor arguments are fp32 row buffers of this module's own making, aligned."""
+    value, the descriptors' dtype, device and facts (block, layout, shape, strides: their template's number,
+    as hashing the facts' layouts runs Python code), and `extra` (the kernel's constexprs). The other tensor
+    arguments are fp32 row buffers of this module's own making, aligned."""
     base = descriptors[0].base
-    return (*extra, grid, base.dtype, base.get_device(), *[d.launch_facts for d in descriptors],
+    return (*extra, grid, base.dtype, base.get_device(), *[d.facts_id for d in descriptors],
             *[a for a in args if a.__class__ is int])
 
 

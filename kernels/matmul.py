@@ -58,7 +58,7 @@ from . import _tuning, matmul_persistent
 from .matmul_persistent import grouped_tile
 from ._activations import activation, activation_and_grad
 from ._launch import FastLaunch, LaunchPlan, remembered_pick
-from ._runtime import interpreting, tma_scratch
+from ._runtime import cdiv, interpreting, tma_scratch
 
 RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
 # activation name -> (code of the elementwise function, gated?)
@@ -417,7 +417,7 @@ def _precision(dtype):
 
 
 def _grid(M, N):
-    return lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+    return lambda meta: (cdiv(M, meta["BLOCK_M"]) * cdiv(N, meta["BLOCK_N"]),)
 
 
 # Launch plans of linear_act_fwd and act_bwd (which kernel, its grid, constexprs and config) under every fact

@@ -35,7 +35,6 @@ tl kernel (the ninth session's table is there).
 import functools
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
@@ -43,6 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._launch import FastLaunch, descriptor_facts
+from ._runtime import cdiv
 
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 ACT_CODES = {"swiglu": 2, "geglu": 1}  # kernels/matmul.py's codes of f: SILU, GELU
@@ -283,7 +283,7 @@ def gated_forward_gluon(x, w, b, activation, store_pre, config=None, out=None, p
     out_desc = _descriptor(out, (M, H), (bm, bn))
     pg_desc, pu_desc = (_descriptor(pre, (M, H), (bm, bn)), _descriptor(pre[:, H:], (M, H), (bm, bn))) \
         if store_pre else (out_desc, out_desc)
-    tiles = triton.cdiv(M, bm) * triton.cdiv(H, bn)
+    tiles = cdiv(M, bm) * cdiv(H, bn)
     grid = (min(tiles, _num_sms(x.device.index or 0)), 1, 1)
     bias = x if b is None else b.contiguous()
     _fast.launch(grid, (x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, bias, M, H, K),

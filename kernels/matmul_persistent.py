@@ -23,7 +23,7 @@ import triton.language as tl
 
 from ._activations import activation, activation_and_grad
 from ._launch import FastLaunch, LaunchPlan, remembered_pick
-from ._runtime import interpreting
+from ._runtime import cdiv, interpreting
 
 
 @triton.jit
@@ -189,7 +189,7 @@ def _run(tuned, fast, programs, M, N, K, m_bucket, args, meta, tune):
     LaunchPlan of a direct launch (None after the autotuner's), for matmul._PLANS."""
     if tune:
         def grid(m):
-            return (min(programs, triton.cdiv(M, m["BLOCK_M"]) * triton.cdiv(N, m["BLOCK_N"])),)
+            return (min(programs, cdiv(M, m["BLOCK_M"]) * cdiv(N, m["BLOCK_N"])),)
         config = remembered_pick(_PICKED, tuned, grid, args, meta, m_bucket, N, K)
         if config is None:  # this first call went through the autotuner
             return None

@@ -48,8 +48,8 @@ import triton.language as tl
 from . import reference
 from ._checks import check_norm_args, norm_args_ok
 from ._launch import FastLaunch, LaunchPlan
-from ._runtime import check_device, interpreting
-from .norms_bwd import cdiv, n_cols_rows, norm_bwd, rows_of
+from ._runtime import cdiv, check_device, interpreting, next_power_of_2
+from .norms_bwd import n_cols_rows, norm_bwd, rows_of
 
 MAX_FUSED_N = 16384  # widest row the one-pass forward kernel keeps in registers
 LOOP_BLOCK_N = 4096  # chunk width of the looped forward kernel
@@ -182,7 +182,7 @@ def fwd_config(n_cols):
     (H100 sweep, tools/gpu_norms.py, 2026-11-27: 768 wide, 19.5 us against 26.5 us for 8 x 1024 tiles of
     8 warps); wider rows keep 8192-element tiles, one warp per 1024 elements.
     """
-    block_n = triton.next_power_of_2(n_cols)
+    block_n = next_power_of_2(n_cols)
     if block_n <= 2048:
         return {"BLOCK_M": max(1, min(128, 4096 // block_n)), "BLOCK_N": block_n, "num_warps": 4}
     block_m = max(1, 8192 // block_n)

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ._launch import FastLaunch, LaunchPlan
+from ._runtime import cdiv, next_power_of_2
 
 MAX_FUSED_N = 8192   # widest row the one-pass backward keeps in registers (x, dy, two accumulators)
 LOOP_BLOCK_N = 4096  # chunk width of the looped backward kernel
@@ -210,10 +211,6 @@ _bwd_looped_launch = FastLaunch(_norm_bwd_looped_kernel)
 _sum_launch = FastLaunch(_sum_partials_kernel)
 
 
-def cdiv(a, b):
-    return -(-a // b)
-
-
 @functools.lru_cache(maxsize=None)
 def bwd_config(n_cols):
     """Launch shape for a width: BLOCK_M x BLOCK_N tile per loop step, warps, programs per SM.
@@ -225,7 +222,7 @@ def bwd_config(n_cols):
     third prefetched tile (the sum's gradient) and bias accumulator cost too many registers; norm_bwd
     turns it off there (`prefetch_for`).
     """
-    block_n = triton.next_power_of_2(n_cols)
+    block_n = next_power_of_2(n_cols)
     block_m = max(1, min(128, (2048 if block_n <= 1024 else 4096) // block_n))
     num_warps = max(1, min(16, block_m * block_n // 512))
     return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": num_warps,

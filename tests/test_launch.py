@@ -198,3 +198,13 @@ def test_launch_planned_keeps_one_plan_per_key(monkeypatch, device):
     for key in ("c", "d"):  # the fourth key: the cache is full, starts over
         _launch.launch_planned(launch, (key,), (3,), (x, y, 300, 0.5), dict(BLOCK=128, num_warps=4))
     assert set(_launch._PLANS) == {(launch, "d")}
+
+
+def test_host_cdiv_and_next_power_of_2_match_tritons():
+    """kernels._runtime's plain-Python twins of triton.cdiv / triton.next_power_of_2 (constexpr functions,
+    about 2 us per host call) give the same ints."""
+    from kernels._runtime import cdiv, next_power_of_2
+    for n in [0, 1, 2, 3, 15, 16, 17, 1000, 4096, 4097, 2**31 - 1, 2**31, 2**40 + 3]:
+        assert next_power_of_2(n) == triton.next_power_of_2(n), n
+        for d in (1, 7, 16, 64, 128):
+            assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
