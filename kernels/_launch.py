@@ -198,20 +198,20 @@ _PLANS = {}  # (FastLaunch, key) -> LaunchPlan, for launch_planned
 MAX_PLANS = 4096  # then the cache starts over (many shapes, as in inference)
 
 
-def launch_planned(fast, key, grid, args, meta):
+def launch_planned(fast, key, grid, args, meta, aligned=True):
     """fast.launch(grid, args, meta) from a call site whose `key` determines the grid, meta and every launch fact
     of args except the tensors' addresses: each int argument's value, each tensor's dtype, each host TMA
-    descriptor's dtype, block, layout, shape and strides (its `launch_facts`); every tensor and descriptor base
-    16-byte aligned. The binary then comes from the LaunchPlan remembered under (fast, key), without building
-    FastLaunch's key per call (about 7 us of CPU for the attention kernels' 26 arguments here, 4-5x that on the
-    GPU hosts)."""
+    descriptor's dtype, block, layout, shape and strides (its `launch_facts`); `aligned`: whether every tensor
+    and descriptor base is 16-byte aligned. The binary then comes from the LaunchPlan remembered under (fast,
+    key), without building FastLaunch's key per call (about 7 us of CPU for the attention kernels' 26 arguments
+    here, 4-5x that on the GPU hosts)."""
     plan_key = (fast, *key)
     plan = _PLANS.get(plan_key)
     if plan is None:
         if len(_PLANS) >= MAX_PLANS:
             _PLANS.clear()
         plan = _PLANS[plan_key] = LaunchPlan(grid, **meta)
-    return fast.launch_known(plan, args, True)
+    return fast.launch_known(plan, args, aligned)
 
 
 def remembered_pick(picked, tuned, grid, args, meta, *key):

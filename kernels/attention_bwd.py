@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 import triton.testing
 
-from ._launch import FastLaunch
+from ._launch import FastLaunch, launch_planned
 from ._runtime import cdiv, interpreting, next_power_of_2
 
 LOG2E = 1.4426950408889634
@@ -460,9 +460,12 @@ def backward_launches(dout, q, k, v, out, lse, causal, scale, config=None):
                          f"buffers), got {config['dkdv'][0]}")
 
     def preprocess():
-        _preprocess_fast[(padded_q // 64, B * H)](
-            out, dout, lse, delta, lse2, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T, padded_q,
-            HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64)
+        grid = (padded_q // 64, B * H)
+        args = (out, dout, lse, delta, lse2, so[0], so[1], so[2], sdo[0], sdo[1], sdo[2], H, T, padded_q)
+        # the key: every int argument and the tensors' dtypes (lse, delta and lse2 are fp32)
+        launch_planned(_preprocess_fast, (grid, out.dtype, dout.dtype, q.get_device(), D, *args[5:]), grid, args,
+                       dict(HEAD_DIM=D, BLOCK_D=meta["BLOCK_D"], BLOCK_M=64),
+                       not (out.data_ptr() | dout.data_ptr() | lse.data_ptr()) % 16)
 
     gluon = _gluon_bwd() if GLUON_BWD and not config else None
     gluon = gluon if gluon is not None and gluon.usable(q, k, v, dout) else None
