@@ -217,9 +217,18 @@ def _tile_rows(t):
 
     The view's rows have pitch t.stride(2); element (b, h, i, d) sits at row b * rb + h * rh + i and
     column h * ch + d, so a tile of consecutive tokens of one head is one TMA box."""
-    B, H, T, D = t.shape
-    s_b, s_h, s_t, s_d = t.stride()
-    if s_d != 1 or s_t < D or (B > 1 and s_b % s_t) or t.data_ptr() % 16 or (s_t * t.element_size()) % 16:
+    if t.data_ptr() % 16:
+        return None
+    return _tile_rows_of(t.shape, t.stride(), t.element_size())
+
+
+@functools.lru_cache(maxsize=4096)
+def _tile_rows_of(shape, stride, itemsize):
+    """_tile_rows for a 16-byte aligned base: a function of the shape and strides only (remembered: the dispatch
+    asks it of q, k, v and dout on every call)."""
+    B, H, T, D = shape
+    s_b, s_h, s_t, s_d = stride
+    if s_d != 1 or s_t < D or (B > 1 and s_b % s_t) or (s_t * itemsize) % 16:
         return None
     rb = s_b // s_t if B > 1 else 0
     if H == 1:
