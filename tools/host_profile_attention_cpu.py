@@ -80,11 +80,8 @@ def on_hopper():
 
 
 def measure():
-    out = {}
-    for case, causal in CASES.items():
-        for fn, who in ((ours, "ours"), (sdpa, "sdpa")):
-            fwd, fwd_bwd = calls(fn, causal)
-            out[f"{case} {who} fwd"], out[f"{case} {who} fwd+bwd"] = per_call(fwd), per_call(fwd_bwd)
+    out = host_timing.measure_rows(CASES, ((ours, "ours"), (sdpa, "sdpa")),
+                                   lambda fn, case: calls(fn, CASES[case]), per_call)
     x = torch.randn(B, H, T, D, dtype=DTYPE).requires_grad_()
     g = torch.randn_like(x)
     out["empty autograd.Function fwd+grad"] = per_call(lambda: torch.autograd.grad(Ident.apply(x), [x], [g]))
@@ -92,13 +89,9 @@ def measure():
 
 
 def table(us):
-    print(f"us per call, q k v ({B}, {H}, {T}, {D}) {str(DTYPE)[6:]}, Hopper's route, launches stubbed (ours) / "
-          "CPU compute (sdpa)")
-    print(f"  {'case':8s} {'ours fwd':>9s} {'ours f+b':>9s} {'sdpa fwd':>9s} {'sdpa f+b':>9s}")
-    for case in CASES:
-        row = [us[f"{case} {who} {mode}"] for who in ("ours", "sdpa") for mode in ("fwd", "fwd+bwd")]
-        print(f"  {case:8s}" + "".join(f" {v:9.1f}" for v in row))
-    print(f"  {'empty autograd.Function fwd+grad':40s} {us['empty autograd.Function fwd+grad']:7.1f}")
+    host_timing.print_rows(f"us per call, q k v ({B}, {H}, {T}, {D}) {str(DTYPE)[6:]}, Hopper's route, launches "
+                           "stubbed (ours) / CPU compute (sdpa)",
+                           "case", CASES, ("ours", "sdpa"), us, ("empty autograd.Function fwd+grad",), 8)
 
 
 if __name__ == "__main__":

@@ -68,11 +68,8 @@ def op_calls(mod, op):
 
 def measure():
     """{row name: us per call}: the four ops (ours and the reference) and the yardsticks."""
-    out = {}
-    for op in OPS:
-        for mod, who in ((kernels, "ours"), (kernels.reference, "ref")):
-            fwd, fwd_bwd = op_calls(mod, op)
-            out[f"{op} {who} fwd"], out[f"{op} {who} fwd+bwd"] = per_call(fwd), per_call(fwd_bwd)
+    out = host_timing.measure_rows(OPS, ((kernels, "ours"), (kernels.reference, "ref")),
+                                   op_calls, per_call)
     x, _, w, b = inputs("layer_norm")
     xl, wl, bl = (t.detach().requires_grad_() for t in (x, w, b))
     g = torch.randn_like(x)
@@ -84,13 +81,9 @@ def measure():
 
 
 def table(us):
-    print("us per call, 4 x 768 bf16, launches stubbed (ours) / CPU compute (reference, F.*)")
-    print(f"  {'op':16s} {'ours fwd':>9s} {'ours f+b':>9s} {'ref fwd':>9s} {'ref f+b':>9s}")
-    for op in OPS:
-        row = [us[f"{op} {who} {mode}"] for who in ("ours", "ref") for mode in ("fwd", "fwd+bwd")]
-        print(f"  {op:16s}" + "".join(f" {v:9.1f}" for v in row))
-    for name in ("empty autograd.Function fwd+grad", "F.layer_norm fwd+grad", "torch.empty_like(x)"):
-        print(f"  {name:40s} {us[name]:7.1f}")
+    host_timing.print_rows("us per call, 4 x 768 bf16, launches stubbed (ours) / CPU compute (reference, F.*)",
+                           "op", OPS, ("ours", "ref"), us,
+                           ("empty autograd.Function fwd+grad", "F.layer_norm fwd+grad", "torch.empty_like(x)"), 16)
 
 
 if __name__ == "__main__":

@@ -94,11 +94,7 @@ def warm_up():
 
 
 def measure():
-    out = {}
-    for case in CASES:
-        for fn, who in ((kernels.ffn, "ours"), (kernels.reference.ffn, "ref")):
-            fwd, fwd_bwd = calls(fn, case)
-            out[f"{case} {who} fwd"], out[f"{case} {who} fwd+bwd"] = per_call(fwd), per_call(fwd_bwd)
+    out = host_timing.measure_rows(CASES, ((kernels.ffn, "ours"), (kernels.reference.ffn, "ref")), calls, per_call)
     x = torch.randn(ROWS, WIDTH, dtype=DTYPE).requires_grad_()
     g = torch.randn_like(x)
     out["empty autograd.Function fwd+grad"] = per_call(lambda: torch.autograd.grad(Ident.apply(x), [x], [g]))
@@ -106,13 +102,9 @@ def measure():
 
 
 def table(us):
-    print(f"us per call, x {ROWS} x {WIDTH} -> hidden 8 {str(DTYPE)[6:]}, GPU's large-M path, launches stubbed "
-          "(ours) / CPU compute (reference)")
-    print(f"  {'case':8s} {'ours fwd':>9s} {'ours f+b':>9s} {'ref fwd':>9s} {'ref f+b':>9s}")
-    for case in CASES:
-        row = [us[f"{case} {who} {mode}"] for who in ("ours", "ref") for mode in ("fwd", "fwd+bwd")]
-        print(f"  {case:8s}" + "".join(f" {v:9.1f}" for v in row))
-    print(f"  {'empty autograd.Function fwd+grad':40s} {us['empty autograd.Function fwd+grad']:7.1f}")
+    host_timing.print_rows(f"us per call, x {ROWS} x {WIDTH} -> hidden 8 {str(DTYPE)[6:]}, GPU's large-M path, "
+                           "launches stubbed (ours) / CPU compute (reference)",
+                           "case", CASES, ("ours", "ref"), us, ("empty autograd.Function fwd+grad",), 8)
 
 
 if __name__ == "__main__":

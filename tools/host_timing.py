@@ -1,4 +1,5 @@
-"""Host-time helpers shared by tools/host_costs.py (on a CUDA machine) and tools/host_profile_cpu.py."""
+"""Host-time helpers shared by tools/host_costs.py (on a CUDA machine) and the host-profile tools (host_profile_cpu.py,
+host_profile_ffn_cpu.py, host_profile_attention_cpu.py: timing, table, command line)."""
 import time
 
 import torch
@@ -19,6 +20,28 @@ def per_call(fn, n=400, repeats=5, warmup=0):
         sync()
         best = min(best, (time.perf_counter() - t0) / n * 1e6)
     return best
+
+
+def measure_rows(cases, impls, calls, per_call):
+    """{"<case> <who> fwd" / "<case> <who> fwd+bwd": us per call} for every case and every (impl, who) of impls,
+    where calls(impl, case) gives the (fwd, fwd_bwd) closures: the rows the host-profile tools share."""
+    out = {}
+    for case in cases:
+        for impl, who in impls:
+            fwd, fwd_bwd = calls(impl, case)
+            out[f"{case} {who} fwd"], out[f"{case} {who} fwd+bwd"] = per_call(fwd), per_call(fwd_bwd)
+    return out
+
+
+def print_rows(title, label, cases, whos, us, yardsticks, width):
+    """measure_rows' table (a line per case: fwd and fwd+bwd of each of whos), then one line per yardstick."""
+    print(title)
+    print(f"  {label:{width}s}" + "".join(f" {f'{who} {mode}':>9s}" for who in whos for mode in ("fwd", "f+b")))
+    for case in cases:
+        row = [us[f"{case} {who} {mode}"] for who in whos for mode in ("fwd", "fwd+bwd")]
+        print(f"  {case:{width}s}" + "".join(f" {v:9.1f}" for v in row))
+    for name in yardsticks:
+        print(f"  {name:40s} {us[name]:7.1f}")
 
 
 class Ident(torch.autograd.Function):
