@@ -12,45 +12,22 @@ import io
 import os
 import pstats
 import sys
-import time
 
 sys.path.insert(0, os.getcwd())  # the checkout whose kernels are timed
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # this tool's directory
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 import kernels  # noqa: E402
+from gpu_attention_case import enqueue_ms, fwd_bwd_case  # noqa: E402
 
-torch.manual_seed(0)
 for T, D in ((16384, 128), (1024, 128)):
-    B, H = 16384 // T, 2048 // D
-    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3))
-    dout = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
-
-    def ours():
-        o = kernels.attention(q, k, v, causal=True)
-        return torch.autograd.grad(o, (q, k, v), dout)
-
-    def ours_fwd():
-        with torch.no_grad():
-            return kernels.attention(q, k, v, causal=True)
-
-    def cudnn():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return torch.autograd.grad(o, (q, k, v), dout)
+    _, ours, ours_fwd, cudnn = fwd_bwd_case(kernels, T, D)
     for name, fn in (("ours", ours), ("ours fwd", ours_fwd), ("cudnn", cudnn)):
         for _ in range(3):
             fn()
-        torch.cuda.synchronize()
-        n = 20
-        t0 = time.perf_counter()
-        for _ in range(n): fn()
-        t1 = time.perf_counter()
-        torch.cuda.synchronize()
-        t2 = time.perf_counter()
-        print(f"T{T} D{D} {name:9s} host {1e3*(t1-t0)/n:.3f} ms/call  wall {1e3*(t2-t0)/n:.3f}", flush=True)
+        host, wall = enqueue_ms(fn, 20)
+        print(f"T{T} D{D} {name:9s} host {host:.3f} ms/call  wall {wall:.3f}", flush=True)
     torch.cuda.synchronize()
     pr = cProfile.Profile()
     pr.enable()

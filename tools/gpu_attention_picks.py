@@ -10,36 +10,21 @@ means the GPU waited for the host (tenth session, bench/RESULTS.md). About 45 s 
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import attention_bwd_gluon as bg  # noqa: E402
 from kernels import attention_gluon as ag  # noqa: E402
+from tools.gpu_attention_case import enqueue_ms, fwd_bwd_case  # noqa: E402
 
-torch.manual_seed(0)
 T = int(os.environ.get("T", 1024))
 for D in (128, 64):
-    B, H = 16384 // T, 2048 // D
-    q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16).requires_grad_() for _ in range(3))
-    dout = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
-
-    def ours():
-        o = kernels.attention(q, k, v, causal=True)
-        return torch.autograd.grad(o, (q, k, v), dout)
-
-    def cudnn():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return torch.autograd.grad(o, (q, k, v), dout)
-
+    (q, k, v), ours, _, cudnn = fwd_bwd_case(kernels, T, D)
     ours()
     torch.cuda.synchronize()
     fk, kk, qk = ag.picked_key(q, k, True), bg.picked_key("dK/dV", q, k, True), bg.picked_key("dQ", q, k, True)
@@ -81,11 +66,5 @@ for D in (128, 64):
                   key=lambda r: -r[1])
     for key, us in rows[:8]:
         print(f"    {us:8.1f} us  {key[:90]}")
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(50):
-        ours()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    t2 = time.perf_counter()
-    print(f"  host enqueue per call {1e3*(t1-t0)/50:.3f} ms, wall per call {1e3*(t2-t0)/50:.3f} ms", flush=True)
+    host, wall = enqueue_ms(ours, 50)
+    print(f"  host enqueue per call {host:.3f} ms, wall per call {wall:.3f} ms", flush=True)
