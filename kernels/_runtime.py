@@ -25,6 +25,11 @@ def triton_status():
     return False, "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on the CPU, slowly)"
 
 
+# Where the kernels run, decided once (triton.jit reads TRITON_INTERPRET when a kernel is defined): the hot
+# paths compare a tensor's device type with this instead of reading the environment per call.
+KERNEL_DEVICE = "cpu" if interpreting() else "cuda"
+
+
 def check_device(**tensors):
     """Triton kernels need CUDA tensors, or CPU tensors under the interpreter."""
     expected = "cpu" if interpreting() else "cuda"  # (the environment read once: about 1 us each)

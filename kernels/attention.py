@@ -43,7 +43,7 @@ import triton.language as tl
 
 from ._checks import check_attention_args
 from ._launch import FastLaunch
-from ._runtime import cdiv, check_device, interpreting, tma_scratch
+from ._runtime import KERNEL_DEVICE, cdiv, check_device, tma_scratch
 from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, \
     load_tile, plan, unit_last_stride
 
@@ -181,14 +181,11 @@ def _tma_ok(*tensors):
     return True
 
 
-_KERNEL_DEVICE = "cpu" if interpreting() else "cuda"  # Triton decides at import (triton.jit) where kernels run
-
-
 def check_kernel_args(q, k, v, scale, device=True):
     """The reference's checks plus what the kernels add: device, dtype, head dim range."""
     check_attention_args(q, k, v, scale)
-    if device and not (q.device.type == _KERNEL_DEVICE and k.device.type == _KERNEL_DEVICE
-                       and v.device.type == _KERNEL_DEVICE):
+    if device and not (q.device.type == KERNEL_DEVICE and k.device.type == KERNEL_DEVICE
+                       and v.device.type == KERNEL_DEVICE):
         check_device(q=q, k=k, v=v)  # (it reads the environment: only where the import-time answer differs)
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"q must be float16, bfloat16 or float32 for the Triton attention, got {q.dtype}")

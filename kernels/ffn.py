@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import GATED_ACTIVATIONS, check_ffn_args, check_linear_args
-from ._runtime import check_device, interpreting
+from ._runtime import KERNEL_DEVICE, check_device
 from .matmul import ACT_CODES, act_bwd, linear_act_fwd
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -235,7 +235,6 @@ def _needs_pre(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-_DEVICE_TYPE = "cpu" if interpreting() else "cuda"  # what check_device accepts
 _GATED = {name: gated for name, (_, gated) in ACT_CODES.items()}
 
 
@@ -251,9 +250,9 @@ def _ffn_args_ok(x, w_in, b_in, w_out, b_out, activation):
     if gated is None or not (isinstance(x, Tensor) and isinstance(w_in, Tensor) and isinstance(w_out, Tensor)):
         return False
     dtype, device = x.dtype, x.device
-    if (dtype not in SUPPORTED_DTYPES or device.type != _DEVICE_TYPE or x.dim() == 0 or w_in.dim() != 2
+    if (dtype not in SUPPORTED_DTYPES or device.type != KERNEL_DEVICE or x.dim() == 0 or w_in.dim() != 2
             or w_out.dim() != 2 or w_in.dtype != dtype or w_out.dtype != dtype or w_in.device != device
-            or w_out.device != device or torch.is_autocast_enabled(_DEVICE_TYPE)):
+            or w_out.device != device or torch.is_autocast_enabled(KERNEL_DEVICE)):
         return False
     n_in = w_in.shape[0]
     return (x.shape[-1] == w_in.shape[1] and w_out.shape[1] == (n_in // 2 if gated else n_in)

@@ -48,7 +48,7 @@ import triton.language as tl
 from . import reference
 from ._checks import check_norm_args, norm_args_ok
 from ._launch import FastLaunch, LaunchPlan
-from ._runtime import cdiv, check_device, interpreting, next_power_of_2
+from ._runtime import KERNEL_DEVICE, cdiv, check_device, next_power_of_2
 from .norms_bwd import n_cols_rows, norm_bwd, rows_of
 
 MAX_FUSED_N = 16384  # widest row the one-pass forward kernel keeps in registers
@@ -345,8 +345,6 @@ _norm_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 
 # ---- public API ----------------------------------------------------------------------------------
 
-# Triton decides at import (triton.jit) whether kernels run in its CPU interpreter.
-_KERNEL_DEVICE = "cpu" if interpreting() else "cuda"
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -354,13 +352,13 @@ def _kernels_take(x, residual, weight, bias, eps):
     """The hot path's whole argument check: True where the checks below would all pass on the way to
     the kernels (valid arguments, no float64, x on the kernels' device); False sends a call through them."""
     return (norm_args_ok(x, weight, bias, eps, residual, KERNEL_DTYPES)
-            and (x.is_cpu if _KERNEL_DEVICE == "cpu" else x.is_cuda))
+            and (x.is_cpu if KERNEL_DEVICE == "cpu" else x.is_cuda))
 
 
 def _check_kernel_device(x):
-    if x.device.type != _KERNEL_DEVICE:  # check_norm_args has put every tensor on x's device
+    if x.device.type != KERNEL_DEVICE:  # check_norm_args has put every tensor on x's device
         check_device(x=x)  # the shared message
-        raise ValueError(f"x is on {x.device}, but the Triton kernels were set up for {_KERNEL_DEVICE} tensors")
+        raise ValueError(f"x is on {x.device}, but the Triton kernels were set up for {KERNEL_DEVICE} tensors")
 
 
 def _norm(x, residual, weight, bias, eps, is_rms):
