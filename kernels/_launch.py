@@ -24,6 +24,7 @@ import operator
 import torch
 import triton
 
+from ._raw_launch import direct_launcher
 from ._runtime import interpreting
 
 try:
@@ -119,7 +120,7 @@ class FastLaunch:
         self.kernel = kernel
         self.direct = not interpreting() and _knobs is not None
         # key -> (compiled kernel, its launcher, function and packed metadata, the constexpr values in
-        # parameter order)
+        # parameter order, the C launcher's direct call or None: kernels/_raw_launch.py)
         self._compiled = {}
         self._driver = None
 
@@ -184,13 +185,16 @@ class FastLaunch:
         if compiled is not None and all(n in meta for n in names):
             key = (tuple(meta.items()), device, *map(_fact, args))
             self._compiled[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata,
-                                   tuple(meta[n] for n in names))
+                                   tuple(meta[n] for n in names), direct_launcher(compiled))
         return compiled
 
     def _run(self, hit, grid, device, args):
-        compiled, run, function, metadata, constants = hit
-        run(*grid, self._driver.get_current_stream(device), function, metadata, None, None, None,
-            *args, *constants)
+        compiled, run, function, metadata, constants, direct = hit
+        if direct is not None:
+            direct(*grid, self._driver.get_current_stream(device), function, metadata, (*args, *constants))
+        else:
+            run(*grid, self._driver.get_current_stream(device), function, metadata, None, None, None,
+                *args, *constants)
         return compiled
 
 

@@ -326,6 +326,7 @@ def _descriptor(t, block_rows):
         template = TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout)
         template.launch_facts = descriptor_facts(template)  # FastLaunch's key, shared by the copies
         template.facts_id = next(_template_ids)  # launch_key's stand-in for those facts (never reused)
+        template.tma_maps = {}  # the copies' CUtensorMaps by base address (kernels/_raw_launch.py), shared too
         template.base = None  # (the cache must not keep t alive)
         if len(_descriptors) >= MAX_DESCRIPTORS:
             _descriptors.clear()

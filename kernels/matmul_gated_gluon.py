@@ -257,6 +257,7 @@ def _descriptor(base, shape, block):
     if template is None:
         template = TensorDescriptor(base, list(shape), [base.stride(0), 1], list(block), _layout(block, base.dtype))
         template.launch_facts = descriptor_facts(template)
+        template.tma_maps = {}  # the copies' CUtensorMaps by base address (kernels/_raw_launch.py), shared too
         template.base = None  # (the cache must not keep base alive)
         if len(_templates) >= MAX_TEMPLATES:
             _templates.clear()

@@ -208,3 +208,40 @@ def test_host_cdiv_and_next_power_of_2_match_tritons():
         assert next_power_of_2(n) == triton.next_power_of_2(n), n
         for d in (1, 7, 16, 64, 128):
             assert cdiv(n, d) == triton.cdiv(n, d), (n, d)
+
+
+def test_raw_launch_remembers_a_descriptors_expansion_per_address_and_binary(monkeypatch):
+    """kernels/_raw_launch.py's descriptor expansion (Triton's make_tensordesc_arg, a driver call on a GPU,
+    stood in for here): once per (base address, the binary's TMA metadata) for a descriptor carrying tma_maps,
+    every time for one without; the remembered ones start over past MAX_MAPS. (Its arguments against Triton
+    3.6's own launch path: tools/raw_launch_check.py, run with Triton 3.6.)"""
+    import types
+    from kernels import _raw_launch
+    made = []
+
+    def make(desc, meta):
+        made.append(desc.base.data_ptr())
+        return [("map", desc.base.data_ptr(), meta["swizzle"]), 4, 5]
+    monkeypatch.setattr(_raw_launch, "_nvidia", types.SimpleNamespace(make_tensordesc_arg=make))
+    monkeypatch.setattr(_raw_launch, "MAX_MAPS", 2)
+    meta = dict(swizzle=3, elem_size=2, elem_type=10, block_size=[64, 64], fp4_padded=False)
+    key, key_b = _raw_launch._meta_key(meta), _raw_launch._meta_key(dict(meta, swizzle=2))
+    shared = {}
+    a, b, c = (torch.empty(64) for _ in range(3))
+    desc = lambda t: types.SimpleNamespace(base=t, tma_maps=shared)  # noqa: E731
+    first = _raw_launch._expanded(desc(a), meta, key)
+    assert _raw_launch._expanded(desc(a), meta, key) is first and made == [a.data_ptr()]
+    _raw_launch._expanded(desc(a), dict(meta, swizzle=2), key_b)  # another binary's metadata: its own
+    assert made == [a.data_ptr()] * 2 and len(shared) == 2
+    _raw_launch._expanded(desc(b), meta, key)  # full: starts over
+    assert len(shared) == 1 and made[-1] == b.data_ptr()
+    _raw_launch._expanded(types.SimpleNamespace(base=c), meta, key)  # no tma_maps: expanded every time
+    _raw_launch._expanded(types.SimpleNamespace(base=c), meta, key)
+    assert made[-2:] == [c.data_ptr()] * 2
+
+
+def test_raw_launch_declines_what_it_cannot_vouch_for():
+    import types
+    from kernels import _raw_launch
+    assert _raw_launch.direct_launcher(types.SimpleNamespace(run=lambda *a: None)) is None
+    assert _raw_launch.direct_launcher(object()) is None
