@@ -54,14 +54,16 @@ SMEM_LIMIT = 232448 - 2048  # the H100's / H200's 227 KB per block, less room fo
 # entries against each other and the tl kernel. First GPU run (H200, M 16384, tools/gpu_ffn_gated_gluon.py):
 # 128 x 128 x 64 with 4 or 3 stages led at every shape; 128 x 64 x 64 (267-368 TFLOP/s) and BLOCK_K 32
 # (285-466) never did and are left out.
+# ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages): the warp-specialized ping-pong kernel of matmul_gated_gluon_ws
+# (BLOCK_M rows per consumer warpgroup; not yet timed on a GPU).
 CONFIGS = {
     # M up to 1024: one warpgroup of 64 rows, more tiles to spread over the SMs (kernels/matmul.py sends
     # M <= SMALL_M = 1024 to the tl kernel: host time weighs more there)
     "small_m": ((64, 128, 64, 4, 4), (128, 128, 64, 3, 8)),
     # K <= 1024 (768 -> 2048 / 3072): few k-steps per tile, so the epilogue weighs more
-    "narrow_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8)),
+    "narrow_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4), ("ws", 64, 128, 64, 3)),
     # K > 1024 (2048 -> 5440 / 8192)
-    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8)),
+    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4), ("ws", 64, 128, 64, 3)),
 }
 
 
@@ -277,7 +279,11 @@ def gated_forward_gluon(x, w, b, activation, store_pre, config=None, out=None, p
     if out is None:
         out = torch.empty((M, H), device=x.device, dtype=x.dtype)
         pre = torch.empty((M, 2 * H) if store_pre else (0,), device=x.device, dtype=x.dtype)
-    bm, bn, bk, stages, warps = config or CONFIGS[shape_class(M, K)][0]
+    config = config or CONFIGS[shape_class(M, K)][0]
+    if config[0] == "ws":
+        from .matmul_gated_gluon_ws import gated_forward_ws
+        return gated_forward_ws(x, w, b, activation, store_pre, config, out, pre)
+    bm, bn, bk, stages, warps = config
     x_desc = _descriptor(x, (M, K), (bm, bk))
     wg_desc = _descriptor(w, (H, K), (bn, bk))
     wu_desc = _descriptor(w[H:], (H, K), (bn, bk))

@@ -27,6 +27,14 @@ def _setup(request, monkeypatch):
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=str)
 @pytest.mark.parametrize("store_pre", [True, False])
 def test_configs_fit_the_wgmma_and_shared_memory(config, store_pre):
+    if config[0] == "ws":  # the ping-pong kernel: one warpgroup of 64 rows per consumer, staging tiles per consumer
+        from kernels import matmul_gated_gluon_ws as ws
+        _, bm, bn, bk, stages = config
+        assert bm == 64 and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
+        bufs = ws.epilogue_buffers(config, 2, store_pre)
+        assert 1 <= bufs <= (3 if store_pre else 1)
+        assert stages * (bm + 2 * bn) * bk * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
+        return
     bm, bn, bk, stages, warps = config
     assert 2 * bn <= 256 and bn % 8 == 0  # one wgmma of N = 2 BLOCK_N: instruction N <= 256
     assert warps % 4 == 0 and bm % (16 * warps) == 0  # every warp owns whole 16-row slabs
@@ -100,6 +108,21 @@ def test_every_config(config, store_pre, activation):
     # more tiles than SMs (each program walks several, the ring's loads cross tile boundaries) and edges
     x, w, b = _inputs(3000, 520, 1000, torch.bfloat16, True)
     _check(x, w, b, activation, torch.bfloat16, store_pre, config)
+
+
+WS_CONFIGS = [c for c in ALL_CONFIGS if c[0] == "ws"]
+
+
+@hopper_only
+@pytest.mark.parametrize("config", WS_CONFIGS, ids=str)
+@pytest.mark.parametrize("M, K, H", [(17, 48, 136), (700, 200, 520), (4100, 64, 1032)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_ping_pong_tile_counts(config, M, K, H, dtype):
+    """The warp-specialized kernel where a program has one tile (consumer 1 idle), one k-step per tile, and
+    several tiles per program, odd and even (the consumers' hand-overs), with edges on every dimension."""
+    x, w, b = _inputs(M, K, H, dtype, True)
+    for store_pre in (True, False):
+        _check(x, w, b, "swiglu", dtype, store_pre, config)
 
 
 @hopper_only

@@ -308,9 +308,26 @@ def gluon_attention_bwd():
     return ok
 
 
+def gluon_gated():
+    """The Gluon gated forwards (kernels/matmul_gated_gluon.py and its warp-specialized twin), every config."""
+    from kernels import matmul_gated_gluon as mgg, matmul_gated_gluon_ws as ws
+    mgg._num_sms = ws._num_sms = lambda device_index: 132
+    ok = True
+    M, K, H = 1000, 768, 1024
+    for dtype in (torch.bfloat16, torch.float16):
+        x, w, b = torch.empty(M, K, dtype=dtype), torch.empty(2 * H, K, dtype=dtype), torch.empty(2 * H, dtype=dtype)
+        out, pre = torch.empty(M, H, dtype=dtype), torch.empty(M, 2 * H, dtype=dtype)
+        for config in dict.fromkeys(c for table in mgg.CONFIGS.values() for c in table):
+            for store_pre in (True, False):
+                def step():
+                    mgg.gated_forward_gluon(x, w, b, "swiglu", store_pre, config, out, pre if store_pre else out[:0])
+                ok &= _triton_then_direct(f"gluon gated {str(dtype):14s} {config} pre={store_pre!s:5s}", step)
+    return ok
+
+
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
     same = (fixed_configs() & autotuned() & persistent_kernels() & attention_kernels() & norm_kernels()
-            & gluon_attention() & gluon_attention_bwd())
+            & gluon_attention() & gluon_attention_bwd() & gluon_gated())
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)

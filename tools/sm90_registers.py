@@ -209,7 +209,11 @@ def ffn_gated_gluon_kernels():
         bias = torch.empty(2 * H, dtype=dtype)
         for act in ("swiglu", "geglu"):
             for store_pre in (True, False):
-                for bm, bn, bk, stages, warps in configs:
+                for config in configs:
+                    if config[0] == "ws":
+                        ws_gated_kernel(config, dtype, act, store_pre, x, w, out, pre, bias, M, K, H)
+                        continue
+                    bm, bn, bk, stages, warps = config
                     d = mgg._descriptor
                     o = d(out, (M, H), (bm, bn))
                     pg, pu = (d(pre, (M, H), (bm, bn)), d(pre[:, H:], (M, H), (bm, bn))) if store_pre else (o, o)
@@ -220,6 +224,21 @@ def ffn_gated_gluon_kernels():
                         STAGES=stages, EPI_BUFS=bufs, GROUP=mgg.GROUP_M, num_warps=warps)
                     show(f"gated gluon {act} {str(dtype)[6:]} pre={int(store_pre)}",
                          (bm, bn, bk, stages, warps, f"epi{bufs}"), compiled)
+
+
+def ws_gated_kernel(config, dtype, act, store_pre, x, w, out, pre, bias, M, K, H):
+    """One ("ws", ...) config of the gated forward: kernels/matmul_gated_gluon_ws.py."""
+    from kernels import matmul_gated_gluon_ws as ws
+    _, bm, bn, bk, stages = config
+    d = mgg._descriptor
+    o = d(out, (M, H), (bm, bn))
+    pg, pu = (d(pre, (M, H), (bm, bn)), d(pre[:, H:], (M, H), (bm, bn))) if store_pre else (o, o)
+    bufs = ws.epilogue_buffers(config, 2, store_pre)
+    compiled = ws._gated_fwd_ws_kernel.warmup(
+        d(x, (M, K), (bm, bk)), d(w, (H, K), (bn, bk)), d(w[H:], (H, K), (bn, bk)), o, pg, pu, bias, M, H, K,
+        grid=(1,), ACT=mgg.ACT_CODES[act], HAS_BIAS=True, STORE_PRE=store_pre, STAGES=stages, EPI_BUFS=bufs,
+        GROUP=mgg.GROUP_M, CONSUMER_REGS=ws.CONSUMER_REGS, PRODUCER_REGS=ws.PRODUCER_REGS, num_warps=4)
+    show(f"gated gluon ws {act} {str(dtype)[6:]} pre={int(store_pre)}", (*config, f"epi{bufs}"), compiled)
 
 
 def main():

@@ -1,0 +1,199 @@
+"""The gated FFN forward of kernels/matmul_gated_gluon.py, warp-specialized with two consumer warpgroups in
+ping-pong: its ("ws", ...) candidates.
+
+The persistent kernel there runs its epilogue (the accumulator's halves, the activation, the stores) on the
+warps that issue the wgmmas: the tensor cores idle through it, about one k-step's worth of time per tile of
+32 k-steps at K = 2048, and it reaches 574 TFLOP/s where cuBLAS's bare GEMM does 659 (H100, tenth session,
+bench/RESULTS.md). Here a program runs three partitions (`gl.warp_specialize`):
+- the producer (one warpgroup, few registers) TMA-loads the program's k-steps, tile after tile, into a ring
+  of STAGES slots (the x tile, and the gate and up rows of W into the two halves of one buffer, as there):
+  a "full" mbarrier per slot says it is loaded, an "empty" one that its reader is done with it;
+- two consumers (one warpgroup each: the default partition and a worker) take the program's tiles in turn,
+  consumer c the tiles t = c, c + 2, ...: per k-step one wgmma of BLOCK_M x 2 BLOCK_N (BLOCK_M = 64 rows,
+  the warpgroup's), then the epilogue of the other matmul_gated_gluon kernel through the consumer's own
+  staging tiles.
+The ring is consumed in the order it is filled, so consumer 1's first k-step is loaded only as consumer 0's
+tile drains from the ring: consumer 0's epilogue runs under consumer 1's main loop and the reverse, the
+ping-pong of CUTLASS's Hopper kernels. One hand-over per tile keeps the consumers' waits in step: a consumer
+starts a tile only once the previous tile's consumer has seen that tile's last k-step land ("turns"
+mbarriers). Without it a consumer could wait on a slot's "full" barrier two phases ahead of it, and a wait on
+parity 1 passes on a barrier still in phase 0 (tools/ws_gated_protocol_check.py found that race; it models
+the protocol under random interleavings and checks this one).
+
+Same outputs, saved tensors and rounding points as matmul_gated_gluon (and so the `tl` gated forward);
+scope as its `usable`. Not yet run on a GPU (prepared offline: tools/sm90_registers.py ffn_gated_gluon).
+"""
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
+    warpgroup_mma_wait
+
+from ._launch import FastLaunch
+from .matmul_gated_gluon import ACT_CODES, GROUP_M, SMEM_LIMIT, _act, _descriptor, _num_sms, _tile_origin
+
+CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
+
+
+def epilogue_buffers(config, dtype_bytes, store_pre):
+    """Staging tiles per consumer for the epilogue's TMA stores: as many of the 1 (out) or 3 (out, gate,
+    up) as fit beside the ring, for both consumers."""
+    _, bm, bn, bk, stages = config
+    ring = stages * (bm + 2 * bn) * bk * dtype_bytes
+    tile = bm * bn * dtype_bytes
+    return max(1, min(3 if store_pre else 1, (SMEM_LIMIT - ring) // (2 * tile)))
+
+
+@gluon.jit
+def _producer(x_desc, wg_desc, wu_desc, x_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
+              STAGES: gl.constexpr, GROUP: gl.constexpr):
+    BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = wg_desc.block_type.shape[0]
+    nbytes: gl.constexpr = x_desc.block_type.nbytes + 2 * wg_desc.block_type.nbytes
+    seq = 0
+    for t in range(my_tiles):
+        off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
+                                    BLOCK_N, GROUP)
+        for ki in range(k_tiles):
+            slot = seq % STAGES
+            # a fresh barrier passes a wait on parity 1: the ring's first round is free
+            mbarrier.wait(empty.index(slot), ((seq // STAGES) & 1) ^ 1)
+            bar = full.index(slot)
+            w = w_ring.index(slot)
+            mbarrier.expect(bar, nbytes)
+            tma.async_copy_global_to_shared(x_desc, [off_m, ki * BLOCK_K], bar, x_ring.index(slot))
+            tma.async_copy_global_to_shared(wg_desc, [off_n, ki * BLOCK_K], bar, w.slice(0, BLOCK_N))
+            tma.async_copy_global_to_shared(wu_desc, [off_n, ki * BLOCK_K], bar, w.slice(BLOCK_N, BLOCK_N))
+            seq += 1
+
+
+@gluon.jit
+def _store_tile(desc, off_m, off_n, value, c_smem, first_buf, count, EPI_BUFS: gl.constexpr):
+    """This consumer's count-th store, through its staging tile first_buf + count % EPI_BUFS (see
+    matmul_gated_gluon._store_tile; a consumer's waits count only its own stores)."""
+    buf = c_smem.index(first_buf + count % EPI_BUFS)
+    tma.store_wait(pendings=EPI_BUFS - 1)
+    buf.store(value)
+    fence_async_shared()
+    tma.async_copy_shared_to_global(desc, [off_m, off_n], buf)
+
+
+@gluon.jit
+def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_desc, pg_desc, pu_desc, Bias, H,
+              num_pid_m, num_pid_n, k_tiles, my_tiles, ACT: gl.constexpr, HAS_BIAS: gl.constexpr,
+              STORE_PRE: gl.constexpr, STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr):
+    BLOCK_M: gl.constexpr = x_ring.shape[1]
+    BLOCK_N: gl.constexpr = c_smem.shape[2]
+    dtype: gl.constexpr = x_ring.dtype
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, 2 * BLOCK_N, 16])
+    half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                          instr_shape=[16, BLOCK_N, 16])
+    col_layout: gl.constexpr = gl.SliceLayout(0, half_layout)
+    n_stores: gl.constexpr = 3 if STORE_PRE else 1
+    cols = gl.arange(0, BLOCK_N, layout=col_layout)
+    acc = gl.zeros([BLOCK_M, 2 * BLOCK_N], gl.float32, layout=acc_layout)
+    for i in range((my_tiles - ME + 1) // 2):
+        t = ME + 2 * i
+        off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
+                                    BLOCK_N, GROUP)
+        first = t * k_tiles  # the tile's first k-step in the ring's sequence
+        # the previous tile's consumer has seen that tile's last k-step land (its hand-over number i - 1 + ME)
+        mbarrier.wait(turns.index(ME), (i - 1 + ME) & 1, pred=i - 1 + ME >= 0)
+        for ki in range(k_tiles):
+            seq = first + ki
+            slot = seq % STAGES
+            mbarrier.wait(full.index(slot), (seq // STAGES) & 1)
+            mbarrier.arrive(turns.index(1 - ME), pred=(ki == k_tiles - 1) & (t + 1 < my_tiles))
+            acc = warpgroup_mma(x_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc, use_acc=ki > 0,
+                                is_async=True)
+            # the previous k-step's wgmma has completed: the producer may refill its slot
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+            mbarrier.arrive(empty.index((seq + STAGES - 1) % STAGES), pred=ki > 0)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        mbarrier.arrive(empty.index((first + k_tiles - 1) % STAGES))
+
+        # the epilogue of matmul_gated_gluon._gated_fwd_kernel, under the other consumer's main loop
+        gate, up = gl.split(gl.permute(gl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), (0, 2, 1)))
+        gate = gl.convert_layout(gate, half_layout)
+        up = gl.convert_layout(up, half_layout)
+        if HAS_BIAS:
+            offs_n = off_n + cols
+            in_h = offs_n < H
+            gate += gl.expand_dims(gl.load(Bias + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
+            up += gl.expand_dims(gl.load(Bias + H + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
+        pre_gate = gate.to(dtype)
+        pre_up = up.to(dtype)
+        out = (_act(pre_gate.to(gl.float32), ACT).to(dtype).to(gl.float32) * pre_up.to(gl.float32)).to(dtype)
+        _store_tile(out_desc, off_m, off_n, out, c_smem, ME * EPI_BUFS, i * n_stores, EPI_BUFS)
+        if STORE_PRE:
+            _store_tile(pg_desc, off_m, off_n, pre_gate, c_smem, ME * EPI_BUFS, i * n_stores + 1, EPI_BUFS)
+            _store_tile(pu_desc, off_m, off_n, pre_up, c_smem, ME * EPI_BUFS, i * n_stores + 2, EPI_BUFS)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, Bias, M, H, K,
+                         ACT: gl.constexpr, HAS_BIAS: gl.constexpr, STORE_PRE: gl.constexpr, STAGES: gl.constexpr,
+                         EPI_BUFS: gl.constexpr, GROUP: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                         PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    # descriptors as matmul_gated_gluon._gated_fwd_kernel's, x and the outputs in tiles of 64 rows
+    BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = wg_desc.block_type.shape[0]
+    dtype: gl.constexpr = x_desc.dtype
+    x_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    w_ring = gl.allocate_shared_memory(dtype, [STAGES, 2 * BLOCK_N, BLOCK_K], wg_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, BLOCK_N], out_desc.layout)
+    full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(turns.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(full.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)  # one consumer reads each slot
+
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(H, BLOCK_N)
+    k_tiles = gl.cdiv(K, BLOCK_K)
+    my_tiles = gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))  # the grid is <= tiles
+    gl.warp_specialize([
+        (_consumer, (0, x_ring, w_ring, full, empty, turns, c_smem, out_desc, pg_desc, pu_desc, Bias, H, num_pid_m,
+                     num_pid_n, k_tiles, my_tiles, ACT, HAS_BIAS, STORE_PRE, STAGES, EPI_BUFS, GROUP)),
+        (_consumer, (1, x_ring, w_ring, full, empty, turns, c_smem, out_desc, pg_desc, pu_desc, Bias, H, num_pid_m,
+                     num_pid_n, k_tiles, my_tiles, ACT, HAS_BIAS, STORE_PRE, STAGES, EPI_BUFS, GROUP)),
+        (_producer, (x_desc, wg_desc, wu_desc, x_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
+                     STAGES, GROUP)),
+    ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(full.index(i))
+        mbarrier.invalidate(empty.index(i))
+    for i in gl.static_range(2):
+        mbarrier.invalidate(turns.index(i))
+
+
+def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
+    """Fill out (M, H) and, when store_pre, pre (M, 2H) as matmul_gated_gluon.gated_forward_gluon, where its
+    `usable` holds; config ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (64)."""
+    M, K = x.shape
+    H = w.shape[0] // 2
+    _, bm, bn, bk, stages = config
+    x_desc = _descriptor(x, (M, K), (bm, bk))
+    wg_desc = _descriptor(w, (H, K), (bn, bk))
+    wu_desc = _descriptor(w[H:], (H, K), (bn, bk))
+    out_desc = _descriptor(out, (M, H), (bm, bn))
+    pg_desc, pu_desc = (_descriptor(pre, (M, H), (bm, bn)), _descriptor(pre[:, H:], (M, H), (bm, bn))) \
+        if store_pre else (out_desc, out_desc)
+    tiles = triton.cdiv(M, bm) * triton.cdiv(H, bn)
+    grid = (min(tiles, _num_sms(x.device.index or 0)), 1, 1)
+    bias = x if b is None else b.contiguous()
+    _fast.launch(grid, (x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, bias, M, H, K),
+                 dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
+                      EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
+                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4))
+    return out, pre
+
+
+_fast = FastLaunch(_gated_fwd_ws_kernel)
