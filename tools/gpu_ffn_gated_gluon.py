@@ -42,6 +42,9 @@ def bench(fn):
 
 
 def name(config):
+    if config[0] == "ws":  # the warp-specialized ping-pong (kernels/matmul_gated_gluon_ws.py)
+        _, bm, bn, bk, stages = config
+        return f"ws{bm}x{bn}x{bk}/s{stages}"
     bm, bn, bk, stages, warps = config
     return f"{bm}x{bn}x{bk}/s{stages}/w{warps}"
 
