@@ -23,13 +23,13 @@ the protocol under random interleavings and checks this one).
 Same outputs, saved tensors and rounding points as matmul_gated_gluon (and so the `tl` gated forward);
 scope as its `usable`. Not yet run on a GPU (prepared offline: tools/sm90_registers.py ffn_gated_gluon).
 """
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
 from ._launch import FastLaunch
+from ._runtime import cdiv
 from .matmul_gated_gluon import ACT_CODES, GROUP_M, SMEM_LIMIT, _act, _descriptor, _num_sms, _tile_origin
 
 CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
@@ -186,7 +186,7 @@ def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     out_desc = _descriptor(out, (M, H), (bm, bn))
     pg_desc, pu_desc = (_descriptor(pre, (M, H), (bm, bn)), _descriptor(pre[:, H:], (M, H), (bm, bn))) \
         if store_pre else (out_desc, out_desc)
-    tiles = triton.cdiv(M, bm) * triton.cdiv(H, bn)
+    tiles = cdiv(M, bm) * cdiv(H, bn)
     grid = (min(tiles, _num_sms(x.device.index or 0)), 1, 1)
     bias = x if b is None else b.contiguous()
     _fast.launch(grid, (x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, bias, M, H, K),
