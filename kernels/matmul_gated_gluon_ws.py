@@ -21,7 +21,8 @@ parity 1 passes on a barrier still in phase 0 (tools/ws_gated_protocol_check.py 
 the protocol under random interleavings and checks this one).
 
 Same outputs, saved tensors and rounding points as matmul_gated_gluon (and so the `tl` gated forward);
-scope as its `usable`. Not yet run on a GPU (prepared offline: tools/sm90_registers.py ffn_gated_gluon).
+scope as its `usable`. On an H200 (eleventh session, tools/gpu_ffn_gated_gluon.py) its 4-stage config led the
+gated shapes at 13 of 16 points, 541-648 TFLOP/s, 1.00-1.08x the `tl` kernel, outputs bitwise equal to it.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
