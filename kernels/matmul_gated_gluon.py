@@ -271,6 +271,24 @@ def _descriptor(base, shape, block):
     return desc
 
 
+def launch_args(x, w, b, store_pre, out, pre, bm, bn, bk):
+    """(grid, runtime arguments) of a gated forward launch, this module's kernel's or the ping-pong's
+    (matmul_gated_gluon_ws): TMA descriptors of x in bm x bk tiles, of W's gate and up halves in bn x bk, of
+    out and pre's two halves in bm x bn (out's stand in for pre's where it is not stored), the bias (x stands
+    in where there is none), M, H, K; at most one program per SM, each walking its tiles."""
+    M, K = x.shape
+    H = w.shape[0] // 2
+    x_desc = _descriptor(x, (M, K), (bm, bk))
+    wg_desc = _descriptor(w, (H, K), (bn, bk))
+    wu_desc = _descriptor(w[H:], (H, K), (bn, bk))
+    out_desc = _descriptor(out, (M, H), (bm, bn))
+    pg_desc, pu_desc = (_descriptor(pre, (M, H), (bm, bn)), _descriptor(pre[:, H:], (M, H), (bm, bn))) \
+        if store_pre else (out_desc, out_desc)
+    grid = (min(cdiv(M, bm) * cdiv(H, bn), _num_sms(x.device.index or 0)), 1, 1)
+    bias = x if b is None else b.contiguous()
+    return grid, (x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, bias, M, H, K)
+
+
 def gated_forward_gluon(x, w, b, activation, store_pre, config=None, out=None, pre=None):
     """(out (M, H), pre (M, 2H) or an empty tensor) as kernels.matmul.linear_act_fwd for a gated activation,
     where `usable` holds; config (BLOCK_M, BLOCK_N, BLOCK_K, stages, num_warps), default from CONFIGS. out
@@ -285,16 +303,7 @@ def gated_forward_gluon(x, w, b, activation, store_pre, config=None, out=None, p
         from .matmul_gated_gluon_ws import gated_forward_ws
         return gated_forward_ws(x, w, b, activation, store_pre, config, out, pre)
     bm, bn, bk, stages, warps = config
-    x_desc = _descriptor(x, (M, K), (bm, bk))
-    wg_desc = _descriptor(w, (H, K), (bn, bk))
-    wu_desc = _descriptor(w[H:], (H, K), (bn, bk))
-    out_desc = _descriptor(out, (M, H), (bm, bn))
-    pg_desc, pu_desc = (_descriptor(pre, (M, H), (bm, bn)), _descriptor(pre[:, H:], (M, H), (bm, bn))) \
-        if store_pre else (out_desc, out_desc)
-    tiles = cdiv(M, bm) * cdiv(H, bn)
-    grid = (min(tiles, _num_sms(x.device.index or 0)), 1, 1)
-    bias = x if b is None else b.contiguous()
-    _fast.launch(grid, (x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, bias, M, H, K),
+    _fast.launch(*launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
                  dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
                       EPI_BUFS=epilogue_buffers((bm, bn, bk, stages, warps), x.element_size(), store_pre),
                       GROUP=GROUP_M, num_warps=warps))

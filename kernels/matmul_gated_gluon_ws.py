@@ -30,8 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 
 from ._launch import FastLaunch
-from ._runtime import cdiv
-from .matmul_gated_gluon import ACT_CODES, GROUP_M, SMEM_LIMIT, _act, _descriptor, _num_sms, _tile_origin
+from .matmul_gated_gluon import ACT_CODES, GROUP_M, SMEM_LIMIT, _act, _tile_origin, launch_args
 
 CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
 
@@ -178,19 +177,8 @@ def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, B
 def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     """Fill out (M, H) and, when store_pre, pre (M, 2H) as matmul_gated_gluon.gated_forward_gluon, where its
     `usable` holds; config ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (64)."""
-    M, K = x.shape
-    H = w.shape[0] // 2
     _, bm, bn, bk, stages = config
-    x_desc = _descriptor(x, (M, K), (bm, bk))
-    wg_desc = _descriptor(w, (H, K), (bn, bk))
-    wu_desc = _descriptor(w[H:], (H, K), (bn, bk))
-    out_desc = _descriptor(out, (M, H), (bm, bn))
-    pg_desc, pu_desc = (_descriptor(pre, (M, H), (bm, bn)), _descriptor(pre[:, H:], (M, H), (bm, bn))) \
-        if store_pre else (out_desc, out_desc)
-    tiles = cdiv(M, bm) * cdiv(H, bn)
-    grid = (min(tiles, _num_sms(x.device.index or 0)), 1, 1)
-    bias = x if b is None else b.contiguous()
-    _fast.launch(grid, (x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, bias, M, H, K),
+    _fast.launch(*launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
                  dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
                       EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
                       CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4))
