@@ -17,9 +17,11 @@ Saved for backward: x, w_in, w_out, the pre-activation x @ w_in.T + b_in ((M, H)
 gate then up when gated) and the hidden activation a = act(pre) (M, H), in the compute dtype. a is
 the second GEMM's input, in memory anyway: keeping it costs memory (as in eager PyTorch and
 torch.compile, which keep it too), while re-forming it in the backward epilogue would cost one more
-(M, H) write there (measured slower on the H100, bench/RESULTS.md). linear_act saves x, w and pre;
-its backward has no GEMM producing the upstream gradient, so d_pre comes from one fused
-elementwise Triton pass (with the bias sums), then cuBLAS for dx and dw.
+(M, H) write there (measured slower on the H100, bench/RESULTS.md). relu is the exception: its
+derivative is read off a (a > 0 exactly where pre > 0), so its forward writes no pre-activation and
+saves x, w_in, w_out and a only (FROM_OUTPUT). linear_act saves x, w and pre (relu: its output); its
+backward has no GEMM producing the upstream gradient, so d_pre comes from one fused elementwise
+Triton pass (with the bias sums), then cuBLAS for dx and dw.
 The pre-activation is only written when autograd will need it (grad enabled and an input
 requires grad).
 
@@ -46,8 +48,20 @@ from .matmul import ACT_CODES, act_bwd, linear_act_fwd
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def _pre_shape(x, w, save_pre):
-    return (x.shape[0], w.shape[0]) if save_pre else (0,)
+# relu's derivative can be read off its output: a = relu(pre) > 0 exactly where pre > 0 (both are rounded from
+# the same fp32 value, and a is 0 wherever pre <= 0). So for relu the forward writes no pre-activation (one
+# (M, H) store less in the GEMM's epilogue, and that much less memory held for the backward) and the backward
+# takes the output in its place, as PyTorch's own relu does (threshold_backward on the result).
+FROM_OUTPUT = frozenset({"relu"})
+
+
+def _stores_pre(activation, save_pre):
+    """Whether the forward GEMM writes the pre-activation: where the backward needs it (not for relu)."""
+    return save_pre and activation not in FROM_OUTPUT
+
+
+def _pre_shape(x, w, activation, save_pre):
+    return (x.shape[0], w.shape[0]) if _stores_pre(activation, save_pre) else (0,)
 
 
 def _hidden(w, activation):
@@ -55,7 +69,8 @@ def _hidden(w, activation):
 
 
 def _check_saved(pre):
-    if pre.dim() != 2:
+    """pre: what the backward takes the derivative from (the pre-activation, or relu's output)."""
+    if pre is None or pre.dim() != 2:
         raise RuntimeError("backward through a Triton FFN forward that ran without saving its pre-activation "
                            "(it was called with grad disabled or no input requiring grad)")
 
@@ -77,13 +92,20 @@ def _linear_act_bwd(grad, x, w, pre, activation, has_bias):
 
 
 def _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre):
-    """(y, pre, a): pre and the hidden activation a for the backward, or (y, empty, None) without save_pre."""
-    a, pre = linear_act_fwd(x, w_in, b_in, activation, save_pre)
+    """(y, pre, a): pre (empty for relu) and the hidden activation a for the backward, or (y, empty, None)
+    without save_pre."""
+    a, pre = linear_act_fwd(x, w_in, b_in, activation, _stores_pre(activation, save_pre))
     return F.linear(a, w_out, b_out), pre, a if save_pre else None
 
 
+def _derivative_source(pre, a, activation):
+    """The tensor the backward takes act' from: relu's output, else the pre-activation."""
+    return a if activation in FROM_OUTPUT else pre
+
+
 def _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
-    d_pre, _, db_in = act_bwd(dy, w_out, pre, activation, store_act=False, bias_grad=has_b_in)
+    d_pre, _, db_in = act_bwd(dy, w_out, _derivative_source(pre, a, activation), activation, store_act=False,
+                              bias_grad=has_b_in)
     return (torch.mm(d_pre, w_in), torch.mm(d_pre.t(), x), db_in, torch.mm(dy.t(), a),
             dy.sum(0) if has_b_out else None)
 
@@ -98,8 +120,8 @@ def _or_empty(t, like):
 class LinearActFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, activation, save_pre):
-        out, pre = linear_act_fwd(x, w, b, activation, save_pre)
-        ctx.save_for_backward(x, w, pre)
+        out, pre = linear_act_fwd(x, w, b, activation, _stores_pre(activation, save_pre))
+        ctx.save_for_backward(x, w, out if save_pre and activation in FROM_OUTPUT else pre)
         ctx.activation, ctx.has_bias = activation, b is not None
         return out
 
@@ -122,7 +144,7 @@ class FFNFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, w_in, w_out, pre, a = ctx.saved_tensors
-        _check_saved(pre)
+        _check_saved(_derivative_source(pre, a, ctx.activation))
         return (*_ffn_bwd(dy, x, w_in, w_out, pre, a, ctx.activation, ctx.has_b_in, ctx.has_b_out), None, None)
 
 
@@ -131,12 +153,12 @@ class FFNFn(torch.autograd.Function):
 @torch.library.custom_op("kernels::linear_act_fwd", mutates_args=())
 def _linear_act_fwd_op(x: Tensor, w: Tensor, b: Optional[Tensor], activation: str,
                        save_pre: bool) -> tuple[Tensor, Tensor]:
-    return linear_act_fwd(x, w, b, activation, save_pre)
+    return linear_act_fwd(x, w, b, activation, _stores_pre(activation, save_pre))
 
 
 @_linear_act_fwd_op.register_fake
 def _(x, w, b, activation, save_pre):
-    return x.new_empty(x.shape[0], _hidden(w, activation)), x.new_empty(_pre_shape(x, w, save_pre))
+    return x.new_empty(x.shape[0], _hidden(w, activation)), x.new_empty(_pre_shape(x, w, activation, save_pre))
 
 
 @torch.library.custom_op("kernels::linear_act_bwd", mutates_args=())
@@ -152,8 +174,8 @@ def _(grad, x, w, pre, activation, has_bias):
 
 
 def _linear_act_setup(ctx, inputs, output):
-    x, w, b, activation, _ = inputs
-    ctx.save_for_backward(x, w, output[1])
+    x, w, b, activation, save_pre = inputs
+    ctx.save_for_backward(x, w, output[0] if save_pre and activation in FROM_OUTPUT else output[1])
     ctx.activation, ctx.has_bias = activation, b is not None
 
 
@@ -177,7 +199,8 @@ def _ffn_fwd_op(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w_out: Tensor, 
 @_ffn_fwd_op.register_fake
 def _(x, w_in, b_in, w_out, b_out, activation, save_pre):
     hidden = (x.shape[0], _hidden(w_in, activation)) if save_pre else (0,)
-    return x.new_empty(x.shape[0], w_out.shape[0]), x.new_empty(_pre_shape(x, w_in, save_pre)), x.new_empty(hidden)
+    return (x.new_empty(x.shape[0], w_out.shape[0]), x.new_empty(_pre_shape(x, w_in, activation, save_pre)),
+            x.new_empty(hidden))
 
 
 @torch.library.custom_op("kernels::ffn_bwd", mutates_args=())
@@ -201,7 +224,7 @@ def _ffn_setup(ctx, inputs, output):
 
 def _ffn_backward(ctx, dy, _grad_pre, _grad_a):
     x, w_in, w_out, pre, a = ctx.saved_tensors
-    _check_saved(pre)
+    _check_saved(_derivative_source(pre, a, ctx.activation))
     dx, dw_in, db_in, dw_out, db_out = torch.ops.kernels.ffn_bwd(
         dy, x, w_in, w_out, pre, a, ctx.activation, ctx.has_b_in, ctx.has_b_out)
     return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,

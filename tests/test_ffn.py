@@ -271,7 +271,7 @@ def test_bad_input_raises(device):
         kernels.linear_act(x.to("meta"), w_in.to("meta"), None, "gelu")
 
 
-@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu", "relu"])
 def test_custom_ops_trace_fullgraph(activation, device):
     # Dynamo + fake tensors + registered autograd, without Inductor (which cannot build these on the CPU).
     tensors = [t.float().requires_grad_() for t in _params(17, 24, 40, 32, activation, True, device)]
@@ -286,7 +286,7 @@ def test_custom_ops_trace_fullgraph(activation, device):
     torch.testing.assert_close(la(*tensors[:3], activation), kernels.linear_act(*tensors[:3], activation))
 
 
-@pytest.mark.parametrize("activation", ["gelu", "swiglu"])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu", "relu"])
 def test_eager_grads_equal_the_custom_ops(activation, device):
     """The autograd.Functions return db_in in fp32 and leave its cast to the engine (kernels/ffn.py): the
     gradients are bitwise the custom ops' (which cast it themselves), in the inputs' dtype. bf16 as the GPU
@@ -300,12 +300,44 @@ def test_eager_grads_equal_the_custom_ops(activation, device):
         expected = torch.ops.kernels.ffn_bwd(g, x, w_in, w_out, pre, a, activation, True, True)
     for name, ours, theirs in zip(NAMES, grads, expected):
         assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs), name
-    grads = torch.autograd.grad(kernels.linear_act(x, w_in, b_in, activation), [x, w_in, b_in], pre.new_ones(
+    grads = torch.autograd.grad(kernels.linear_act(x, w_in, b_in, activation), [x, w_in, b_in], a.new_ones(
         17, w_out.shape[1]))
     with torch.no_grad():
-        expected = torch.ops.kernels.linear_act_bwd(pre.new_ones(17, w_out.shape[1]), x, w_in, pre, activation, True)
+        out, pre = torch.ops.kernels.linear_act_fwd(x, w_in, b_in, activation, True)
+        source = out if activation in ffn_module.FROM_OUTPUT else pre  # what the backward takes act' from
+        expected = torch.ops.kernels.linear_act_bwd(a.new_ones(17, w_out.shape[1]), x, w_in, source, activation, True)
     for name, ours, theirs in zip(NAMES, grads, expected):
         assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs), name
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_relu_saves_its_output_not_a_pre_activation(activation, device):
+    """relu's backward reads act' off its output (kernels/ffn.py, FROM_OUTPUT): ffn saves one (M, H) tensor, the
+    activation a, where gelu saves two (pre for act', a for dw_out); linear_act saves its output for relu and the
+    pre-activation (another tensor) otherwise. The gradients are checked against float64 above."""
+    tensors = [t.float().requires_grad_() for t in _params(17, 24, 40, 32, activation, True, device)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        kernels.ffn(*tensors, activation)
+        hidden = [t for t in saved if tuple(t.shape) == (17, 40)]
+        assert len(hidden) == (1 if activation == "relu" else 2)
+        saved.clear()
+        out = kernels.linear_act(*tensors[:3], activation)
+        hidden = [t for t in saved if tuple(t.shape) == (17, 40)]
+        assert len(hidden) == 1 and (hidden[0].data_ptr() == out.data_ptr()) == (activation == "relu")
+    with torch.no_grad():  # and its forward writes no pre-activation at all
+        assert torch.ops.kernels.ffn_fwd(*tensors, activation, True)[1].numel() == (0 if activation == "relu" else 680)
+
+
+def test_backward_without_saved_tensors_is_a_clear_error(device):
+    """The custom ops' forward run with save_pre False keeps nothing for act': a backward through it says so."""
+    tensors = [t.float() for t in _params(5, 24, 40, 32, "relu", True, device)]
+    for activation in ("relu", "gelu"):
+        _, pre, a = torch.ops.kernels.ffn_fwd(*tensors, activation, False)
+        ctx = type("Ctx", (), {"saved_tensors": (tensors[0], tensors[1], tensors[3], pre, a),
+                               "activation": activation, "has_b_in": True, "has_b_out": True})()
+        with pytest.raises(RuntimeError, match="without saving"):
+            ffn_module._ffn_backward(ctx, torch.ones(5, 32, device=device), None, None)
 
 
 # ---- GPU only ------------------------------------------------------------------------------------
