@@ -2,8 +2,10 @@
 0.94-1.03 (silu), 0.90-1.26 (geglu) from one run to the next while eager stayed put: a pick question or a
 timing one. Per point, TRIALS times: forget every pick (matmul's and matmul_persistent's _PICKED, the
 launch plans, the Triton autotuners' caches), call fwd+bwd once (it tunes), print the picks and
-do_bench's median of fwd+bwd, twice (a change without a new pick is drift, not the pick), and the GPU
-time per kernel of 20 calls (torch.profiler). Then the backward kernel alone at each of its configs, in interleaved rounds,
+do_bench's median of fwd+bwd, twice (a change without a new pick is drift, not the pick), the host's time to
+enqueue 20 calls against their wall time (near-equal: the GPU waited for the host), the GPU time per kernel
+of 20 calls and the CUDA runtime calls among them that can stall the host or the queue (synchronizations,
+cudaMalloc / cudaFree, blocking copies: torch.profiler). Then the backward kernel alone at each of its configs, in interleaved rounds,
 so the picks can be read against the true ranking.
 
     PYTHONPATH=. python tools/gpu_ffn_pick_stability.py     # FFN_PICK_POINTS=relu:768:3072,... TRIALS=3
@@ -14,6 +16,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # this tool's directory
 
 import torch  # noqa: E402
 from triton.testing import do_bench  # noqa: E402
@@ -21,6 +24,7 @@ from triton.testing import do_bench  # noqa: E402
 import kernels  # noqa: E402
 from kernels import matmul, matmul_persistent  # noqa: E402
 from kernels._checks import GATED_ACTIVATIONS  # noqa: E402
+from gpu_attention_case import enqueue_ms  # noqa: E402
 
 M = 16384
 POINTS = [(a, int(d), int(h)) for a, d, h in (p.split(":") for p in os.environ.get(
@@ -71,6 +75,8 @@ def main():
             print(f"{act} {D}->{H} trial {trial}: fwd+bwd {ms[0]:.3f} / {ms[1]:.3f} ms  picks "
                   f"{describe((matmul._PICKED, matmul_persistent._PICKED))}"
                   f"{'  gluon ' + str(dict(matmul._GLUON_PICKS)) if matmul._GLUON_PICKS else ''}", flush=True)
+            host, wall = enqueue_ms(step, 20)
+            print(f"  host {host:.3f} ms/call to enqueue, wall {wall:.3f}", flush=True)
             print(kernel_times(step), flush=True)
         print(f"{act} {D}->{H} eager fwd+bwd {do_bench(eager, warmup=50, rep=300, return_mode='median'):.3f} ms",
               flush=True)
@@ -79,18 +85,25 @@ def main():
             bwd_configs(act, D, H, g)
 
 
+STALLS = ("Synchronize", "cudaMalloc", "cudaFree", "cudaHostAlloc", "cudaMemcpy", "cuMemAlloc", "cuMemFree")
+
+
 def kernel_times(fn, calls=20):
-    """'  kernels: name us, ...' per call, the GPU time of each kernel name (torch.profiler)."""
+    """'  kernels: name us, ...' per call, the GPU time of each kernel name, then the runtime calls that may
+    stall ('  stalls: name count'; the final synchronize is one), from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
-    rows = sorted(((e.key, e.self_device_time_total / calls) for e in prof.key_averages()
-                   if e.self_device_time_total > 0),
+    events = prof.key_averages()
+    rows = sorted(((e.key, e.self_device_time_total / calls) for e in events  # the kernels, not the ops
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0),
                   key=lambda r: -r[1])
-    return "  kernels: " + ", ".join(f"{name[:48]} {us:.0f}" for name, us in rows[:8])
+    stalls = [f"{e.key} {e.count}" for e in events if any(name in e.key for name in STALLS)]
+    return ("  kernels: " + ", ".join(f"{name[:48]} {us:.0f}" for name, us in rows[:8])
+            + "\n  stalls: " + (", ".join(stalls) or "none"))
 
 
 def bwd_configs(act, D, H, g):
