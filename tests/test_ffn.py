@@ -410,7 +410,8 @@ def test_autocast_uses_autocast_dtype():
 
 
 @gpu
-@pytest.mark.parametrize("activation", ["swiglu"])  # gelu's trace is covered by the CPU aot_eager test
+# gelu's trace is covered by the CPU aot_eager test; relu saves its output (FROM_OUTPUT) through Inductor too
+@pytest.mark.parametrize("activation", ["swiglu", "relu"])
 def test_torch_compile_fullgraph(activation):
     tensors = _params(129, 256, 512, 256, activation, True, "cuda")
     ours, ours_grads = _run(kernels.ffn, tensors, torch.bfloat16, torch.ones(129, 256, device="cuda"),
