@@ -142,6 +142,25 @@ def _store_tile(desc, off_m, off_n, value, c_smem, count, EPI_BUFS: gl.constexpr
 
 
 @gluon.jit
+def _gated_values(acc, off_n, cols, Bias, H, half_layout: gl.constexpr, dtype: gl.constexpr, ACT: gl.constexpr,
+                  HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """(out, pre_gate, pre_up) of an accumulator tile [gate | up] in dtype: the halves, the bias, PyTorch's
+    rounding points (kernels/matmul.py). Both gated kernels' epilogues (this module's and the ping-pong's)."""
+    gate, up = gl.split(gl.permute(gl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), (0, 2, 1)))
+    gate = gl.convert_layout(gate, half_layout)
+    up = gl.convert_layout(up, half_layout)
+    if HAS_BIAS:
+        offs_n = off_n + cols
+        in_h = offs_n < H
+        gate += gl.expand_dims(gl.load(Bias + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
+        up += gl.expand_dims(gl.load(Bias + H + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
+    pre_gate = gate.to(dtype)
+    pre_up = up.to(dtype)
+    out = (_act(pre_gate.to(gl.float32), ACT).to(dtype).to(gl.float32) * pre_up.to(gl.float32)).to(dtype)
+    return out, pre_gate, pre_up
+
+
+@gluon.jit
 def _gated_fwd_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, Bias, M, H, K,
                       ACT: gl.constexpr, HAS_BIAS: gl.constexpr, STORE_PRE: gl.constexpr, STAGES: gl.constexpr,
                       EPI_BUFS: gl.constexpr, GROUP: gl.constexpr, num_warps: gl.constexpr):
@@ -196,17 +215,8 @@ def _gated_fwd_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, Bias
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
 
         # Epilogue: the halves, bias, PyTorch's rounding points (kernels/matmul.py), the stores.
-        gate, up = gl.split(gl.permute(gl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), (0, 2, 1)))
-        gate = gl.convert_layout(gate, half_layout)
-        up = gl.convert_layout(up, half_layout)
-        if HAS_BIAS:
-            offs_n = off_n + cols
-            in_h = offs_n < H
-            gate += gl.expand_dims(gl.load(Bias + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
-            up += gl.expand_dims(gl.load(Bias + H + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
-        pre_gate = gate.to(dtype)
-        pre_up = up.to(dtype)
-        out = (_act(pre_gate.to(gl.float32), ACT).to(dtype).to(gl.float32) * pre_up.to(gl.float32)).to(dtype)
+        out, pre_gate, pre_up = _gated_values(acc, off_n, cols, Bias, H, half_layout, dtype, ACT, HAS_BIAS, BLOCK_M,
+                                              BLOCK_N)
         _store_tile(out_desc, off_m, off_n, out, c_smem, t * n_stores, EPI_BUFS)
         if STORE_PRE:
             _store_tile(pg_desc, off_m, off_n, pre_gate, c_smem, t * n_stores + 1, EPI_BUFS)

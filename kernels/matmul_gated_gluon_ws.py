@@ -30,7 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 
 from ._launch import FastLaunch
-from .matmul_gated_gluon import ACT_CODES, GROUP_M, SMEM_LIMIT, _act, _tile_origin, launch_args
+from .matmul_gated_gluon import ACT_CODES, GROUP_M, SMEM_LIMIT, _gated_values, _tile_origin, launch_args
 
 CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
 
@@ -115,17 +115,8 @@ def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_
         mbarrier.arrive(empty.index((first + k_tiles - 1) % STAGES))
 
         # the epilogue of matmul_gated_gluon._gated_fwd_kernel, under the other consumer's main loop
-        gate, up = gl.split(gl.permute(gl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), (0, 2, 1)))
-        gate = gl.convert_layout(gate, half_layout)
-        up = gl.convert_layout(up, half_layout)
-        if HAS_BIAS:
-            offs_n = off_n + cols
-            in_h = offs_n < H
-            gate += gl.expand_dims(gl.load(Bias + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
-            up += gl.expand_dims(gl.load(Bias + H + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
-        pre_gate = gate.to(dtype)
-        pre_up = up.to(dtype)
-        out = (_act(pre_gate.to(gl.float32), ACT).to(dtype).to(gl.float32) * pre_up.to(gl.float32)).to(dtype)
+        out, pre_gate, pre_up = _gated_values(acc, off_n, cols, Bias, H, half_layout, dtype, ACT, HAS_BIAS, BLOCK_M,
+                                              BLOCK_N)
         _store_tile(out_desc, off_m, off_n, out, c_smem, ME * EPI_BUFS, i * n_stores, EPI_BUFS)
         if STORE_PRE:
             _store_tile(pg_desc, off_m, off_n, pre_gate, c_smem, ME * EPI_BUFS, i * n_stores + 1, EPI_BUFS)
