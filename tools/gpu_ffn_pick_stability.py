@@ -5,8 +5,9 @@ launch plans, the Triton autotuners' caches), call fwd+bwd once (it tunes), prin
 do_bench's median of fwd+bwd, twice (a change without a new pick is drift, not the pick), the host's time to
 enqueue 20 calls against their wall time (near-equal: the GPU waited for the host), the GPU time per kernel
 of 20 calls and the CUDA runtime calls among them that can stall the host or the queue (synchronizations,
-cudaMalloc / cudaFree, blocking copies: torch.profiler). Then the backward kernel alone at each of its configs, in interleaved rounds,
-so the picks can be read against the true ranking.
+cudaMalloc / cudaFree, blocking copies: torch.profiler). Then the backward kernel alone at each of its configs,
+in interleaved rounds, so the picks can be read against the true ranking. (Eleventh session, H100: the picks
+repeated and the kernels' GPU time held while the call's time moved by up to 1.6x: the host; bench/RESULTS.md.)
 
     PYTHONPATH=. python tools/gpu_ffn_pick_stability.py     # FFN_PICK_POINTS=relu:768:3072,... TRIALS=3
                                                             # BWD_CONFIGS=0: no per-config timing
