@@ -7,24 +7,12 @@ arrivals here.
 
     python tools/ws_gated_protocol_check.py     # "ok" or the first deadlock / race
 """
+import os
 import random
+import sys
 
-
-class Bar:
-    """An mbarrier: `count` arrivals complete a phase; wait(parity) passes once the phase of that parity has
-    completed (the current phase bit differs from it), so a fresh barrier passes a wait on parity 1."""
-
-    def __init__(self, count):
-        self.count, self.pending, self.phase = count, count, 0
-
-    def arrive(self):
-        self.pending -= 1
-        if self.pending == 0:
-            self.phase += 1
-            self.pending = self.count
-
-    def ready(self, parity):
-        return (self.phase & 1) != parity
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mbarrier_model import Bar, interleave  # noqa: E402
 
 
 def run(my_tiles, k_tiles, STAGES, seed):
@@ -75,30 +63,12 @@ def run(my_tiles, k_tiles, STAGES, seed):
             done.append((me, t))
             yield None  # the epilogue
 
-    procs = {"P": producer(), "C0": consumer(0), "C1": consumer(1)}
-    waiting = {name: None for name in procs}
-    steps = 0
-    while procs:
-        steps += 1
-        if steps > 200000:
-            raise RuntimeError("livelock")
-        choices = [n for n in procs if waiting[n] is None or waiting[n][0].ready(waiting[n][1])]
-        if inflight and (not choices or rng.random() < 0.3):
-            s, seq = inflight.pop(rng.randrange(len(inflight)))
-            slot[s] = seq
-            full[s].arrive()
-            continue
-        if not choices:
-            raise RuntimeError(f"deadlock tiles={my_tiles} k_tiles={k_tiles} STAGES={STAGES}: waiting "
-                               f"{[(n, waiting[n][0].phase, waiting[n][1]) for n in procs]}")
-        name = rng.choice(choices)
-        waiting[name] = None
-        try:
-            act = next(procs[name])
-            if act is not None and act[0] == "wait":
-                waiting[name] = (act[1], act[2])
-        except StopIteration:
-            del procs[name]
+    def land(entry):  # a k-step's TMA loads complete
+        s, seq = entry
+        slot[s] = seq
+        full[s].arrive()
+    interleave({"P": producer(), "C0": consumer(0), "C1": consumer(1)}, inflight, land, rng,
+               f"tiles={my_tiles} k_tiles={k_tiles} STAGES={STAGES}")
     assert sorted(t for _, t in done) == list(range(my_tiles)), done
     assert all(t % 2 == me for me, t in done)
 

@@ -5,17 +5,13 @@ parity confusion). Pure Python, no GPU; mirror any change of the kernel's waits 
 
     python tools/ws_protocol_check.py     # "ok" or the first deadlock / race
 """
+import os
 import random
+import sys
 
-class Bar:
-    def __init__(self, count):
-        self.count, self.pending, self.phase = count, count, 0   # phase = number of completed phases
-    def arrive(self):
-        self.pending -= 1
-        if self.pending == 0:
-            self.phase += 1; self.pending = self.count
-    def ready(self, parity):  # try_wait.parity: the phase with this parity has completed (current bit != parity)
-        return (self.phase & 1) != parity
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mbarrier_model import Bar, interleave  # noqa: E402
+
 
 def run(n0, n1, STAGES, seed):
     rng = random.Random(seed)
@@ -72,28 +68,13 @@ def run(n0, n1, STAGES, seed):
             yield ("wait", v_full[j % STAGES], (j // STAGES) & 1); assert slot_v[j % STAGES] == j
             v_empty[j % STAGES].arrive()
 
-    procs = {"P": producer(), "C0": consumer(0, n0, n0), "C1": consumer(1, n1, n0)}
-    waiting = {name: None for name in procs}
-    steps = 0
-    while procs:
-        steps += 1
-        if steps > 100000: raise RuntimeError("livelock")
-        choices = [n for n in procs if waiting[n] is None or waiting[n][0].ready(waiting[n][1])]
-        if inflight and (not choices or rng.random() < 0.3):
-            bar, s, kind, j = inflight.pop(rng.randrange(len(inflight)))
-            if kind == "k": slot_k[s] = j
-            if kind == "v": slot_v[s] = j
-            bar.arrive(); continue
-        if not choices:
-            raise RuntimeError(f"deadlock n0={n0} n1={n1} STAGES={STAGES}: waiting {[(n, waiting[n][0].phase, waiting[n][1]) for n in procs]}")
-        name = rng.choice(choices)
-        waiting[name] = None
-        try:
-            act = next(procs[name])
-            if act is not None and act[0] == "wait":
-                waiting[name] = (act[1], act[2])
-        except StopIteration:
-            del procs[name]
+    def land(entry):  # a TMA load completes
+        bar, s, kind, j = entry
+        if kind == "k": slot_k[s] = j
+        if kind == "v": slot_v[s] = j
+        bar.arrive()
+    interleave({"P": producer(), "C0": consumer(0, n0, n0), "C1": consumer(1, n1, n0)}, inflight, land, rng,
+               f"n0={n0} n1={n1} STAGES={STAGES}", max_steps=100000)
 
 for n0 in range(1, 9):
     for n1 in (n0, n0 + 1):
