@@ -106,6 +106,18 @@ def _recording_launches():
     return seen
 
 
+def show_launch(seen, name, config, run):
+    """run() (one launch with CPU tensors), then show() the binary it compiled; a config that does not build is
+    reported and skipped."""
+    seen.clear()
+    try:
+        run()
+    except Exception as e:  # noqa: BLE001 (report the config that does not build, go on)
+        print(f"{name} {config}: FAILED {type(e).__name__}: {str(e)[-600:]}", flush=True)
+        return
+    show(name, config, seen[-1])
+
+
 def gluon_attention_bwd_kernels(dims):
     """The Gluon backward kernels (kernels/attention_bwd_gluon.py), every config, causal or not, bf16 and fp16:
     launched with CPU tensors, each launch compiles and records its binary."""
@@ -123,14 +135,7 @@ def gluon_attention_bwd_kernels(dims):
                 runs += [("dq", c, lambda c=c: gluon_bwd.dq_gluon(q, k, v, dout, lse2, delta, dq, causal, 0.125, T, c))
                          for c in gluon_bwd.DQ_CONFIGS[D]]
                 for name, config, run in runs:
-                    seen.clear()
-                    try:
-                        run()
-                    except Exception as e:  # noqa: BLE001 (report the config that does not build, go on)
-                        print(f"{name} D{D} {str(dtype)[6:]} causal={causal!s:5s} {config}: FAILED "
-                              f"{type(e).__name__}: {str(e)[-600:]}", flush=True)
-                        continue
-                    show(f"{name} D{D} {str(dtype)[6:]} causal={causal!s:5s}", config, seen[-1])
+                    show_launch(seen, f"{name} D{D} {str(dtype)[6:]} causal={causal!s:5s}", config, run)
 
 
 def gluon_attention_fwd_kernels(dims):
@@ -146,14 +151,8 @@ def gluon_attention_fwd_kernels(dims):
             k, v = torch.empty(B, H_kv, T, D, dtype=dtype), torch.empty(B, H_kv, T, D, dtype=dtype)
             for causal in (True, False):
                 for config in attention_gluon.CONFIGS[D] + more:
-                    seen.clear()
-                    try:
-                        attention_gluon.run_config(q, k, v, causal, 0.125, config)
-                    except Exception as e:  # noqa: BLE001 (report the config that does not build, go on)
-                        print(f"fwd D{D} {str(dtype)[6:]} causal={causal!s:5s} {config}: FAILED "
-                              f"{type(e).__name__}: {str(e)[-600:]}", flush=True)
-                        continue
-                    show(f"fwd D{D} {str(dtype)[6:]} causal={causal!s:5s}", config, seen[-1])
+                    show_launch(seen, f"fwd D{D} {str(dtype)[6:]} causal={causal!s:5s}", config,
+                                lambda: attention_gluon.run_config(q, k, v, causal, 0.125, config))
 
 
 def ffn_kernels(activations):
