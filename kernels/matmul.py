@@ -383,17 +383,21 @@ def _act_bwd_kernel(G, W, Pre, DPre, Act, DBias, M, N, K, stride_gm, stride_gk, 
             tl.store(Act + offs_m[:, None] * stride_am + offs_n[None, :], (f * up).to(Act.dtype.element_ty),
                      mask=mask)
         if HAS_DBIAS:
-            # Sums of the stored (rounded) d_pre, as PyTorch's d_pre.sum(0).
-            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h.to(tl.float32), 0.0), axis=0), mask=mask_n)
+            # Sums of the stored (rounded) d_pre, as PyTorch's d_pre.sum(0). Relaxed: nothing here reads them
+            # back, and the default acq_rel puts a GPU-wide memory barrier and an L1 invalidation before each
+            # atomic (MEMBAR.ALL.GPU, CCTL.IVALL in the SASS) where relaxed is a fire-and-forget REDG.
+            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h.to(tl.float32), 0.0), axis=0), mask=mask_n,
+                          sem="relaxed")
             tl.atomic_add(DBias + N + offs_n, tl.sum(tl.where(mask, d_up.to(tl.float32), 0.0), axis=0),
-                          mask=mask_n)
+                          mask=mask_n, sem="relaxed")
     else:
         d_h = (d_act * df).to(DPre.dtype.element_ty)
         tl.store(d_ptrs, d_h, mask=mask)
         if STORE_ACT:
             tl.store(Act + offs_m[:, None] * stride_am + offs_n[None, :], f.to(Act.dtype.element_ty), mask=mask)
         if HAS_DBIAS:
-            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h.to(tl.float32), 0.0), axis=0), mask=mask_n)
+            tl.atomic_add(DBias + offs_n, tl.sum(tl.where(mask, d_h.to(tl.float32), 0.0), axis=0), mask=mask_n,
+                          sem="relaxed")
 
 
 # The autotuned entry points; the plain ones above take a fixed config (_launch). reset_to_zero: the
