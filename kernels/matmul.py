@@ -87,6 +87,11 @@ SMALL_M = 1024  # at or below this many rows one small tile config is used (no t
 # kernel's 412-516, without pre it loses at K 2048 (566 against 634; the timing keeps tl there); in the FFN
 # the forward at 768 -> 2048 gains 3-9%. KERNELS_FFN_GLUON_GATED=0 keeps the tl kernel.
 GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
+# The non-gated backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong) where it
+# applies and M > SMALL_M, timed per shape on its first call against the tl kernel as the gated forward's configs
+# are. KERNELS_FFN_GLUON_BWD=0 keeps the tl kernel. (Eleventh session: written and compiled offline; the tuner
+# keeps the tl kernel wherever it is faster.)
+GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "1") != "0"
 
 
 def _config(bm, bn, bk, warps, stages, tma, **options):
@@ -562,6 +567,43 @@ def _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre):
 
 
 @functools.lru_cache(maxsize=None)
+def _bwd_gluon():
+    """kernels.matmul_bwd_gluon_ws, or None where this Triton has no Gluon."""
+    try:
+        from . import matmul_bwd_gluon_ws
+    except ImportError:
+        return None
+    return matmul_bwd_gluon_ws
+
+
+# (activation, bias gradient?, M bucket, K, N, dtype, device) -> the Gluon backward config picked, or None
+_GLUON_BWD_PICKS = {}
+
+
+def _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl):
+    """The non-gated backward GEMM's kernel for this shape, as _gluon_gated_pick: each Gluon config and the tl
+    kernel (run_tl) timed on the first call. Each timing run starts from a zeroed dbias (its sums are atomic
+    adds); dbias is zeroed again after, for the call's own launch."""
+    M, K = grad.shape
+    key = (activation, dbias.numel() > 0, _m_bucket(M), K, w_out.shape[1], grad.dtype, grad.get_device())
+    pick = _GLUON_BWD_PICKS.get(key, False)
+    if pick is not False:
+        return pick
+
+    def fresh(run):
+        @functools.wraps(run)
+        def go(*args):
+            dbias.zero_()
+            run(*args)
+        return go
+    pick = _GLUON_BWD_PICKS[key] = _tuning.fastest(
+        gluon.CONFIGS, fresh(lambda config: gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)),
+        autotune_enabled(), "the Gluon backward GEMM", fallback=fresh(run_tl))
+    dbias.zero_()
+    return pick
+
+
+@functools.lru_cache(maxsize=None)
 def _no_dbias(device):
     """The DBias argument where no bias gradient is summed (never written): one empty fp32 tensor per device
     instead of an allocation per call (a zero-size tensor: its data pointer is 0, as a fresh one's)."""
@@ -573,7 +615,7 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
 
     Returns (d_pre like pre, act(pre) (M, H) or None, fp32 column sums of d_pre or None).
     """
-    code, gated = ACT_CODES[activation]
+    _, gated = ACT_CODES[activation]
     M = pre.shape[0]
     N = pre.shape[1] // 2 if gated else pre.shape[1]
     d_pre = torch.empty_like(pre)
@@ -585,6 +627,24 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
         return d_pre, act, dbias if bias_grad else None
     if from_gemm and K == 0:  # grad @ w_out is an empty sum
         grad, from_gemm = pre.new_zeros(M, N), False
+    if (not gated and from_gemm and not store_act and GLUON_BWD and M > SMALL_M and not _INTERPRETING):
+        gluon = _bwd_gluon()
+        if gluon is not None and gluon.usable(grad, w_out, pre, d_pre, activation):
+            def run_tl():
+                _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K)
+            config = _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl)
+            if config is not None:
+                gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)
+                return d_pre, act, dbias if bias_grad else None
+    _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K)
+    return d_pre, act, dbias if bias_grad else None
+
+
+def _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K):
+    """act_bwd's `tl` kernels (per-tile or persistent) into d_pre, act and dbias."""
+    code, gated = ACT_CODES[activation]
+    M = pre.shape[0]
+    N = pre.shape[1] // 2 if gated else pre.shape[1]
     w = w_out if from_gemm else pre
     _set_allocator()
     act_arg = act if store_act else pre
@@ -604,14 +664,14 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
                 plan, (grad, w, pre, d_pre, act_arg, dbias, M, N, K, grad.stride(0), grad.stride(1), w.stride(0),
                        w.stride(1), pre.stride(0), d_pre.stride(0), act.stride(0) if store_act else 0,
                        _m_bucket(M)), True)
-        return d_pre, act, dbias if bias_grad else None
+        return
     if (PERSISTENT and gated and from_gemm and not store_act and (M > SMALL_M or _INTERPRETING)
             and matmul_persistent.usable(N, grad, w, pre, d_pre)):
         tune = autotune_enabled()
         plan = matmul_persistent.launch_bwd(grad, w, pre, d_pre, dbias, code, gated, _m_bucket(M), tune)
         if aligned:
             _remember(key, matmul_persistent._PICKED if tune else None, True, plan)
-        return d_pre, act, dbias if bias_grad else None
+        return
     tune = M > SMALL_M and autotune_enabled()
     plan = _launch(_act_bwd_tuned, _act_bwd_fast, M, N, K, _BWD_CONFIGS,
                    from_gemm and _tma_ok((grad, (grad.stride(0), grad.stride(1))), (w, (w.stride(0), w.stride(1)))),
@@ -622,4 +682,3 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
                         PRECISION=_precision(pre.dtype)))
     if aligned:
         _remember(key, _PICKED if tune else None, False, plan)
-    return d_pre, act, dbias if bias_grad else None

@@ -17,7 +17,8 @@ launches go through FastLaunch.launch_known: the first call (Triton's path) agai
 third (direct); the Gluon forwards
 (kernels/attention_gluon.py, _ws and _persistent, TMA descriptors among their arguments), every config,
 contiguous and fused-QKV views: its first call (Triton's path) against the second and third (direct); the same for
-the Gluon dK/dV and dQ kernels (kernels/attention_bwd_gluon.py).
+the Gluon dK/dV and dQ kernels (kernels/attention_bwd_gluon.py), the Gluon gated forwards and the Gluon backward
+GEMM (kernels/matmul_bwd_gluon_ws.py).
 Compared: the binary (its hash), the grid and every argument (tensors by dtype, shape, strides and
 16-byte alignment). Use the device's Triton version (3.6) as for tools/sm90_registers.py.
 """
@@ -325,9 +326,27 @@ def gluon_gated():
     return ok
 
 
+def gluon_bwd():
+    """The Gluon non-gated backward GEMM (kernels/matmul_bwd_gluon_ws.py), every config, with and without the
+    bias-gradient sums."""
+    from kernels import matmul_bwd_gluon_ws as bw
+    bw._num_sms = lambda device_index: 132
+    ok = True
+    M, K, N = 1000, 768, 1024
+    for dtype in (torch.bfloat16, torch.float16):
+        dy, w_out = torch.empty(M, K, dtype=dtype), torch.empty(K, N, dtype=dtype)
+        pre, d_pre, dbias = torch.empty(M, N, dtype=dtype), torch.empty(M, N, dtype=dtype), torch.empty(N)
+        for config in bw.CONFIGS:
+            for sums in (dbias, dbias[:0]):
+                def step():
+                    bw.act_bwd_ws(dy, w_out, pre, d_pre, sums, "gelu", config)
+                ok &= _triton_then_direct(f"gluon bwd {str(dtype):14s} {config} dbias={sums.numel() > 0!s:5s}", step)
+    return ok
+
+
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
     same = (fixed_configs() & autotuned() & persistent_kernels() & attention_kernels() & norm_kernels()
-            & gluon_attention() & gluon_attention_bwd() & gluon_gated())
+            & gluon_attention() & gluon_attention_bwd() & gluon_gated() & gluon_bwd())
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)

@@ -7,6 +7,7 @@ without a GPU: a register-pressure check that costs no device time.
     python tools/sm90_registers.py attention_fwd_gluon [D,...]  # the Gluon forwards, every CONFIGS entry (+ more)
     python tools/sm90_registers.py ffn [ACT,...]          # the fused GEMMs of kernels/matmul.py
     python tools/sm90_registers.py ffn_gated_gluon        # kernels/matmul_gated_gluon.py, every config
+    python tools/sm90_registers.py ffn_bwd_gluon          # kernels/matmul_bwd_gluon_ws.py, every config
 
 Triton compiles for an explicit target without a driver (a stub takes the driver's place), then the
 ptxas bundled with Triton reports the registers and spill bytes of each config in the kernels' tables.
@@ -240,6 +241,28 @@ def ws_gated_kernel(config, dtype, act, store_pre, x, w, out, pre, bias, M, K, H
     show(f"gated gluon ws {act} {str(dtype)[6:]} pre={int(store_pre)}", (*config, f"epi{bufs}"), compiled)
 
 
+def ffn_bwd_gluon_kernels():
+    """The Gluon non-gated backward GEMM (kernels/matmul_bwd_gluon_ws.py) at every config, every activation,
+    bf16 and fp16, with and without the bias-gradient sums."""
+    from kernels import matmul_bwd_gluon_ws as bw
+    M, K, N = 16384, 768, 3072
+    for dtype in (torch.bfloat16, torch.float16):
+        dy, w_out = torch.empty(M, K, dtype=dtype), torch.empty(K, N, dtype=dtype)
+        pre, d_pre, dbias = torch.empty(M, N, dtype=dtype), torch.empty(M, N, dtype=dtype), torch.empty(N)
+        for act, code in bw.ACT_CODES.items():
+            for has_dbias in (True, False):
+                for config in bw.CONFIGS:
+                    _, bm, bn, bk, stages = config
+                    bufs = bw.epilogue_buffers(config, 2)
+                    compiled = bw._act_bwd_ws_kernel.warmup(
+                        bw._descriptor(dy, (bm, bk)), bw._descriptor(w_out, (bk, bn)), bw._descriptor(d_pre, (bm, bn)),
+                        pre, dbias if has_dbias else pre, M, N, K, N, grid=(1,), ACT=code, HAS_DBIAS=has_dbias,
+                        STAGES=stages, EPI_BUFS=bufs, GROUP=mgg.GROUP_M, CONSUMER_REGS=bw.CONSUMER_REGS,
+                        PRODUCER_REGS=bw.PRODUCER_REGS, num_warps=4)
+                    show(f"bwd gluon ws {act} {str(dtype)[6:]} dbias={int(has_dbias)}", (*config, f"epi{bufs}"),
+                         compiled)
+
+
 def main():
     which = sys.argv[1] if len(sys.argv) > 1 else "attention_bwd"
     print(f"triton {triton.__version__}, target sm_90a (compile only)")
@@ -251,11 +274,13 @@ def main():
         attention_kernels(which, int(sys.argv[2]) if len(sys.argv) > 2 else 128)
     elif which == "ffn_gated_gluon":
         ffn_gated_gluon_kernels()
+    elif which == "ffn_bwd_gluon":
+        ffn_bwd_gluon_kernels()
     elif which == "ffn":
         ffn_kernels(sys.argv[2].split(",") if len(sys.argv) > 2 else ["gelu", "relu", "swiglu"])
     else:
         raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd, attention_bwd_gluon, "
-                         "attention_fwd_gluon, ffn or ffn_gated_gluon")
+                         "attention_fwd_gluon, ffn, ffn_gated_gluon or ffn_bwd_gluon")
 
 
 if __name__ == "__main__":

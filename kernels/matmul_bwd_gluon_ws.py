@@ -1,0 +1,244 @@
+"""The FFN's backward GEMM for the non-gated activations, d_pre = (dy @ w_out) * act'(pre), on Hopper in Gluon,
+warp-specialized in ping-pong as the gated forward of kernels/matmul_gated_gluon_ws.py.
+
+    d_act = dy @ w_out          dy (M, K), w_out (K, N): nn.Linear's (D_out, H) weight, K = D_out, N = H
+    d_pre = d_act * act'(pre)   (M, N), and its column sums (the first layer's bias gradient) when asked
+
+Why: the `tl` per-tile kernel (kernels/matmul.py, `_act_bwd_kernel`) takes 216-226 us for relu 768 -> 3072 at
+M 16384 on an H100 (eleventh session, tools/gpu_ffn_pick_stability.py), where cuBLAS runs a GEMM of that
+size in about 100 us and the epilogue's memory (pre in, d_pre out: 200 MB) needs 67 us at the copy ceiling:
+its epilogue runs while the tensor cores idle, and the persistent `tl` kernel measured no faster. Here a
+program runs three partitions (`gl.warp_specialize`), as in matmul_gated_gluon_ws:
+- the producer (one warpgroup, few registers) TMA-loads the dy tile and the w_out tile of each k-step of the
+  program's tiles, tile after tile, into a ring of STAGES slots ("full" / "empty" mbarriers per slot);
+- two consumers (one warpgroup of 64 rows each) take the program's tiles in turn: per k-step one wgmma of
+  64 x BLOCK_N, then the epilogue: the pre tile read from global memory in the accumulator's layout (its
+  latency, as the rest of the epilogue, under the other consumer's main loop), act', the d_pre tile stored
+  by TMA through the consumer's staging tiles, the bias-gradient column sums added by fp32 atomics.
+The hand-over protocol ("turns": a consumer starts a tile once the previous tile's consumer has seen that
+tile's last k-step land) is matmul_gated_gluon_ws's, checked there by tools/ws_gated_protocol_check.py.
+
+Same rounding points as the `tl` kernel: d_act rounded to the dtype, act' in fp32 from the stored pre, d_pre
+= (d_act * act') rounded; the bias gradient sums the rounded d_pre in fp32 (atomics, in varying order, as
+the `tl` kernel's). Rows past M read zeros (TMA fills dy's, the pre load is masked), so their d_pre is 0
+and adds nothing to the sums; the stores clip them.
+
+Scope (`usable`): Hopper (sm_90), fp16 / bf16, dy (M, K) and w_out (K, N) with unit last strides, pre and
+d_pre (M, N) contiguous, 16-byte aligned bases and row pitches (TMA), N and K multiples of 8.
+kernels/matmul.py's act_bwd times its CONFIGS against the `tl` kernel on a shape's first call.
+"""
+import functools
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from ._launch import FastLaunch, descriptor_facts
+from ._runtime import cdiv
+from .matmul_gated_gluon import GROUP_M, SMEM_LIMIT, _GL_DTYPES, _is_hopper, _num_sms, _sigmoid, _tile_origin, \
+    _tma_2d
+from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _store_tile
+
+ACT_CODES = {"relu": 0, "gelu": 1, "silu": 2, "relu2": 3}  # kernels/matmul.py's codes: RELU, GELU, SILU, RELU2
+
+# ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer warpgroup; two staging tiles per
+# consumer beside the ring. 64 x 256 (4 stages, one staging tile each) was left out: compiled for sm_90a
+# (tools/sm90_registers.py ffn_bwd_gluon, Triton 3.6) it spills (68-1344 bytes) and with the bias-gradient
+# sums asks 232 KB of shared memory. Not yet timed on a GPU.
+CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4))
+
+
+def epilogue_buffers(config, dtype_bytes):
+    """Staging tiles per consumer for the d_pre stores (one or two), as many as fit beside the ring."""
+    _, bm, bn, bk, stages = config
+    ring = stages * (bm * bk + bk * bn) * dtype_bytes
+    return max(1, min(2, (SMEM_LIMIT - ring) // (2 * bm * bn * dtype_bytes)))
+
+
+@gluon.jit
+def _act_grad(h, ACT: gl.constexpr):
+    """act'(h) as kernels/_activations.activation_and_grad computes it, for the non-gated codes."""
+    if ACT == 0:
+        return (h > 0.0).to(gl.float32)
+    elif ACT == 1:
+        inner = 0.7978845608028654 * (h + 0.044715 * h * h * h)
+        t = 2.0 * _sigmoid(2.0 * inner) - 1.0  # tanh via sigmoid, as _activations.tanh_via_sigmoid
+        d_inner = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * h * h)
+        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * d_inner
+    elif ACT == 2:
+        s = _sigmoid(h)
+        return s * (1.0 + h * (1.0 - s))
+    else:
+        return 2.0 * gl.maximum(h, 0.0)
+
+
+@gluon.jit
+def _producer(g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
+              STAGES: gl.constexpr, GROUP: gl.constexpr):
+    BLOCK_M: gl.constexpr = g_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = g_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
+    nbytes: gl.constexpr = g_desc.block_type.nbytes + w_desc.block_type.nbytes
+    seq = 0
+    for t in range(my_tiles):
+        off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
+                                    BLOCK_N, GROUP)
+        for ki in range(k_tiles):
+            slot = seq % STAGES
+            # a fresh barrier passes a wait on parity 1: the ring's first round is free
+            mbarrier.wait(empty.index(slot), ((seq // STAGES) & 1) ^ 1)
+            bar = full.index(slot)
+            mbarrier.expect(bar, nbytes)
+            tma.async_copy_global_to_shared(g_desc, [off_m, ki * BLOCK_K], bar, g_ring.index(slot))
+            tma.async_copy_global_to_shared(w_desc, [ki * BLOCK_K, off_n], bar, w_ring.index(slot))
+            seq += 1
+
+
+@gluon.jit
+def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm,
+              num_pid_m, num_pid_n, k_tiles, my_tiles, ACT: gl.constexpr, HAS_DBIAS: gl.constexpr,
+              STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr):
+    BLOCK_M: gl.constexpr = g_ring.shape[1]
+    BLOCK_N: gl.constexpr = w_ring.shape[2]
+    dtype: gl.constexpr = g_ring.dtype
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, BLOCK_N, 16])
+    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
+    for i in range((my_tiles - ME + 1) // 2):
+        t = ME + 2 * i
+        off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
+                                    BLOCK_N, GROUP)
+        first = t * k_tiles  # the tile's first k-step in the ring's sequence
+        # the previous tile's consumer has seen that tile's last k-step land (its hand-over number i - 1 + ME)
+        mbarrier.wait(turns.index(ME), (i - 1 + ME) & 1, pred=i - 1 + ME >= 0)
+        for ki in range(k_tiles):
+            seq = first + ki
+            slot = seq % STAGES
+            mbarrier.wait(full.index(slot), (seq // STAGES) & 1)
+            mbarrier.arrive(turns.index(1 - ME), pred=(ki == k_tiles - 1) & (t + 1 < my_tiles))
+            acc = warpgroup_mma(g_ring.index(slot), w_ring.index(slot), acc, use_acc=ki > 0, is_async=True)
+            # the previous k-step's wgmma has completed: the producer may refill its slot
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+            mbarrier.arrive(empty.index((seq + STAGES - 1) % STAGES), pred=ki > 0)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        mbarrier.arrive(empty.index((first + k_tiles - 1) % STAGES))
+
+        # the epilogue, under the other consumer's main loop: `tl` kernel's rounding points
+        offs_m = off_m + rows
+        offs_n = off_n + cols
+        in_n = offs_n < N
+        mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(in_n, 0)
+        h = gl.load(Pre + gl.expand_dims(offs_m, 1) * stride_pm + gl.expand_dims(offs_n, 0), mask=mask,
+                    other=0.0).to(gl.float32)
+        d_pre = (acc.to(dtype).to(gl.float32) * _act_grad(h, ACT)).to(dtype)
+        _store_tile(d_desc, off_m, off_n, d_pre, c_smem, ME * EPI_BUFS, i, EPI_BUFS)
+        if HAS_DBIAS:
+            gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
+                       ACT: gl.constexpr, HAS_DBIAS: gl.constexpr, STAGES: gl.constexpr, EPI_BUFS: gl.constexpr,
+                       GROUP: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+                       num_warps: gl.constexpr):
+    # g_desc: dy (M, K) in [BLOCK_M, BLOCK_K] tiles; w_desc: w_out (K, N) in [BLOCK_K, BLOCK_N] tiles;
+    # d_desc: d_pre (M, N) in [BLOCK_M, BLOCK_N] tiles; Pre (M, N) with row pitch stride_pm.
+    BLOCK_M: gl.constexpr = g_desc.block_type.shape[0]
+    BLOCK_K: gl.constexpr = g_desc.block_type.shape[1]
+    BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
+    dtype: gl.constexpr = g_desc.dtype
+    g_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], g_desc.layout)
+    w_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_K, BLOCK_N], w_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, BLOCK_N], d_desc.layout)
+    full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(turns.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(full.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)  # one consumer reads each slot
+
+    num_pid_m = gl.cdiv(M, BLOCK_M)
+    num_pid_n = gl.cdiv(N, BLOCK_N)
+    k_tiles = gl.cdiv(K, BLOCK_K)
+    my_tiles = gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))  # the grid is <= tiles
+    gl.warp_specialize([
+        (_consumer, (0, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm, num_pid_m,
+                     num_pid_n, k_tiles, my_tiles, ACT, HAS_DBIAS, STAGES, EPI_BUFS, GROUP)),
+        (_consumer, (1, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm, num_pid_m,
+                     num_pid_n, k_tiles, my_tiles, ACT, HAS_DBIAS, STAGES, EPI_BUFS, GROUP)),
+        (_producer, (g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles, STAGES,
+                     GROUP)),
+    ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(full.index(i))
+        mbarrier.invalidate(empty.index(i))
+    for i in gl.static_range(2):
+        mbarrier.invalidate(turns.index(i))
+
+
+@functools.lru_cache(maxsize=None)
+def _layout(block, dtype):
+    return gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPES[dtype])
+
+
+_templates = {}  # (shape, row pitch, dtype, block) -> a descriptor of such a tensor, without its base
+MAX_TEMPLATES = 4096  # then the cache starts over (many row counts, as in inference)
+
+
+def _descriptor(base, block):
+    """A host TMA descriptor over the 2-D tensor base (unit last stride) in tiles of block: the first of a kind
+    built by TensorDescriptor, later ones copies with another base (as matmul_gated_gluon._descriptor)."""
+    key = (base.shape, base.stride(0), base.dtype, block)
+    template = _templates.get(key)
+    if template is None:
+        template = TensorDescriptor(base, list(base.shape), [base.stride(0), 1], list(block),
+                                    _layout(block, base.dtype))
+        template.launch_facts = descriptor_facts(template)
+        template.tma_maps = {}  # the copies' CUtensorMaps by base address (kernels/_raw_launch.py), shared too
+        template.base = None  # (the cache must not keep base alive)
+        if len(_templates) >= MAX_TEMPLATES:
+            _templates.clear()
+        _templates[key] = template
+    desc = object.__new__(TensorDescriptor)
+    desc.__dict__.update(template.__dict__)
+    desc.base = base
+    return desc
+
+
+def usable(dy, w_out, pre, d_pre, activation):
+    """Whether act_bwd_ws takes these arguments (see the module docstring)."""
+    if activation not in ACT_CODES or not (dy.is_cuda and dy.dim() == 2 and w_out.dim() == 2):
+        return False
+    M, K = dy.shape
+    N = w_out.shape[1]
+    return (dy.dtype in _GL_DTYPES and w_out.dtype == dy.dtype and pre.dtype == dy.dtype and d_pre.dtype == dy.dtype
+            and w_out.shape[0] == K and pre.shape == (M, N) and d_pre.shape == (M, N) and M > 0
+            and K % 8 == 0 and N % 8 == 0 and M * max(N, K, pre.stride(0)) < 2**31 and pre.stride(1) == 1
+            and pre.data_ptr() % 16 == 0 and d_pre.is_contiguous()
+            and _tma_2d(dy) and _tma_2d(w_out) and _tma_2d(d_pre) and _is_hopper(dy.device.index or 0))
+
+
+def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
+    """Fill d_pre (M, N) with (dy @ w_out) * act'(pre), and add its column sums into dbias (fp32, zeroed by the
+    caller) when dbias is not empty, where `usable` holds; config from CONFIGS (default its first)."""
+    M, K = dy.shape
+    N = w_out.shape[1]
+    config = config or CONFIGS[0]
+    _, bm, bn, bk, stages = config
+    grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
+    has_dbias = dbias.numel() > 0
+    _fast.launch(grid, (_descriptor(dy, (bm, bk)), _descriptor(w_out, (bk, bn)), _descriptor(d_pre, (bm, bn)), pre,
+                        dbias if has_dbias else pre, M, N, K, pre.stride(0)),
+                 dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
+                      EPI_BUFS=epilogue_buffers(config, dy.element_size()), GROUP=GROUP_M,
+                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4))
+    return d_pre
+
+
+_fast = FastLaunch(_act_bwd_ws_kernel)

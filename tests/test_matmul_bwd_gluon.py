@@ -1,0 +1,146 @@
+"""The Gluon backward GEMM of the non-gated activations (kernels/matmul_bwd_gluon_ws.py): its config table on the
+CPU; on a Hopper GPU d_pre = (dy @ w_out) * act'(pre) against float64 under the house rule (PyTorch in the same
+dtype as the baseline) and against the `tl` kernel it is meant to replace (kernels.matmul._act_bwd_tl), the
+bias-gradient sums against the sums of its own d_pre, and act_bwd's timed pick between the two.
+"""
+import zlib
+
+import pytest
+import torch
+
+from kernels import _tuning, matmul, reference
+from kernels.testing import assert_close
+
+bw = pytest.importorskip("kernels.matmul_bwd_gluon_ws")
+gluon_mod = pytest.importorskip("kernels.matmul_gated_gluon")
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+hopper_only = pytest.mark.skipif(not HOPPER, reason="the Gluon backward GEMM needs a Hopper GPU")
+ACTIVATIONS = list(bw.ACT_CODES)
+
+
+@pytest.fixture(autouse=True)
+def _setup(request, monkeypatch):
+    monkeypatch.setenv("KERNELS_AUTOTUNE", "0")  # the tl kernel at its fixed configs (no tuning runs)
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.mark.parametrize("config", bw.CONFIGS, ids=str)
+def test_configs_fit_the_wgmma_and_shared_memory(config):
+    kind, bm, bn, bk, stages = config
+    assert kind == "ws" and bm == 64 and bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
+    bufs = bw.epilogue_buffers(config, 2)
+    assert 1 <= bufs <= 2
+    assert stages * (bm * bk + bk * bn) * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
+
+
+def test_activation_codes_are_matmuls():
+    assert all(bw.ACT_CODES[a] == matmul.ACT_CODES[a][0] and not matmul.ACT_CODES[a][1] for a in bw.ACT_CODES)
+
+
+def _inputs(M, K, N):
+    """float64 dy (M, K), w_out (K, N) (nn.Linear's (D_out, H) weight) and pre (M, N) of O(1) size."""
+    dy = torch.randn(M, K, device="cuda", dtype=torch.float64)
+    w_out = torch.randn(K, N, device="cuda", dtype=torch.float64) / K ** 0.5
+    pre = torch.randn(M, N, device="cuda", dtype=torch.float64)
+    return dy, w_out, pre
+
+
+def _truth_d_pre(dy, w_out, pre, activation):
+    pre = pre.detach().requires_grad_()
+    act = reference.activate(pre, activation)
+    return torch.autograd.grad(act, pre, dy @ w_out)[0]
+
+
+def _check(dy, w_out, pre, activation, dtype, config=None, bias=True):
+    lo = [t.to(dtype) for t in (dy, w_out, pre)]
+    d_pre = torch.empty_like(lo[2])
+    dbias = torch.zeros(pre.shape[1], device="cuda", dtype=torch.float32) if bias else matmul._no_dbias(dy.device)
+    assert bw.usable(*lo, d_pre, activation)
+    bw.act_bwd_ws(*lo, d_pre, dbias, activation, config)
+    tl_d_pre = torch.empty_like(d_pre)
+    tl_dbias = torch.zeros_like(dbias)
+    matmul._act_bwd_tl(lo[0], lo[1], lo[2], activation, False, bias, tl_d_pre, None, tl_dbias, True, dy.shape[1])
+    truth = _truth_d_pre(dy, w_out, pre, activation)
+    baseline = _truth_d_pre(*lo, activation)  # PyTorch's own autograd in dtype
+    assert_close(d_pre, truth, baseline, name=f"{activation} d_pre")
+    assert_close(d_pre, truth, tl_d_pre, name=f"{activation} d_pre (baseline: the tl kernel)")
+    if bias:
+        sums = d_pre.float().sum(0)
+        torch.testing.assert_close(dbias, sums, rtol=1e-5, atol=1e-4 * (1 + sums.abs().max().item()))
+        assert_close(dbias, truth.sum(0), tl_dbias, name=f"{activation} dbias (baseline: the tl kernel)")
+
+
+@hopper_only
+@pytest.mark.parametrize("M", [1, 17, 1000, 4096])
+@pytest.mark.parametrize("K, N", [(768, 3072), (200, 520), (48, 136)])  # K, N off the tiles too
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_matches_float64_and_tl(M, K, N, activation, dtype):
+    _check(*_inputs(M, K, N), activation, dtype)
+
+
+@hopper_only
+@pytest.mark.parametrize("config", bw.CONFIGS, ids=str)
+@pytest.mark.parametrize("M, K, N", [(17, 48, 136), (700, 200, 520), (4100, 64, 1032), (3000, 520, 1000)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_every_config_and_tile_count(config, M, K, N, bias):
+    """A program with one tile (consumer 1 idle), one k-step per tile, several tiles per program, odd and even
+    (the consumers' hand-overs), edges on every dimension; with and without the bias sums."""
+    _check(*_inputs(M, K, N), "gelu", torch.bfloat16, config, bias)
+
+
+@hopper_only
+def test_refuses_what_it_cannot_take():
+    dy, w_out, pre = (t.to(torch.bfloat16) for t in _inputs(64, 96, 136))
+    d_pre = torch.empty_like(pre)
+    assert bw.usable(dy, w_out, pre, d_pre, "relu")
+    assert not bw.usable(dy, w_out, pre, d_pre, "swiglu")  # gated: the persistent tl kernel's
+    assert not bw.usable(dy.float(), w_out.float(), pre.float(), d_pre.float(), "relu")
+    assert not bw.usable(dy[:, :90], w_out[:90], pre, d_pre, "relu")  # K not a multiple of 8
+    assert not bw.usable(dy.cpu(), w_out.cpu(), pre.cpu(), d_pre.cpu(), "relu")
+
+
+@hopper_only
+@pytest.mark.parametrize("tl_faster", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_act_bwd_takes_the_timed_pick(tl_faster, bias, monkeypatch):
+    """act_bwd (M > SMALL_M, non-gated, from the GEMM) times the Gluon configs and the tl kernel once per shape and
+    launches the faster; the timing runs leave no trace in the bias sums; right either way, not timed again."""
+    monkeypatch.setenv("KERNELS_AUTOTUNE", "1")
+    monkeypatch.setattr(matmul, "_GLUON_BWD_PICKS", {})
+    monkeypatch.setattr(matmul, "GLUON_BWD", True)
+    timed = []
+
+    def fake_bench(fn, **kw):  # (the pick's timing runs only: the tl autotuner's go to triton.testing's)
+        timed.append(fn)
+        return (0.001 if tl_faster else 1e6) if fn.__name__ == "run_tl" else 1.0
+    monkeypatch.setattr(_tuning, "do_bench", fake_bench)
+    dy, w_out, pre = _inputs(2048, 768, 1000)
+    lo = [t.to(torch.bfloat16) for t in (dy, w_out, pre)]
+    calls = []
+    real = bw.act_bwd_ws
+    monkeypatch.setattr(bw, "act_bwd_ws", lambda *a: calls.append(a) or real(*a))
+    truth = _truth_d_pre(dy, w_out, pre, "gelu")
+    for call in range(2):
+        before = len(calls)
+        d_pre, _, dbias = matmul.act_bwd(*lo, "gelu", store_act=False, bias_grad=bias)
+        assert len(timed) == (len(bw.CONFIGS) + 1) * _tuning.ROUNDS  # timed on the first call only
+        if call == 1:  # a plain call: the Gluon kernel launched once, or not at all
+            assert len(calls) - before == (0 if tl_faster else 1)
+        assert_close(d_pre, truth, _truth_d_pre(*lo, "gelu"), name="d_pre")
+        if bias:  # the sums of this call's d_pre only, whatever ran before
+            torch.testing.assert_close(dbias, d_pre.float().sum(0), rtol=1e-5, atol=1e-2)
+        else:
+            assert dbias is None
+    assert set(matmul._GLUON_BWD_PICKS.values()) == ({None} if tl_faster else {bw.CONFIGS[0]})
+
+
+@hopper_only
+def test_switched_off_small_m_gated_or_store_act_keep_the_tl_kernel(monkeypatch):
+    monkeypatch.setattr(bw, "act_bwd_ws", lambda *a: pytest.fail("the Gluon kernel was called"))
+    dy, w_out, pre = (t.to(torch.bfloat16) for t in _inputs(matmul.SMALL_M, 768, 1024))
+    matmul.act_bwd(dy, w_out, pre, "gelu", store_act=False, bias_grad=True)  # M <= SMALL_M
+    big = [torch.cat([t, t]) if t is not w_out else t for t in (dy, w_out, pre)]
+    matmul.act_bwd(*big, "gelu", store_act=True, bias_grad=True)  # the hidden activation asked for too
+    monkeypatch.setattr(matmul, "GLUON_BWD", False)
+    matmul.act_bwd(*big, "gelu", store_act=False, bias_grad=True)
