@@ -92,6 +92,9 @@ GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
 # are. KERNELS_FFN_GLUON_BWD=0 keeps the tl kernel. (Eleventh session: written and compiled offline; the tuner
 # keeps the tl kernel wherever it is faster.)
 GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "1") != "0"
+# The non-gated forward on the gated ping-pong's kernel (kernels/matmul_gated_gluon_ws.py, GATED False), likewise
+# timed per shape against the tl kernel (the persistent one) on its first call. KERNELS_FFN_GLUON_PLAIN=0 keeps tl.
+GLUON_PLAIN_FWD = os.environ.get("KERNELS_FFN_GLUON_PLAIN", "1") != "0"
 
 
 def _config(bm, bn, bk, warps, stages, tma, **options):
@@ -488,6 +491,13 @@ def linear_act_fwd(x, w, b, activation, store_pre):
             if config is not None:
                 gluon.gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre)
                 return out, pre
+    if not gated and GLUON_PLAIN_FWD and M > SMALL_M and not _INTERPRETING:
+        ws = _plain_gluon()
+        if ws is not None and ws.usable_plain(x, w, b, activation):
+            config = _gluon_plain_pick(ws, x, w, b, activation, store_pre, out, pre)
+            if config is not None:
+                ws.plain_forward_ws(x, w, b, activation, store_pre, config, out, pre)
+                return out, pre
     _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre)
     return out, pre
 
@@ -552,6 +562,31 @@ def _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre):
     the tl kernel are timed (kernels/_tuning.py; without tuning the class's first config); None where the tl
     kernel timed faster or no Gluon config builds. The timing runs write out and pre."""
     M, K = x.shape
+    return _gluon_fwd_pick(gluon.CONFIGS[gluon.shape_class(M, K)], gluon.gated_forward_gluon, x, w, b, activation,
+                           store_pre, out, pre, "the Gluon gated forward")
+
+
+@functools.lru_cache(maxsize=None)
+def _plain_gluon():
+    """kernels.matmul_gated_gluon_ws (whose kernel also runs the non-gated forward), or None without Gluon."""
+    try:
+        from . import matmul_gated_gluon_ws
+    except ImportError:
+        return None
+    return matmul_gated_gluon_ws
+
+
+def _gluon_plain_pick(ws, x, w, b, activation, store_pre, out, pre):
+    """The non-gated forward's kernel for this shape, as _gluon_gated_pick: the ping-pong's configs against the tl
+    kernel (here the persistent one)."""
+    return _gluon_fwd_pick(ws.PLAIN_CONFIGS, ws.plain_forward_ws, x, w, b, activation, store_pre, out, pre,
+                           "the Gluon non-gated forward")
+
+
+def _gluon_fwd_pick(configs, launch, x, w, b, activation, store_pre, out, pre, what):
+    """The pick remembered in _GLUON_PICKS for this forward's shape, timed on its first call: launch(x, w, b,
+    activation, store_pre, config, out, pre) at each config against the tl kernel (None: the tl kernel)."""
+    M, K = x.shape
     key = (activation, b is not None, bool(store_pre), _m_bucket(M), K, w.shape[0], x.dtype, x.get_device())
     pick = _GLUON_PICKS.get(key, False)
     if pick is not False:
@@ -560,9 +595,8 @@ def _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre):
     def run_tl():
         _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre)
     pick = _GLUON_PICKS[key] = _tuning.fastest(
-        gluon.CONFIGS[gluon.shape_class(M, K)],
-        lambda config: gluon.gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre),
-        autotune_enabled(), "the Gluon gated forward", fallback=run_tl)
+        configs, lambda config: launch(x, w, b, activation, store_pre, config, out, pre), autotune_enabled(), what,
+        fallback=run_tl)
     return pick
 
 

@@ -36,11 +36,9 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from ._launch import FastLaunch, descriptor_facts
 from ._runtime import cdiv
-from .matmul_gated_gluon import GROUP_M, SMEM_LIMIT, _GL_DTYPES, _is_hopper, _num_sms, _sigmoid, _tile_origin, \
-    _tma_2d
+from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _is_hopper, \
+    _num_sms, _sigmoid, _tile_origin, _tma_2d
 from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _store_tile
-
-ACT_CODES = {"relu": 0, "gelu": 1, "silu": 2, "relu2": 3}  # kernels/matmul.py's codes: RELU, GELU, SILU, RELU2
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer warpgroup; two staging tiles per
 # consumer beside the ring. 64 x 256 (4 stages, one staging tile each) was left out: compiled for sm_90a

@@ -46,6 +46,7 @@ from ._runtime import cdiv
 
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
 ACT_CODES = {"swiglu": 2, "geglu": 1}  # kernels/matmul.py's codes of f: SILU, GELU
+PLAIN_ACT_CODES = {"relu": 0, "gelu": 1, "silu": 2, "relu2": 3}  # the non-gated ones: RELU, GELU, SILU, RELU2
 GROUP_M = 8
 SMEM_LIMIT = 232448 - 2048  # the H100's / H200's 227 KB per block, less room for the mbarriers
 
@@ -89,12 +90,18 @@ def _sigmoid(x):
 
 
 @gluon.jit
-def _act(h, ACT: gl.constexpr):
-    """kernels/_activations.activation for the gated codes: GELU (tanh form, tanh via sigmoid) or SILU."""
-    if ACT == 1:
+def _activation(h, ACT: gl.constexpr):
+    """kernels/_activations.activation in Gluon: RELU, GELU (tanh form, tanh via sigmoid), SILU, RELU2 (the gated
+    kernels take GELU or SILU)."""
+    if ACT == 0:
+        return gl.maximum(h, 0.0)
+    elif ACT == 1:
         return 0.5 * h * (1.0 + (2.0 * _sigmoid(2.0 * (0.7978845608028654 * (h + 0.044715 * h * h * h))) - 1.0))
-    else:
+    elif ACT == 2:
         return h * _sigmoid(h)
+    else:
+        r = gl.maximum(h, 0.0)
+        return r * r
 
 
 @gluon.jit
@@ -156,7 +163,7 @@ def _gated_values(acc, off_n, cols, Bias, H, half_layout: gl.constexpr, dtype: g
         up += gl.expand_dims(gl.load(Bias + H + offs_n, mask=in_h, other=0.0).to(gl.float32), 0)
     pre_gate = gate.to(dtype)
     pre_up = up.to(dtype)
-    out = (_act(pre_gate.to(gl.float32), ACT).to(dtype).to(gl.float32) * pre_up.to(gl.float32)).to(dtype)
+    out = (_activation(pre_gate.to(gl.float32), ACT).to(dtype).to(gl.float32) * pre_up.to(gl.float32)).to(dtype)
     return out, pre_gate, pre_up
 
 

@@ -30,7 +30,9 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 
 from ._launch import FastLaunch
-from .matmul_gated_gluon import ACT_CODES, GROUP_M, SMEM_LIMIT, _gated_values, _tile_origin, launch_args
+from ._runtime import cdiv
+from .matmul_gated_gluon import ACT_CODES, GROUP_M, PLAIN_ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _activation, \
+    _descriptor, _gated_values, _is_hopper, _num_sms, _tile_origin, _tma_2d, launch_args
 
 CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
 
@@ -46,15 +48,16 @@ def epilogue_buffers(config, dtype_bytes, store_pre):
 
 @gluon.jit
 def _producer(x_desc, wg_desc, wu_desc, x_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
-              STAGES: gl.constexpr, GROUP: gl.constexpr):
+              STAGES: gl.constexpr, GROUP: gl.constexpr, GATED: gl.constexpr):
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = wg_desc.block_type.shape[0]
+    TILE_N: gl.constexpr = BLOCK_N if GATED else 2 * BLOCK_N  # output columns per tile
     nbytes: gl.constexpr = x_desc.block_type.nbytes + 2 * wg_desc.block_type.nbytes
     seq = 0
     for t in range(my_tiles):
         off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
-                                    BLOCK_N, GROUP)
+                                    TILE_N, GROUP)
         for ki in range(k_tiles):
             slot = seq % STAGES
             # a fresh barrier passes a wait on parity 1: the ring's first round is free
@@ -64,7 +67,10 @@ def _producer(x_desc, wg_desc, wu_desc, x_ring, w_ring, full, empty, num_pid_m, 
             mbarrier.expect(bar, nbytes)
             tma.async_copy_global_to_shared(x_desc, [off_m, ki * BLOCK_K], bar, x_ring.index(slot))
             tma.async_copy_global_to_shared(wg_desc, [off_n, ki * BLOCK_K], bar, w.slice(0, BLOCK_N))
-            tma.async_copy_global_to_shared(wu_desc, [off_n, ki * BLOCK_K], bar, w.slice(BLOCK_N, BLOCK_N))
+            if GATED:  # the up rows of W, through their own descriptor
+                tma.async_copy_global_to_shared(wu_desc, [off_n, ki * BLOCK_K], bar, w.slice(BLOCK_N, BLOCK_N))
+            else:  # the next BLOCK_N rows of W: the tile's second half of output columns
+                tma.async_copy_global_to_shared(wg_desc, [off_n + BLOCK_N, ki * BLOCK_K], bar, w.slice(BLOCK_N, BLOCK_N))
             seq += 1
 
 
@@ -80,24 +86,46 @@ def _store_tile(desc, off_m, off_n, value, c_smem, first_buf, count, EPI_BUFS: g
 
 
 @gluon.jit
+def _plain_half(acc_half, off_m, off_n, cols, Bias, H, c_smem, first_buf, count, out_desc, pre_desc,
+                dtype: gl.constexpr, ACT: gl.constexpr, HAS_BIAS: gl.constexpr, STORE_PRE: gl.constexpr,
+                EPI_BUFS: gl.constexpr):
+    """The non-gated epilogue of one half of a tile (columns off_n ...): the `tl` forward's rounding points
+    (pre = acc + bias rounded, out = act(pre) rounded), out stored, then pre when STORE_PRE; returns the
+    consumer's store count after."""
+    if HAS_BIAS:
+        offs_n = off_n + cols
+        acc_half += gl.expand_dims(gl.load(Bias + offs_n, mask=offs_n < H, other=0.0).to(gl.float32), 0)
+    pre = acc_half.to(dtype)
+    _store_tile(out_desc, off_m, off_n, _activation(pre.to(gl.float32), ACT).to(dtype), c_smem, first_buf, count,
+                EPI_BUFS)
+    count += 1
+    if STORE_PRE:
+        _store_tile(pre_desc, off_m, off_n, pre, c_smem, first_buf, count, EPI_BUFS)
+        count += 1
+    return count
+
+
+@gluon.jit
 def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_desc, pg_desc, pu_desc, Bias, H,
               num_pid_m, num_pid_n, k_tiles, my_tiles, ACT: gl.constexpr, HAS_BIAS: gl.constexpr,
-              STORE_PRE: gl.constexpr, STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr):
+              STORE_PRE: gl.constexpr, STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr,
+              GATED: gl.constexpr):
     BLOCK_M: gl.constexpr = x_ring.shape[1]
     BLOCK_N: gl.constexpr = c_smem.shape[2]
+    TILE_N: gl.constexpr = BLOCK_N if GATED else 2 * BLOCK_N  # output columns per tile
     dtype: gl.constexpr = x_ring.dtype
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, 2 * BLOCK_N, 16])
     half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                           instr_shape=[16, BLOCK_N, 16])
     col_layout: gl.constexpr = gl.SliceLayout(0, half_layout)
-    n_stores: gl.constexpr = 3 if STORE_PRE else 1
+    n_stores: gl.constexpr = (3 if STORE_PRE else 1) if GATED else (4 if STORE_PRE else 2)  # per tile
     cols = gl.arange(0, BLOCK_N, layout=col_layout)
     acc = gl.zeros([BLOCK_M, 2 * BLOCK_N], gl.float32, layout=acc_layout)
     for i in range((my_tiles - ME + 1) // 2):
         t = ME + 2 * i
         off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
-                                    BLOCK_N, GROUP)
+                                    TILE_N, GROUP)
         first = t * k_tiles  # the tile's first k-step in the ring's sequence
         # the previous tile's consumer has seen that tile's last k-step land (its hand-over number i - 1 + ME)
         mbarrier.wait(turns.index(ME), (i - 1 + ME) & 1, pred=i - 1 + ME >= 0)
@@ -114,13 +142,21 @@ def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
         mbarrier.arrive(empty.index((first + k_tiles - 1) % STAGES))
 
-        # the epilogue of matmul_gated_gluon._gated_fwd_kernel, under the other consumer's main loop
-        out, pre_gate, pre_up = _gated_values(acc, off_n, cols, Bias, H, half_layout, dtype, ACT, HAS_BIAS, BLOCK_M,
-                                              BLOCK_N)
-        _store_tile(out_desc, off_m, off_n, out, c_smem, ME * EPI_BUFS, i * n_stores, EPI_BUFS)
-        if STORE_PRE:
-            _store_tile(pg_desc, off_m, off_n, pre_gate, c_smem, ME * EPI_BUFS, i * n_stores + 1, EPI_BUFS)
-            _store_tile(pu_desc, off_m, off_n, pre_up, c_smem, ME * EPI_BUFS, i * n_stores + 2, EPI_BUFS)
+        # the epilogue, under the other consumer's main loop
+        if GATED:  # matmul_gated_gluon._gated_fwd_kernel's
+            out, pre_gate, pre_up = _gated_values(acc, off_n, cols, Bias, H, half_layout, dtype, ACT, HAS_BIAS,
+                                                  BLOCK_M, BLOCK_N)
+            _store_tile(out_desc, off_m, off_n, out, c_smem, ME * EPI_BUFS, i * n_stores, EPI_BUFS)
+            if STORE_PRE:
+                _store_tile(pg_desc, off_m, off_n, pre_gate, c_smem, ME * EPI_BUFS, i * n_stores + 1, EPI_BUFS)
+                _store_tile(pu_desc, off_m, off_n, pre_up, c_smem, ME * EPI_BUFS, i * n_stores + 2, EPI_BUFS)
+        else:  # the two halves of the tile's 2 BLOCK_N columns in turn (fewer live registers)
+            first_half, second_half = gl.split(gl.permute(gl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), (0, 2, 1)))
+            count = _plain_half(gl.convert_layout(first_half, half_layout), off_m, off_n, cols, Bias, H, c_smem,
+                                ME * EPI_BUFS, i * n_stores, out_desc, pg_desc, dtype, ACT, HAS_BIAS, STORE_PRE,
+                                EPI_BUFS)
+            _plain_half(gl.convert_layout(second_half, half_layout), off_m, off_n + BLOCK_N, cols, Bias, H, c_smem,
+                        ME * EPI_BUFS, count, out_desc, pg_desc, dtype, ACT, HAS_BIAS, STORE_PRE, EPI_BUFS)
     tma.store_wait(pendings=0)
 
 
@@ -128,7 +164,7 @@ def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_
 def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, Bias, M, H, K,
                          ACT: gl.constexpr, HAS_BIAS: gl.constexpr, STORE_PRE: gl.constexpr, STAGES: gl.constexpr,
                          EPI_BUFS: gl.constexpr, GROUP: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                         PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr, GATED: gl.constexpr):
     # descriptors as matmul_gated_gluon._gated_fwd_kernel's, x and the outputs in tiles of 64 rows
     BLOCK_M: gl.constexpr = x_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = x_desc.block_type.shape[1]
@@ -147,16 +183,16 @@ def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, B
         mbarrier.init(empty.index(i), count=1)  # one consumer reads each slot
 
     num_pid_m = gl.cdiv(M, BLOCK_M)
-    num_pid_n = gl.cdiv(H, BLOCK_N)
+    num_pid_n = gl.cdiv(H, BLOCK_N if GATED else 2 * BLOCK_N)
     k_tiles = gl.cdiv(K, BLOCK_K)
     my_tiles = gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))  # the grid is <= tiles
     gl.warp_specialize([
         (_consumer, (0, x_ring, w_ring, full, empty, turns, c_smem, out_desc, pg_desc, pu_desc, Bias, H, num_pid_m,
-                     num_pid_n, k_tiles, my_tiles, ACT, HAS_BIAS, STORE_PRE, STAGES, EPI_BUFS, GROUP)),
+                     num_pid_n, k_tiles, my_tiles, ACT, HAS_BIAS, STORE_PRE, STAGES, EPI_BUFS, GROUP, GATED)),
         (_consumer, (1, x_ring, w_ring, full, empty, turns, c_smem, out_desc, pg_desc, pu_desc, Bias, H, num_pid_m,
-                     num_pid_n, k_tiles, my_tiles, ACT, HAS_BIAS, STORE_PRE, STAGES, EPI_BUFS, GROUP)),
+                     num_pid_n, k_tiles, my_tiles, ACT, HAS_BIAS, STORE_PRE, STAGES, EPI_BUFS, GROUP, GATED)),
         (_producer, (x_desc, wg_desc, wu_desc, x_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
-                     STAGES, GROUP)),
+                     STAGES, GROUP, GATED)),
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(full.index(i))
@@ -172,8 +208,46 @@ def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     _fast.launch(*launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
                  dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
                       EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4))
+                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=True))
     return out, pre
 
 
 _fast = FastLaunch(_gated_fwd_ws_kernel)
+
+
+# The non-gated forward (relu, gelu, silu, relu2: kernels/matmul.py's persistent `tl` kernel runs it otherwise) on
+# the same kernel with GATED False: a consumer's tile is 64 rows x 2 BLOCK_N columns, the two BLOCK_N-row boxes of
+# W loaded into the halves of one buffer, one wgmma of N = 2 BLOCK_N; its epilogue takes the halves in turn.
+# Not yet timed on a GPU.
+PLAIN_CONFIGS = (("ws", 64, 128, 64, 4),)
+
+
+def usable_plain(x, w, b, activation):
+    """Whether plain_forward_ws takes these arguments: Hopper, fp16 / bf16, x (M, K) and w (N, K) as TMA takes
+    them, N and K multiples of 8, b None or (N,) of x's dtype."""
+    if activation not in PLAIN_ACT_CODES or not (x.is_cuda and x.dim() == 2 and w.dim() == 2):
+        return False
+    M, K = x.shape
+    N = w.shape[0]
+    return (x.dtype in _GL_DTYPES and w.dtype == x.dtype and w.device == x.device and w.shape[1] == K
+            and N % 8 == 0 and K % 8 == 0 and M > 0 and K > 0 and M * max(N, K) < 2**31
+            and (b is None or (b.dim() == 1 and b.shape[0] == N and b.dtype == x.dtype and b.device == x.device))
+            and _tma_2d(x) and _tma_2d(w) and _is_hopper(x.device.index or 0))
+
+
+def plain_forward_ws(x, w, b, activation, store_pre, config, out, pre):
+    """Fill out = act(x @ w.T + b) (M, N) and, when store_pre, pre (M, N), as kernels.matmul.linear_act_fwd's
+    non-gated path, where usable_plain holds; out and pre contiguous; config from PLAIN_CONFIGS."""
+    M, K = x.shape
+    N = w.shape[0]
+    _, bm, bn, bk, stages = config
+    out_desc = _descriptor(out, (M, N), (bm, bn))
+    pre_desc = _descriptor(pre, (M, N), (bm, bn)) if store_pre else out_desc
+    w_desc = _descriptor(w, (N, K), (bn, bk))
+    grid = (min(cdiv(M, bm) * cdiv(N, 2 * bn), _num_sms(x.device.index or 0)), 1, 1)
+    _fast.launch(grid, (_descriptor(x, (M, K), (bm, bk)), w_desc, w_desc, out_desc, pre_desc, out_desc,
+                        x if b is None else b.contiguous(), M, N, K),
+                 dict(ACT=PLAIN_ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
+                      STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
+                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=False))
+    return out, pre

@@ -310,7 +310,8 @@ def gluon_attention_bwd():
 
 
 def gluon_gated():
-    """The Gluon gated forwards (kernels/matmul_gated_gluon.py and its warp-specialized twin), every config."""
+    """The Gluon gated forwards (kernels/matmul_gated_gluon.py and its warp-specialized twin), every config, and the
+    non-gated forward on the twin's kernel."""
     from kernels import matmul_gated_gluon as mgg, matmul_gated_gluon_ws as ws
     mgg._num_sms = ws._num_sms = lambda device_index: 132
     ok = True
@@ -323,6 +324,14 @@ def gluon_gated():
                 def step():
                     mgg.gated_forward_gluon(x, w, b, "swiglu", store_pre, config, out, pre if store_pre else out[:0])
                 ok &= _triton_then_direct(f"gluon gated {str(dtype):14s} {config} pre={store_pre!s:5s}", step)
+        w_plain, b_plain, pre_plain = torch.empty(H, K, dtype=dtype), torch.empty(H, dtype=dtype), torch.empty(M, H,
+                                                                                                           dtype=dtype)
+        for config in ws.PLAIN_CONFIGS:  # the non-gated forward on the ping-pong's kernel
+            for store_pre in (True, False):
+                def step():
+                    ws.plain_forward_ws(x, w_plain, b_plain, "gelu", store_pre, config, out,
+                                        pre_plain if store_pre else out[:0])
+                ok &= _triton_then_direct(f"gluon plain {str(dtype):14s} {config} pre={store_pre!s:5s}", step)
     return ok
 
 

@@ -8,6 +8,7 @@ without a GPU: a register-pressure check that costs no device time.
     python tools/sm90_registers.py ffn [ACT,...]          # the fused GEMMs of kernels/matmul.py
     python tools/sm90_registers.py ffn_gated_gluon        # kernels/matmul_gated_gluon.py, every config
     python tools/sm90_registers.py ffn_bwd_gluon          # kernels/matmul_bwd_gluon_ws.py, every config
+    python tools/sm90_registers.py ffn_plain_gluon        # the non-gated forward of matmul_gated_gluon_ws.py
 
 Triton compiles for an explicit target without a driver (a stub takes the driver's place), then the
 ptxas bundled with Triton reports the registers and spill bytes of each config in the kernels' tables.
@@ -237,8 +238,33 @@ def ws_gated_kernel(config, dtype, act, store_pre, x, w, out, pre, bias, M, K, H
     compiled = ws._gated_fwd_ws_kernel.warmup(
         d(x, (M, K), (bm, bk)), d(w, (H, K), (bn, bk)), d(w[H:], (H, K), (bn, bk)), o, pg, pu, bias, M, H, K,
         grid=(1,), ACT=mgg.ACT_CODES[act], HAS_BIAS=True, STORE_PRE=store_pre, STAGES=stages, EPI_BUFS=bufs,
-        GROUP=mgg.GROUP_M, CONSUMER_REGS=ws.CONSUMER_REGS, PRODUCER_REGS=ws.PRODUCER_REGS, num_warps=4)
+        GROUP=mgg.GROUP_M, CONSUMER_REGS=ws.CONSUMER_REGS, PRODUCER_REGS=ws.PRODUCER_REGS, num_warps=4, GATED=True)
     show(f"gated gluon ws {act} {str(dtype)[6:]} pre={int(store_pre)}", (*config, f"epi{bufs}"), compiled)
+
+
+def ffn_plain_gluon_kernels():
+    """The non-gated forward on kernels/matmul_gated_gluon_ws.py's kernel (GATED False) at every PLAIN_CONFIGS entry,
+    every activation, bf16 and fp16, with and without storing the pre-activation."""
+    from kernels import matmul_gated_gluon_ws as ws
+    M, K, N = 16384, 768, 3072
+    for dtype in (torch.bfloat16, torch.float16):
+        x, w, bias = torch.empty(M, K, dtype=dtype), torch.empty(N, K, dtype=dtype), torch.empty(N, dtype=dtype)
+        out, pre = torch.empty(M, N, dtype=dtype), torch.empty(M, N, dtype=dtype)
+        for act, code in mgg.PLAIN_ACT_CODES.items():
+            for store_pre in (True, False):
+                for config in ws.PLAIN_CONFIGS:
+                    _, bm, bn, bk, stages = config
+                    d = mgg._descriptor
+                    o = d(out, (M, N), (bm, bn))
+                    p = d(pre, (M, N), (bm, bn)) if store_pre else o
+                    wd = d(w, (N, K), (bn, bk))
+                    bufs = ws.epilogue_buffers(config, 2, store_pre)
+                    compiled = ws._gated_fwd_ws_kernel.warmup(
+                        d(x, (M, K), (bm, bk)), wd, wd, o, p, o, bias, M, N, K, grid=(1,), ACT=code, HAS_BIAS=True,
+                        STORE_PRE=store_pre, STAGES=stages, EPI_BUFS=bufs, GROUP=mgg.GROUP_M,
+                        CONSUMER_REGS=ws.CONSUMER_REGS, PRODUCER_REGS=ws.PRODUCER_REGS, num_warps=4, GATED=False)
+                    show(f"plain gluon ws {act} {str(dtype)[6:]} pre={int(store_pre)}", (*config, f"epi{bufs}"),
+                         compiled)
 
 
 def ffn_bwd_gluon_kernels():
@@ -276,11 +302,13 @@ def main():
         ffn_gated_gluon_kernels()
     elif which == "ffn_bwd_gluon":
         ffn_bwd_gluon_kernels()
+    elif which == "ffn_plain_gluon":
+        ffn_plain_gluon_kernels()
     elif which == "ffn":
         ffn_kernels(sys.argv[2].split(",") if len(sys.argv) > 2 else ["gelu", "relu", "swiglu"])
     else:
         raise SystemExit(f"unknown kernel family {which!r}: attention_bwd, attention_fwd, attention_bwd_gluon, "
-                         "attention_fwd_gluon, ffn, ffn_gated_gluon or ffn_bwd_gluon")
+                         "attention_fwd_gluon, ffn, ffn_gated_gluon, ffn_bwd_gluon or ffn_plain_gluon")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""The Gluon backward GEMM of the non-gated activations (kernels/matmul_bwd_gluon_ws.py): its config table on the
-CPU; on a Hopper GPU d_pre = (dy @ w_out) * act'(pre) against float64 under the house rule (PyTorch in the same
-dtype as the baseline) and against the `tl` kernel it is meant to replace (kernels.matmul._act_bwd_tl), the
-bias-gradient sums against the sums of its own d_pre, and act_bwd's timed pick between the two.
+"""The Gluon kernels of the non-gated activations (relu, gelu, silu, relu2): the backward GEMM of
+kernels/matmul_bwd_gluon_ws.py and the forward on kernels/matmul_gated_gluon_ws.py's ping-pong (GATED False). Their
+config tables on the CPU; on a Hopper GPU each against float64 under the house rule (PyTorch in the same dtype as
+the baseline) and against the `tl` kernel it is meant to replace (kernels.matmul._act_bwd_tl, _linear_act_fwd_tl),
+the bias-gradient sums against the sums of the kernel's own d_pre, and the timed picks between them.
 """
 import zlib
 
@@ -13,6 +14,7 @@ from kernels.testing import assert_close
 
 bw = pytest.importorskip("kernels.matmul_bwd_gluon_ws")
 gluon_mod = pytest.importorskip("kernels.matmul_gated_gluon")
+ws = pytest.importorskip("kernels.matmul_gated_gluon_ws")
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 hopper_only = pytest.mark.skipif(not HOPPER, reason="the Gluon backward GEMM needs a Hopper GPU")
 ACTIVATIONS = list(bw.ACT_CODES)
@@ -35,6 +37,16 @@ def test_configs_fit_the_wgmma_and_shared_memory(config):
 
 def test_activation_codes_are_matmuls():
     assert all(bw.ACT_CODES[a] == matmul.ACT_CODES[a][0] and not matmul.ACT_CODES[a][1] for a in bw.ACT_CODES)
+    assert set(bw.ACT_CODES) == {a for a, (_, gated) in matmul.ACT_CODES.items() if not gated}
+
+
+@pytest.mark.parametrize("config", ws.PLAIN_CONFIGS, ids=str)
+@pytest.mark.parametrize("store_pre", [True, False])
+def test_plain_forward_configs_fit_the_shared_memory(config, store_pre):
+    kind, bm, bn, bk, stages = config
+    assert kind == "ws" and bm == 64 and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2
+    bufs = ws.epilogue_buffers(config, 2, store_pre)
+    assert stages * (bm + 2 * bn) * bk * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
 
 
 def _inputs(M, K, N):
@@ -144,3 +156,85 @@ def test_switched_off_small_m_gated_or_store_act_keep_the_tl_kernel(monkeypatch)
     matmul.act_bwd(*big, "gelu", store_act=True, bias_grad=True)  # the hidden activation asked for too
     monkeypatch.setattr(matmul, "GLUON_BWD", False)
     matmul.act_bwd(*big, "gelu", store_act=False, bias_grad=True)
+
+
+# ---- the non-gated forward ----------------------------------------------------------------------------------
+
+def _check_forward(M, K, N, activation, dtype, store_pre=True, bias=True, config=None):
+    x = torch.randn(M, K, device="cuda", dtype=torch.float64)
+    w = torch.randn(N, K, device="cuda", dtype=torch.float64) / K ** 0.5
+    b = torch.randn(N, device="cuda", dtype=torch.float64) * 0.5 if bias else None
+    x_lo, w_lo, b_lo = x.to(dtype), w.to(dtype), None if b is None else b.to(dtype)
+    assert ws.usable_plain(x_lo, w_lo, b_lo, activation)
+    out = torch.empty(M, N, device="cuda", dtype=dtype)
+    pre = torch.empty((M, N) if store_pre else (0,), device="cuda", dtype=dtype)
+    ws.plain_forward_ws(x_lo, w_lo, b_lo, activation, store_pre, config or ws.PLAIN_CONFIGS[0], out, pre)
+    tl_out, tl_pre = torch.empty_like(out), torch.empty_like(pre)
+    matmul._linear_act_fwd_tl(x_lo, w_lo, b_lo, activation, store_pre, tl_out, tl_pre)
+    truth = reference.linear_act(x, w, b, activation)
+    assert_close(out, truth, reference.linear_act(x_lo, w_lo, b_lo, activation), name=f"{activation} out")
+    assert_close(out, truth, tl_out, name=f"{activation} out (baseline: the tl forward)")
+    if store_pre:
+        pre_truth = torch.nn.functional.linear(x, w, b)
+        assert_close(pre, pre_truth, torch.nn.functional.linear(x_lo, w_lo, b_lo), name=f"{activation} pre")
+        assert_close(pre, pre_truth, tl_pre, name=f"{activation} pre (baseline: the tl forward)")
+
+
+@hopper_only
+@pytest.mark.parametrize("M", [1, 17, 1000, 4096])
+@pytest.mark.parametrize("K, N", [(768, 3072), (200, 520), (48, 136)])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_plain_forward_matches_float64_and_tl(M, K, N, activation, dtype):
+    _check_forward(M, K, N, activation, dtype)
+
+
+@hopper_only
+@pytest.mark.parametrize("config", ws.PLAIN_CONFIGS, ids=str)
+@pytest.mark.parametrize("M, K, N", [(17, 48, 136), (700, 200, 520), (4100, 64, 1032), (3000, 520, 1000)])
+@pytest.mark.parametrize("store_pre, bias", [(True, True), (False, True), (True, False)])
+def test_plain_forward_every_config_and_tile_count(config, M, K, N, store_pre, bias):
+    """As the backward's: one tile per program, one k-step, several tiles odd and even, edges everywhere (N not a
+    multiple of the 2 BLOCK_N columns of a tile, so a tile's second half may lie past N)."""
+    _check_forward(M, K, N, "gelu", torch.bfloat16, store_pre, bias, config)
+
+
+@hopper_only
+@pytest.mark.parametrize("tl_faster", [True, False])
+def test_linear_act_fwd_takes_the_timed_plain_pick(tl_faster, monkeypatch):
+    """linear_act_fwd (M > SMALL_M, non-gated) times the ping-pong's configs and the tl kernel once per shape and
+    launches the faster; right either way, not timed again."""
+    monkeypatch.setenv("KERNELS_AUTOTUNE", "1")
+    monkeypatch.setattr(matmul, "_GLUON_PICKS", {})
+    monkeypatch.setattr(matmul, "GLUON_PLAIN_FWD", True)
+    timed = []
+
+    def fake_bench(fn, **kw):
+        timed.append(fn)
+        return (0.001 if tl_faster else 1e6) if fn.__name__ == "run_tl" else 1.0
+    monkeypatch.setattr(_tuning, "do_bench", fake_bench)
+    x = torch.randn(2048, 768, device="cuda", dtype=torch.float64)
+    w = torch.randn(1000, 768, device="cuda", dtype=torch.float64) / 768 ** 0.5
+    b = torch.randn(1000, device="cuda", dtype=torch.float64)
+    lo = [t.to(torch.bfloat16) for t in (x, w, b)]
+    calls = []
+    real = ws.plain_forward_ws
+    monkeypatch.setattr(ws, "plain_forward_ws", lambda *a: calls.append(a) or real(*a))
+    for call in range(2):
+        before = len(calls)
+        out, pre = matmul.linear_act_fwd(*lo, "gelu", True)
+        assert len(timed) == (len(ws.PLAIN_CONFIGS) + 1) * _tuning.ROUNDS
+        if call == 1:
+            assert len(calls) - before == (0 if tl_faster else 1)
+        assert_close(out, reference.linear_act(x, w, b, "gelu"), reference.linear_act(*lo, "gelu"), name="out")
+    assert set(matmul._GLUON_PICKS.values()) == ({None} if tl_faster else {ws.PLAIN_CONFIGS[0]})
+
+
+@hopper_only
+def test_plain_switched_off_or_small_m_keeps_the_tl_kernel(monkeypatch):
+    monkeypatch.setattr(ws, "plain_forward_ws", lambda *a: pytest.fail("the Gluon kernel was called"))
+    x = torch.randn(matmul.SMALL_M, 768, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(1024, 768, device="cuda", dtype=torch.bfloat16) / 768 ** 0.5
+    matmul.linear_act_fwd(x, w, None, "gelu", True)  # M <= SMALL_M
+    monkeypatch.setattr(matmul, "GLUON_PLAIN_FWD", False)
+    matmul.linear_act_fwd(torch.cat([x, x]), w, None, "gelu", True)
