@@ -57,6 +57,10 @@ def _fixed_configs(monkeypatch):
     # One config per shape class, no tuning runs: the GPU tests compile far fewer kernels. The
     # autotuned path is exercised by tools/gpu_ffn.py and the benchmark suite.
     monkeypatch.setenv("KERNELS_AUTOTUNE", "0")
+    # The tl kernels here: the Gluon kernels that take M > SMALL_M on Hopper have their own files
+    # (tests/test_matmul_gated_gluon.py, test_matmul_nongated_gluon.py), which also run kernels.ffn through them.
+    for flag in ("GLUON_GATED_FWD", "GLUON_PLAIN_FWD", "GLUON_BWD"):
+        monkeypatch.setattr(matmul, flag, False)
 
 
 @pytest.fixture(autouse=True)

@@ -238,3 +238,39 @@ def test_plain_switched_off_or_small_m_keeps_the_tl_kernel(monkeypatch):
     matmul.linear_act_fwd(x, w, None, "gelu", True)  # M <= SMALL_M
     monkeypatch.setattr(matmul, "GLUON_PLAIN_FWD", False)
     matmul.linear_act_fwd(torch.cat([x, x]), w, None, "gelu", True)
+
+
+@hopper_only
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
+def test_ffn_through_the_gluon_kernels(activation, monkeypatch):
+    """kernels.ffn forward and backward (autograd) with every Gluon path on, each at its first config (untimed:
+    KERNELS_AUTOTUNE=0), against float64 under the house rule: the non-gated forward and backward GEMMs, or for
+    swiglu the gated forward."""
+    for flag in ("GLUON_GATED_FWD", "GLUON_PLAIN_FWD", "GLUON_BWD"):
+        monkeypatch.setattr(matmul, flag, True)
+    gated = matmul.ACT_CODES[activation][1]
+    M, D, H = matmul.SMALL_M + 77, 256, 520
+    x = torch.randn(M, D, device="cuda", dtype=torch.float64)
+    w_in = torch.randn((2 if gated else 1) * H, D, device="cuda", dtype=torch.float64) / D ** 0.5
+    b_in = torch.randn(w_in.shape[0], device="cuda", dtype=torch.float64) * 0.5
+    w_out = torch.randn(D, H, device="cuda", dtype=torch.float64) / H ** 0.5
+    b_out = torch.randn(D, device="cuda", dtype=torch.float64) * 0.5
+    dy = torch.randn(M, D, device="cuda", dtype=torch.float64)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, w_in, b_in, w_out, b_out)]
+        y = fn(*leaves, activation)
+        return y, torch.autograd.grad(y, leaves, dy.to(dtype))
+    called = set()
+    expected = {(gluon_mod, "gated_forward_gluon")} if gated else {(ws, "plain_forward_ws"), (bw, "act_bwd_ws")}
+    for mod, name in expected:
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _real=real, _key=(mod, name): called.add(_key) or _real(*a))
+    import kernels
+    ours, ours_grads = run(kernels.ffn, torch.bfloat16)
+    assert called == expected  # the Gluon kernels ran
+    truth, truth_grads = run(reference.ffn, torch.float64)
+    base, base_grads = run(reference.ffn, torch.bfloat16)
+    assert_close(ours, truth, base, name=f"{activation} y")
+    for name, g, t, b in zip(("x", "w_in", "b_in", "w_out", "b_out"), ours_grads, truth_grads, base_grads):
+        assert_close(g, t, b, name=f"{activation} d{name}")
