@@ -9,6 +9,7 @@ import zlib
 import pytest
 import torch
 
+import kernels
 from kernels import _tuning, matmul, reference
 from kernels.testing import assert_close
 
@@ -266,7 +267,6 @@ def test_ffn_through_the_gluon_kernels(activation, monkeypatch):
     for mod, name in expected:
         real = getattr(mod, name)
         monkeypatch.setattr(mod, name, lambda *a, _real=real, _key=(mod, name): called.add(_key) or _real(*a))
-    import kernels
     ours, ours_grads = run(kernels.ffn, torch.bfloat16)
     assert called == expected  # the Gluon kernels ran
     truth, truth_grads = run(reference.ffn, torch.float64)
