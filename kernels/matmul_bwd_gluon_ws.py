@@ -134,7 +134,8 @@ def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_de
         d_pre = (acc.to(dtype).to(gl.float32) * _act_grad(h, ACT)).to(dtype)
         _store_tile(d_desc, off_m, off_n, d_pre, c_smem, ME * EPI_BUFS, i, EPI_BUFS)
         if HAS_DBIAS:
-            gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n)
+            # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul.py's _act_bwd_kernel)
+            gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n, sem="relaxed")
     tma.store_wait(pendings=0)
 
 
