@@ -11,7 +11,8 @@ have biases). Per point one line of TFLOP/s (2 * M * D * H / time, triton.testin
   tl        kernels.matmul._act_bwd_tl (the tl kernel act_bwd runs today, autotuned on its first call)
   ws        each config of matmul_bwd_gluon_ws.CONFIGS; `best` the fastest
   cublas    dy @ w_out alone (the ceiling), and `eager` = the GEMM + PyTorch's activation backward
-and the max |ws - tl| over max |tl| of d_pre at the best config, with the share of elements that differ. A config
+and the max |ws - tl| over max |tl| of d_pre at the best config, with the share of elements that differ, and
+both kernels' TFLOP/s without the bias sums. A config
 that fails to build or run is printed and skipped. Forward: the same per point for act(x @ w.T + b), x (M, D),
 w (H, D), pre stored (training) and not (inference), against matmul._linear_act_fwd_tl (the persistent tl
 kernel), cuBLAS's x @ w.T and eager's F.linear + activation. BUDGET_S (default 150) stops starting new points.
@@ -91,6 +92,11 @@ def point(D, H, activation):
         parts.append(f"| best {name(best)} {times[best] * 1e3:.0f} us = {ms / times[best]:.2f}x tl, "
                      f"{eager_ms / times[best]:.2f}x eager; d_pre vs tl: max rel {rel:.1e}, "
                      f"{(d > 0).float().mean().item():.1%} differ")
+        # what the bias sums cost each kernel: the same calls without them
+        none = torch.empty(0, device="cuda")
+        tl_ms = bench(lambda: matmul._act_bwd_tl(dy, w_out, pre, activation, False, False, d_pre, None, none, True, D))
+        ws_ms = bench(lambda: bw.act_bwd_ws(dy, w_out, pre, d_pre, none, activation, best))
+        parts.append(f"| no bias sums: tl {tflops(tl_ms, D, H):5.0f} ws {tflops(ws_ms, D, H):5.0f}")
     log(f"{activation} {D}->{H}: " + "  ".join(parts))
 
 
