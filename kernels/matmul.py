@@ -87,13 +87,16 @@ SMALL_M = 1024  # at or below this many rows one small tile config is used (no t
 # kernel's 412-516, without pre it loses at K 2048 (566 against 634; the timing keeps tl there); in the FFN
 # the forward at 768 -> 2048 gains 3-9%. KERNELS_FFN_GLUON_GATED=0 keeps the tl kernel.
 GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
-# The non-gated backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong) where it
-# applies and M > SMALL_M, timed per shape on its first call against the tl kernel as the gated forward's configs
-# are. KERNELS_FFN_GLUON_BWD=0 keeps the tl kernel. (Eleventh session: written and compiled offline; the tuner
-# keeps the tl kernel wherever it is faster.)
-GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "1") != "0"
+# The non-gated backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong), opt-in
+# (KERNELS_FFN_GLUON_BWD=1): then where it applies and M > SMALL_M it is timed per shape on its first call against
+# the tl kernel as the gated forward's configs are. Off by default: twelfth session, H200, M 16384, with the bias
+# sums (tools/gpu_ffn_nongated_gluon.py), 0.97-1.03x the tl kernel at 768 -> 3072 and 0.88-0.92x at 2048 -> 8192:
+# a first-call timing for no gain.
+GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "0") == "1"
 # The non-gated forward on the gated ping-pong's kernel (kernels/matmul_gated_gluon_ws.py, GATED False), likewise
-# timed per shape against the tl kernel (the persistent one) on its first call. KERNELS_FFN_GLUON_PLAIN=0 keeps tl.
+# timed per shape against the tl kernel (the persistent one) on its first call. Twelfth session, H200, pre stored:
+# 1.13-1.18x the tl kernel at 768 -> 3072, 0.94-1.05x at 2048 -> 8192 (the timing keeps tl where it is faster).
+# KERNELS_FFN_GLUON_PLAIN=0 keeps tl.
 GLUON_PLAIN_FWD = os.environ.get("KERNELS_FFN_GLUON_PLAIN", "1") != "0"
 
 

@@ -25,7 +25,12 @@ and adds nothing to the sums; the stores clip them.
 
 Scope (`usable`): Hopper (sm_90), fp16 / bf16, dy (M, K) and w_out (K, N) with unit last strides, pre and
 d_pre (M, N) contiguous, 16-byte aligned bases and row pitches (TMA), N and K multiples of 8.
-kernels/matmul.py's act_bwd times its CONFIGS against the `tl` kernel on a shape's first call.
+kernels/matmul.py's act_bwd times its CONFIGS against the `tl` kernel on a shape's first call when opted in
+(KERNELS_FFN_GLUON_BWD=1). Measured (twelfth session, H200, M 16384, with the bias sums): 327-392 TFLOP/s at
+768 -> 3072, 0.97-1.03x the `tl` kernel; 448-492 at 2048 -> 8192, 0.88-0.92x. Its first GPU run read 0.45-0.51x:
+the bias-sum atomics were acq_rel, a GPU-wide memory barrier and an L1 invalidation before each of a consumer's
+16 per tile; relaxed, they are fire-and-forget. Where the time goes now is not known: 64 x 128 consumer tiles
+(half the gated forward's 64 x 256) and the pre tile read in the accumulator's layout are the suspects.
 """
 import functools
 
@@ -43,7 +48,7 @@ from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _store_tile
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer warpgroup; two staging tiles per
 # consumer beside the ring. 64 x 256 (4 stages, one staging tile each) was left out: compiled for sm_90a
 # (tools/sm90_registers.py ffn_bwd_gluon, Triton 3.6) it spills (68-1344 bytes) and with the bias-gradient
-# sums asks 232 KB of shared memory. Not yet timed on a GPU.
+# sums asks 232 KB of shared memory.
 CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4))
 
 
