@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One batched GPU session: `bash tools/gpu_run.sh SECTION...` with sections
-#   env tests tests_parallel attention attention_bwd norms ffn ffn_profile ffn_picks bench bench_<op> benchgraph_<op>
+#   env tests tests_parallel attention attention_bwd norms ffn ffn_profile ffn_picks ffn_host bench bench_<op>
+#   benchgraph_<op>
 #   report train
 # (bench_attention, bench_norms, bench_ffn, bench_train_step: one JSON each, time limit
 # BENCH_<OP>_SECS; report merges every JSON into tables and plots)
@@ -38,6 +39,7 @@ for s in "$@"; do
     ffn) section ffn "${FFN_SECS:-240}" python3 tools/gpu_ffn.py ;;
     ffn_profile) section ffn_profile "${FFN_PROFILE_SECS:-120}" python3 tools/gpu_ffn_profile.py ;;
     ffn_picks) section ffn_picks "${FFN_PICKS_SECS:-240}" python3 tools/gpu_ffn_pick_stability.py ;;
+    ffn_host) section ffn_host "${FFN_HOST_SECS:-90}" python3 tools/gpu_ffn_host.py ;;
     bench) section bench "${BENCH_SECS:-600}" python3 -m pytest bench --benchmark-only -q -p no:cacheprovider --benchmark-json "$OUT/bench.json" ${BENCH_ARGS:-} ;;
     bench_*) name=${s#bench_}
       section "$s" "$(eval echo \${BENCH_${name^^}_SECS:-300})" python3 -m pytest "bench/test_$name.py" --benchmark-only -q \
