@@ -5,6 +5,7 @@
     python tools/host_profile_ffn_cpu.py --json          # the same numbers as one JSON line
     python tools/host_profile_ffn_cpu.py --against /tmp/base 5   # before / after: alternating runs
         # here and in another checkout (git archive HEAD | tar -x -C /tmp/base), 5 rounds, best of each
+    python tools/host_profile_ffn_cpu.py --hopper        # (with any of the above) the Hopper GPU's path
 
 As tools/host_profile_cpu.py does for the norms: TRITON_INTERPRET=1 makes the launchers accept CPU
 tensors, and every FastLaunch of kernels/matmul.py and matmul_persistent.py is given a stand-in for
@@ -22,6 +23,10 @@ which here runs the interpreter once, on tiny tensors), the tool sets
   - matmul._INTERPRETING = False, so the persistent test is `M > SMALL_M` as on the GPU and
     _set_allocator installs Triton's allocator before each launch as on the GPU.
 The config lists stay the interpreter's (one config each; what a pick costs does not depend on it).
+With --hopper the forward takes the Gluon kernels' host path as on an H100 (matmul_gated_gluon and its
+warp-specialized twin, their first configs: KERNELS_AUTOTUNE=0 for their picks): the tool then tells torch that
+the CPU tensors are CUDA ones (`Tensor.is_cuda`) and the Gluon modules that device 0 is a Hopper of 132 SMs, and
+stubs their FastLaunches too; their TMA descriptors are built as on the GPU.
 The forward's second GEMM (F.linear) and the backward's cuBLAS ops (three matmuls, a column sum, a
 cast) compute on the CPU here: the shapes are tiny (8 x 8 -> 8, bf16: the smallest widths the persistent
 kernels take) so that their math is small against their dispatch (a bf16 CPU matmul of these: 2.4 us,
@@ -42,6 +47,7 @@ import torch  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import matmul, matmul_persistent  # noqa: E402
+from kernels import matmul_gated_gluon, matmul_gated_gluon_ws  # noqa: E402 (Triton's Gluon: 3.6 and later)
 import host_timing  # noqa: E402 (tools/, this script's directory)
 from host_timing import Ident  # noqa: E402
 
@@ -91,6 +97,14 @@ def warm_up():
         for f in calls(kernels.ffn, case):
             f()
     matmul._INTERPRETING = False
+    if "--hopper" in sys.argv:
+        torch.Tensor.is_cuda = property(lambda self: True)
+        for mod in (matmul_gated_gluon, matmul_gated_gluon_ws):
+            mod._is_hopper, mod._num_sms = (lambda device_index: True), (lambda device_index: 132)
+        os.environ["KERNELS_AUTOTUNE"] = "0"  # the Gluon picks: their first configs, untimed (the tl picks are made)
+        for case in CASES:
+            for f in calls(kernels.ffn, case):
+                f()
 
 
 def measure():
@@ -108,5 +122,5 @@ def table(us):
 
 
 if __name__ == "__main__":
-    host_timing.run_tool(__file__, (matmul, matmul_persistent), measure, table,
-                         lambda case: calls(kernels.ffn, case)[1], warm_up)
+    host_timing.run_tool(__file__, (matmul, matmul_persistent, matmul_gated_gluon, matmul_gated_gluon_ws), measure,
+                         table, lambda case: calls(kernels.ffn, case)[1], warm_up)

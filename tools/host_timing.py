@@ -108,6 +108,9 @@ def profile(fn, calls=3000, lines=25):
     pstats.Stats(prof).sort_stats("tottime").print_stats(lines)
 
 
+PASSED_ON = ("--hopper",)  # flags of a tool's command line that its --against runs take too
+
+
 def against(tool, other, rounds):
     """Alternate runs of the script `tool` (which takes --json and --root DIR) in this checkout and in the
     checkout `other`; print the best of each row of its JSON."""
@@ -119,7 +122,8 @@ def against(tool, other, rounds):
     best = {}
     for _ in range(rounds):
         for root in (other, here):
-            out = subprocess.run([sys.executable, os.path.abspath(tool), "--json", "--root", root],
+            out = subprocess.run([sys.executable, os.path.abspath(tool), "--json", "--root", root,
+                                  *[flag for flag in PASSED_ON if flag in sys.argv]],
                                  capture_output=True, text=True, check=True).stdout
             for name, us in json.loads(out.splitlines()[-1]).items():
                 best.setdefault(name, {})[root] = min(best.get(name, {}).get(root, float("inf")), us)
