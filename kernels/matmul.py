@@ -487,22 +487,57 @@ def linear_act_fwd(x, w, b, activation, store_pre):
         if store_pre:
             pre.copy_(full)
         return out, pre
-    if gated and GLUON_GATED_FWD and M > SMALL_M and not _INTERPRETING:
-        gluon = _gated_gluon()
-        if gluon is not None and gluon.usable(x, w, b, activation):
-            config = _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre)
-            if config is not None:
-                gluon.gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre)
-                return out, pre
-    if not gated and GLUON_PLAIN_FWD and M > SMALL_M and not _INTERPRETING:
-        ws = _plain_gluon()
-        if ws is not None and ws.usable_plain(x, w, b, activation):
-            config = _gluon_plain_pick(ws, x, w, b, activation, store_pre, out, pre)
-            if config is not None:
-                ws.plain_forward_ws(x, w, b, activation, store_pre, config, out, pre)
-                return out, pre
+    if ((GLUON_GATED_FWD if gated else GLUON_PLAIN_FWD) and M > SMALL_M and not _INTERPRETING
+            and _gluon_forward(x, w, b, activation, gated, store_pre, out, pre)):
+        return out, pre
     _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre)
     return out, pre
+
+
+# The Gluon forward's verdict under every fact of a call that `usable` reads but the base addresses' alignment
+# (shapes, strides, dtypes, devices; the bias's too): the config to launch, or None for the tl kernel (not usable
+# here, or it timed faster), with the _GLUON_PICKS dict the pick came from (tests swap it; tools that clear it
+# clear this too). A repeated call then builds this key and launches: no `usable`, no pick key. Only calls with x,
+# w and the bias 16-byte aligned use it (TMA needs them; the others take the full path).
+_GLUON_VERDICTS = {}
+
+
+def _gluon_forward(x, w, b, activation, gated, store_pre, out, pre):
+    """Launch the forward's Gluon kernel where it applies and its timing picked it for this shape; False where
+    the tl kernel is to run."""
+    aligned = not (x.data_ptr() | w.data_ptr() | (0 if b is None else b.data_ptr())) % 16
+    key = (activation, store_pre, x.shape, x.stride(), w.shape, w.stride(), x.dtype, w.dtype, x.get_device(),
+           w.get_device(), None if b is None else (b.shape, b.stride(), b.dtype, b.get_device()))
+    hit = _GLUON_VERDICTS.get(key) if aligned else None
+    if hit is not None and hit[0] is _GLUON_PICKS:
+        config = hit[1]
+    else:
+        config = _gluon_verdict(x, w, b, activation, gated, store_pre, out, pre)
+        if aligned:
+            if len(_GLUON_VERDICTS) >= MAX_PLANS:
+                _GLUON_VERDICTS.clear()
+            _GLUON_VERDICTS[key] = (_GLUON_PICKS, config)
+    if config is None:
+        return False
+    if gated:
+        _gated_gluon().gated_forward_gluon(x, w, b, activation, store_pre, config, out, pre)
+    else:
+        _plain_gluon().plain_forward_ws(x, w, b, activation, store_pre, config, out, pre)
+    return True
+
+
+def _gluon_verdict(x, w, b, activation, gated, store_pre, out, pre):
+    """The Gluon forward's config for these arguments, or None where its kernel does not take them or the tl
+    kernel is picked for the shape (timed on its first call)."""
+    if gated:
+        gluon = _gated_gluon()
+        if gluon is None or not gluon.usable(x, w, b, activation):
+            return None
+        return _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre)
+    ws = _plain_gluon()
+    if ws is None or not ws.usable_plain(x, w, b, activation):
+        return None
+    return _gluon_plain_pick(ws, x, w, b, activation, store_pre, out, pre)
 
 
 def _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre):
@@ -557,6 +592,7 @@ def _gated_gluon():
 
 
 # (activation, bias?, store_pre, M bucket, K, 2H, dtype, device) -> the Gluon config picked, or None: the tl kernel
+# (whoever clears it clears _GLUON_VERDICTS too)
 _GLUON_PICKS = {}
 
 

@@ -39,7 +39,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._launch import FastLaunch, descriptor_facts
+from ._launch import FastLaunch, descriptor_facts, launch_planned
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _is_hopper, \
     _num_sms, _sigmoid, _tile_origin, _tma_2d
@@ -237,11 +237,16 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     _, bm, bn, bk, stages = config
     grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
     has_dbias = dbias.numel() > 0
-    _fast.launch(grid, (_descriptor(dy, (bm, bk)), _descriptor(w_out, (bk, bn)), _descriptor(d_pre, (bm, bn)), pre,
-                        dbias if has_dbias else pre, M, N, K, pre.stride(0)),
-                 dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
-                      EPI_BUFS=epilogue_buffers(config, dy.element_size()), GROUP=GROUP_M,
-                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4))
+    sums = dbias if has_dbias else pre
+    # planned (kernels/_launch.launch_planned) under what fixes the grid, constexprs and arguments' launch facts
+    aligned = not (dy.data_ptr() | w_out.data_ptr() | pre.data_ptr() | d_pre.data_ptr() | sums.data_ptr()) % 16
+    key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
+           dy.get_device())
+    launch_planned(_fast, key, grid, (_descriptor(dy, (bm, bk)), _descriptor(w_out, (bk, bn)),
+                                      _descriptor(d_pre, (bm, bn)), pre, sums, M, N, K, pre.stride(0)),
+                   dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
+                        EPI_BUFS=epilogue_buffers(config, dy.element_size()), GROUP=GROUP_M,
+                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4), aligned)
     return d_pre
 
 

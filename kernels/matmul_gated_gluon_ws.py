@@ -32,7 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from ._launch import FastLaunch
 from ._runtime import cdiv
 from .matmul_gated_gluon import ACT_CODES, GROUP_M, PLAIN_ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _activation, \
-    _descriptor, _gated_values, _is_hopper, _num_sms, _tile_origin, _tma_2d, launch_args
+    _descriptor, _gated_values, _is_hopper, _num_sms, _tile_origin, _tma_2d, launch_args, launch_forward
 
 CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
 
@@ -206,10 +206,11 @@ def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     """Fill out (M, H) and, when store_pre, pre (M, 2H) as matmul_gated_gluon.gated_forward_gluon, where its
     `usable` holds; config ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (64)."""
     _, bm, bn, bk, stages = config
-    _fast.launch(*launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
-                 dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
-                      EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=True))
+    launch_forward(_fast, config, activation, x, w, b, store_pre, out, pre,
+                   *launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
+                   dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
+                        EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
+                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=True))
     return out, pre
 
 
@@ -247,9 +248,10 @@ def plain_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     pre_desc = _descriptor(pre, (M, N), (bm, bn)) if store_pre else out_desc
     w_desc = _descriptor(w, (N, K), (bn, bk))
     grid = (min(cdiv(M, bm) * cdiv(N, 2 * bn), _num_sms(x.device.index or 0)), 1, 1)
-    _fast.launch(grid, (_descriptor(x, (M, K), (bm, bk)), w_desc, w_desc, out_desc, pre_desc, out_desc,
-                        x if b is None else b.contiguous(), M, N, K),
-                 dict(ACT=PLAIN_ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
-                      STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                      CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=False))
+    launch_forward(_fast, config, activation, x, w, b, store_pre, out, pre, grid,
+                   (_descriptor(x, (M, K), (bm, bk)), w_desc, w_desc, out_desc, pre_desc, out_desc,
+                    x if b is None else b.contiguous(), M, N, K),
+                   dict(ACT=PLAIN_ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
+                        STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
+                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=False))
     return out, pre

@@ -157,3 +157,35 @@ def test_gated_forward_pick_times_the_gluon_configs_against_the_tl_kernel(fake_t
     assert len(fake_times.timed) == n  # remembered per (activation, bias, store_pre, M bucket, K, 2H, dtype)
     matmul._gluon_gated_pick(gluon, x, w, None, "swiglu", False, None, None)
     assert len(fake_times.timed) == 2 * n  # without pre: another kernel, timed on its own
+
+
+def test_gluon_forward_verdict_is_remembered_per_call_facts(monkeypatch):
+    """matmul._gluon_forward asks `usable` and the pick once per set of call facts, then launches the remembered
+    config; a new picks dict, other facts or a misaligned x ask again; a None verdict leaves the call to tl."""
+    asked, launched = [], []
+    ws = types.SimpleNamespace(
+        PLAIN_CONFIGS=(("ws", 64, 128, 64, 4),),
+        usable_plain=lambda x, w, b, act: asked.append(x.shape) or True,
+        plain_forward_ws=lambda x, w, b, act, store_pre, config, out, pre: launched.append(config))
+    monkeypatch.setattr(matmul, "_plain_gluon", lambda: ws)
+    monkeypatch.setattr(matmul, "_GLUON_VERDICTS", {})
+    monkeypatch.setattr(matmul, "_GLUON_PICKS", {})
+    monkeypatch.setenv("KERNELS_AUTOTUNE", "0")  # the pick: the first config, untimed
+    x, w, b = torch.empty(4096, 64), torch.empty(256, 64), torch.empty(256)
+
+    def call(x=x, store_pre=True):
+        return matmul._gluon_forward(x, w, b, "gelu", False, store_pre, None, None)
+    # (a first pick of a shape also runs its config once: the build; untimed without KERNELS_AUTOTUNE)
+    assert call() and len(asked) == 1 and len(launched) == 2
+    assert call() and len(asked) == 1 and len(launched) == 3  # remembered: launched, nothing asked
+    assert call(store_pre=False) and len(asked) == 2  # another fact
+    monkeypatch.setattr(matmul, "_GLUON_PICKS", {})
+    assert call() and len(asked) == 3  # a new picks dict: asked again
+    odd = torch.empty(4096 * 64 + 1)[1:].view(4096, 64)  # 4 bytes past an aligned base
+    assert call(odd) and call(odd) and len(asked) == 5  # misaligned: never remembered
+    assert set(launched) == {ws.PLAIN_CONFIGS[0]}
+    monkeypatch.setattr(matmul, "_GLUON_VERDICTS", {})
+    monkeypatch.setattr(ws, "usable_plain", lambda *a: asked.append("no") or False)
+    before = len(launched)
+    assert not call() and not call() and asked.count("no") == 1  # a None verdict is remembered too
+    assert len(launched) == before

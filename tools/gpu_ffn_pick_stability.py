@@ -41,6 +41,7 @@ def forget_picks():
     matmul_persistent._PICKED = {}
     matmul._PLANS.clear()
     matmul._GLUON_PICKS.clear()
+    matmul._GLUON_VERDICTS.clear()
     for tuned in TUNED:
         tuned.cache.clear()
 
