@@ -27,7 +27,7 @@ Scope (`usable`): Hopper (sm_90), fp16 / bf16, dy (M, K) and w_out (K, N) with u
 d_pre (M, N) contiguous, 16-byte aligned bases and row pitches (TMA), N and K multiples of 8.
 kernels/matmul.py's act_bwd times its CONFIGS against the `tl` kernel on a shape's first call when opted in
 (KERNELS_FFN_GLUON_BWD=1). Measured (twelfth session, H200, M 16384, with the bias sums): 327-392 TFLOP/s at
-768 -> 3072, 0.97-1.03x the `tl` kernel; 448-492 at 2048 -> 8192, 0.88-0.92x. Its first GPU run read 0.45-0.51x:
+768 -> 3072, 0.97-1.03x the `tl` kernel; 448-492 at 2048 -> 8192, 0.88-0.92x. Its first GPU run read 0.45-0.65x:
 the bias-sum atomics were acq_rel, a GPU-wide memory barrier and an L1 invalidation before each of a consumer's
 16 per tile; relaxed, they are fire-and-forget. Where the time goes now is not known: 64 x 128 consumer tiles
 (half the gated forward's 64 x 256) and the pre tile read in the accumulator's layout are the suspects.
