@@ -32,18 +32,15 @@ the bias-sum atomics were acq_rel, a GPU-wide memory barrier and an L1 invalidat
 16 per tile; relaxed, they are fire-and-forget. Where the time goes now is not known: 64 x 128 consumer tiles
 (half the gated forward's 64 x 256) and the pre tile read in the accumulator's layout are the suspects.
 """
-import functools
-
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
-from ._launch import FastLaunch, descriptor_facts, launch_planned
+from ._launch import FastLaunch, launch_planned
 from ._runtime import cdiv
-from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _is_hopper, \
-    _num_sms, _sigmoid, _tile_origin, _tma_2d
-from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _store_tile
+from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _descriptor, \
+    _is_hopper, _num_sms, _sigmoid, _tile_origin, _tma_2d
+from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _store_tile, _tile_main_loop
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer warpgroup; two staging tiles per
 # consumer beside the ring. 64 x 256 (4 stages, one staging tile each) was left out: compiled for sm_90a
@@ -114,20 +111,7 @@ def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_de
         t = ME + 2 * i
         off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
                                     BLOCK_N, GROUP)
-        first = t * k_tiles  # the tile's first k-step in the ring's sequence
-        # the previous tile's consumer has seen that tile's last k-step land (its hand-over number i - 1 + ME)
-        mbarrier.wait(turns.index(ME), (i - 1 + ME) & 1, pred=i - 1 + ME >= 0)
-        for ki in range(k_tiles):
-            seq = first + ki
-            slot = seq % STAGES
-            mbarrier.wait(full.index(slot), (seq // STAGES) & 1)
-            mbarrier.arrive(turns.index(1 - ME), pred=(ki == k_tiles - 1) & (t + 1 < my_tiles))
-            acc = warpgroup_mma(g_ring.index(slot), w_ring.index(slot), acc, use_acc=ki > 0, is_async=True)
-            # the previous k-step's wgmma has completed: the producer may refill its slot
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
-            mbarrier.arrive(empty.index((seq + STAGES - 1) % STAGES), pred=ki > 0)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-        mbarrier.arrive(empty.index((first + k_tiles - 1) % STAGES))
+        acc = _tile_main_loop(ME, i, t, g_ring, w_ring, full, empty, turns, acc, k_tiles, my_tiles, STAGES, False)
 
         # the epilogue, under the other consumer's main loop: `tl` kernel's rounding points
         offs_m = off_m + rows
@@ -186,35 +170,6 @@ def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
         mbarrier.invalidate(turns.index(i))
 
 
-@functools.lru_cache(maxsize=None)
-def _layout(block, dtype):
-    return gl.NVMMASharedLayout.get_default_for(list(block), _GL_DTYPES[dtype])
-
-
-_templates = {}  # (shape, row pitch, dtype, block) -> a descriptor of such a tensor, without its base
-MAX_TEMPLATES = 4096  # then the cache starts over (many row counts, as in inference)
-
-
-def _descriptor(base, block):
-    """A host TMA descriptor over the 2-D tensor base (unit last stride) in tiles of block: the first of a kind
-    built by TensorDescriptor, later ones copies with another base (as matmul_gated_gluon._descriptor)."""
-    key = (base.shape, base.stride(0), base.dtype, block)
-    template = _templates.get(key)
-    if template is None:
-        template = TensorDescriptor(base, list(base.shape), [base.stride(0), 1], list(block),
-                                    _layout(block, base.dtype))
-        template.launch_facts = descriptor_facts(template)
-        template.tma_maps = {}  # the copies' CUtensorMaps by base address (kernels/_raw_launch.py), shared too
-        template.base = None  # (the cache must not keep base alive)
-        if len(_templates) >= MAX_TEMPLATES:
-            _templates.clear()
-        _templates[key] = template
-    desc = object.__new__(TensorDescriptor)
-    desc.__dict__.update(template.__dict__)
-    desc.base = base
-    return desc
-
-
 def usable(dy, w_out, pre, d_pre, activation):
     """Whether act_bwd_ws takes these arguments (see the module docstring)."""
     if activation not in ACT_CODES or not (dy.is_cuda and dy.dim() == 2 and w_out.dim() == 2):
@@ -242,8 +197,8 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     aligned = not (dy.data_ptr() | w_out.data_ptr() | pre.data_ptr() | d_pre.data_ptr() | sums.data_ptr()) % 16
     key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
            dy.get_device())
-    launch_planned(_fast, key, grid, (_descriptor(dy, (bm, bk)), _descriptor(w_out, (bk, bn)),
-                                      _descriptor(d_pre, (bm, bn)), pre, sums, M, N, K, pre.stride(0)),
+    launch_planned(_fast, key, grid, (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
+                                      _descriptor(d_pre, (M, N), (bm, bn)), pre, sums, M, N, K, pre.stride(0)),
                    dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
                         EPI_BUFS=epilogue_buffers(config, dy.element_size()), GROUP=GROUP_M,
                         CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4), aligned)

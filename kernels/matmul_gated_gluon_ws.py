@@ -107,6 +107,34 @@ def _plain_half(acc_half, off_m, off_n, cols, Bias, H, c_smem, first_buf, count,
 
 
 @gluon.jit
+def _tile_main_loop(ME: gl.constexpr, i, t, a_ring, b_ring, full, empty, turns, acc, k_tiles, my_tiles,
+                    STAGES: gl.constexpr, B_NK: gl.constexpr):
+    """Consumer ME's main loop over tile t, its i-th: its turn awaited, then per k-step the slot awaited (the turn
+    handed on at the tile's last one), one asynchronous wgmma into acc, and the previous k-step's slot freed once
+    its wgmma has completed; the last slot freed after. B_NK: the B ring holds [N, K] boxes (nn.Linear's weight
+    rows), taken transposed; else [K, N] ones."""
+    first = t * k_tiles  # the tile's first k-step in the ring's sequence
+    # the previous tile's consumer has seen that tile's last k-step land (its hand-over number i - 1 + ME)
+    mbarrier.wait(turns.index(ME), (i - 1 + ME) & 1, pred=i - 1 + ME >= 0)
+    for ki in range(k_tiles):
+        seq = first + ki
+        slot = seq % STAGES
+        mbarrier.wait(full.index(slot), (seq // STAGES) & 1)
+        mbarrier.arrive(turns.index(1 - ME), pred=(ki == k_tiles - 1) & (t + 1 < my_tiles))
+        if B_NK:
+            acc = warpgroup_mma(a_ring.index(slot), b_ring.index(slot).permute((1, 0)), acc, use_acc=ki > 0,
+                                is_async=True)
+        else:
+            acc = warpgroup_mma(a_ring.index(slot), b_ring.index(slot), acc, use_acc=ki > 0, is_async=True)
+        # the previous k-step's wgmma has completed: the producer may refill its slot
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
+        mbarrier.arrive(empty.index((seq + STAGES - 1) % STAGES), pred=ki > 0)
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+    mbarrier.arrive(empty.index((first + k_tiles - 1) % STAGES))
+    return acc
+
+
+@gluon.jit
 def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_desc, pg_desc, pu_desc, Bias, H,
               num_pid_m, num_pid_n, k_tiles, my_tiles, ACT: gl.constexpr, HAS_BIAS: gl.constexpr,
               STORE_PRE: gl.constexpr, STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr,
@@ -127,21 +155,7 @@ def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_
         t = ME + 2 * i
         off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
                                     TILE_N, GROUP)
-        first = t * k_tiles  # the tile's first k-step in the ring's sequence
-        # the previous tile's consumer has seen that tile's last k-step land (its hand-over number i - 1 + ME)
-        mbarrier.wait(turns.index(ME), (i - 1 + ME) & 1, pred=i - 1 + ME >= 0)
-        for ki in range(k_tiles):
-            seq = first + ki
-            slot = seq % STAGES
-            mbarrier.wait(full.index(slot), (seq // STAGES) & 1)
-            mbarrier.arrive(turns.index(1 - ME), pred=(ki == k_tiles - 1) & (t + 1 < my_tiles))
-            acc = warpgroup_mma(x_ring.index(slot), w_ring.index(slot).permute((1, 0)), acc, use_acc=ki > 0,
-                                is_async=True)
-            # the previous k-step's wgmma has completed: the producer may refill its slot
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc, ))
-            mbarrier.arrive(empty.index((seq + STAGES - 1) % STAGES), pred=ki > 0)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
-        mbarrier.arrive(empty.index((first + k_tiles - 1) % STAGES))
+        acc = _tile_main_loop(ME, i, t, x_ring, w_ring, full, empty, turns, acc, k_tiles, my_tiles, STAGES, True)
 
         # the epilogue, under the other consumer's main loop
         if GATED:  # matmul_gated_gluon._gated_fwd_kernel's

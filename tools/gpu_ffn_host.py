@@ -18,16 +18,16 @@ import io
 import os
 import pstats
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # this tool's directory
 
 import torch  # noqa: E402
 
 import kernels  # noqa: E402
-from kernels._checks import GATED_ACTIVATIONS  # noqa: E402
+from gpu_attention_case import enqueue_ms  # noqa: E402
+from gpu_ffn_pick_stability import M, suite_point  # noqa: E402
 
-M = 16384
 POINTS = [(a, int(d), int(h)) for a, d, h in (p.split(":") for p in os.environ.get(
     "FFN_HOST_POINTS", "relu:768:3072,gelu:768:3072,swiglu:768:2048").split(","))]
 LINES = int(os.environ.get("PROFILE_LINES", "18"))
@@ -35,16 +35,7 @@ LINES = int(os.environ.get("PROFILE_LINES", "18"))
 
 def enqueue(fn, n):
     """(host ms per call to enqueue n calls right after a synchronize, wall ms per call), best of 5."""
-    best = (float("inf"), float("inf"))
-    for _ in range(5):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t1 = time.perf_counter()
-        torch.cuda.synchronize()
-        best = min(best, (1e3 * (t1 - t0) / n, 1e3 * (time.perf_counter() - t0) / n))
-    return best
+    return min(enqueue_ms(fn, n) for _ in range(5))
 
 
 def top(fn, calls=40):
@@ -66,14 +57,7 @@ def main():
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, M = {M}, bf16", flush=True)
     torch.manual_seed(0)
     for act, D, H in POINTS:
-        g = act in GATED_ACTIVATIONS
-        x = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        w_in = (torch.randn((2 if g else 1) * H, D, device="cuda", dtype=torch.bfloat16) * D ** -0.5).requires_grad_()
-        b_in = None if g else (torch.randn(H, device="cuda", dtype=torch.bfloat16) * 0.1).requires_grad_()
-        w_out = (torch.randn(D, H, device="cuda", dtype=torch.bfloat16) * H ** -0.5).requires_grad_()
-        b_out = None if g else (torch.randn(D, device="cuda", dtype=torch.bfloat16) * 0.1).requires_grad_()
-        dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
-        leaves = [t for t in (x, w_in, b_in, w_out, b_out) if t is not None]
+        (x, w_in, b_in, w_out, b_out), dy, leaves = suite_point(act, D, H)
         for who, ffn in (("ours", kernels.ffn), ("eager", kernels.reference.ffn)):
             def step():
                 torch.autograd.grad(ffn(x, w_in, b_in, w_out, b_out, activation=act), leaves, dy)

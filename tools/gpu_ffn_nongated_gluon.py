@@ -49,6 +49,32 @@ def name(config):
     return f"ws{bm}x{bn}x{bk}/s{stages}"
 
 
+def time_configs(configs, run, output, D, H, what):
+    """run(config) for each config: ({config: ms}, {config: output after its first run}, a TFLOP/s column per
+    config); a config that fails to build or run gets FAILED and a log line."""
+    times, results, parts = {}, {}, []
+    for config in configs:
+        try:
+            run(config)
+            torch.cuda.synchronize()
+            results[config] = output.clone()
+            times[config] = bench(lambda: run(config))
+            parts.append(f"{name(config)} {tflops(times[config], D, H):5.0f}")
+        except Exception as e:  # noqa: BLE001 (a config that does not build or run: say so, go on)
+            parts.append(f"{name(config)} FAILED")
+            log(f"  {what} {name(config)}: {type(e).__name__}: {str(e)[:300]}")
+    return times, results, parts
+
+
+def best_column(best, times, results, tl_result, tl_ms, eager_ms, what):
+    """The best config's time against the tl kernel's and eager's, and how its output differs from tl's."""
+    d = (results[best].float() - tl_result.float()).abs()
+    rel = (d.max() / tl_result.float().abs().max().clamp_min(1e-30)).item()
+    return (f"| best {name(best)} {times[best] * 1e3:.0f} us = {tl_ms / times[best]:.2f}x tl, "
+            f"{eager_ms / times[best]:.2f}x eager; {what} vs tl: max rel {rel:.1e}, "
+            f"{(d > 0).float().mean().item():.1%} differ")
+
+
 def point(D, H, activation):
     dtype = torch.bfloat16
     dy = torch.randn(M, D, device="cuda", dtype=dtype)
@@ -66,20 +92,12 @@ def point(D, H, activation):
     tl()  # the first call autotunes
     tl_d_pre = d_pre.clone()
     ms = bench(tl)
-    parts, times, results = [f"tl {tflops(ms, D, H):5.0f}"], {}, {}
-    for config in bw.CONFIGS:
-        def run_ws():
-            dbias.zero_()
-            bw.act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config)
-        try:
-            run_ws()
-            torch.cuda.synchronize()
-            results[config] = d_pre.clone()
-            times[config] = bench(run_ws)
-            parts.append(f"{name(config)} {tflops(times[config], D, H):5.0f}")
-        except Exception as e:  # noqa: BLE001 (a config that does not build or run: say so, go on)
-            parts.append(f"{name(config)} FAILED")
-            log(f"  {activation} {D}->{H} {name(config)}: {type(e).__name__}: {str(e)[:300]}")
+
+    def run_ws(config):
+        dbias.zero_()
+        bw.act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config)
+    times, results, parts = time_configs(bw.CONFIGS, run_ws, d_pre, D, H, f"{activation} {D}->{H}")
+    parts.insert(0, f"tl {tflops(ms, D, H):5.0f}")
     gemm_ms = bench(lambda: dy @ w_out)
     pre_grad = pre.detach().requires_grad_()
     act = reference.activate(pre_grad, activation)
@@ -87,11 +105,7 @@ def point(D, H, activation):
     parts += [f"| cublas gemm {tflops(gemm_ms, D, H):5.0f}", f"eager {tflops(eager_ms, D, H):5.0f}"]
     if times:
         best = min(times, key=times.get)
-        d = (results[best].float() - tl_d_pre.float()).abs()
-        rel = (d.max() / tl_d_pre.float().abs().max().clamp_min(1e-30)).item()
-        parts.append(f"| best {name(best)} {times[best] * 1e3:.0f} us = {ms / times[best]:.2f}x tl, "
-                     f"{eager_ms / times[best]:.2f}x eager; d_pre vs tl: max rel {rel:.1e}, "
-                     f"{(d > 0).float().mean().item():.1%} differ")
+        parts.append(best_column(best, times, results, tl_d_pre, ms, eager_ms, "d_pre"))
         # what the bias sums cost each kernel: the same calls without them
         none = torch.empty(0, device="cuda")
         tl_ms = bench(lambda: matmul._act_bwd_tl(dy, w_out, pre, activation, False, False, d_pre, None, none, True, D))
@@ -116,29 +130,16 @@ def forward_point(D, H, activation, store_pre):
     tl()  # the first call autotunes
     tl_out = out.clone()
     ms = bench(tl)
-    parts, times, results = [f"tl {tflops(ms, D, H):5.0f}"], {}, {}
-    for config in ws.PLAIN_CONFIGS:
-        def run():
-            ws.plain_forward_ws(x, w, b, activation, store_pre, config, out, pre)
-        try:
-            run()
-            torch.cuda.synchronize()
-            results[config] = out.clone()
-            times[config] = bench(run)
-            parts.append(f"{name(config)} {tflops(times[config], D, H):5.0f}")
-        except Exception as e:  # noqa: BLE001 (a config that does not build or run: say so, go on)
-            parts.append(f"{name(config)} FAILED")
-            log(f"  fwd {activation} {D}->{H} {name(config)}: {type(e).__name__}: {str(e)[:300]}")
+
+    def run(config):
+        ws.plain_forward_ws(x, w, b, activation, store_pre, config, out, pre)
+    times, results, parts = time_configs(ws.PLAIN_CONFIGS, run, out, D, H, f"fwd {activation} {D}->{H}")
+    parts.insert(0, f"tl {tflops(ms, D, H):5.0f}")
     gemm_ms = bench(lambda: x @ w.t())
     eager_ms = bench(lambda: reference.linear_act(x, w, b, activation))
     parts += [f"| cublas gemm {tflops(gemm_ms, D, H):5.0f}", f"eager {tflops(eager_ms, D, H):5.0f}"]
     if times:
-        best = min(times, key=times.get)
-        d = (results[best].float() - tl_out.float()).abs()
-        rel = (d.max() / tl_out.float().abs().max().clamp_min(1e-30)).item()
-        parts.append(f"| best {name(best)} {times[best] * 1e3:.0f} us = {ms / times[best]:.2f}x tl, "
-                     f"{eager_ms / times[best]:.2f}x eager; out vs tl: max rel {rel:.1e}, "
-                     f"{(d > 0).float().mean().item():.1%} differ")
+        parts.append(best_column(min(times, key=times.get), times, results, tl_out, ms, eager_ms, "out"))
     log(f"fwd {activation} {D}->{H} pre={int(store_pre)}: " + "  ".join(parts))
 
 

@@ -50,17 +50,24 @@ def describe(picked):
     return "; ".join(f"{NAMES.get(id(k[0]), k[0])}: {c}" for p in picked for k, c in p.items())
 
 
+def suite_point(act, D, H):
+    """(x, w_in, b_in, w_out, b_out), the upstream gradient and the leaves needing gradients of a benchmark-suite
+    MLP: bf16, M rows, nn.Linear's layouts, biases unless gated (as bench/test_ffn.py)."""
+    g = act in GATED_ACTIVATIONS
+    x = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w_in = (torch.randn((2 if g else 1) * H, D, device="cuda", dtype=torch.bfloat16) * D ** -0.5).requires_grad_()
+    b_in = None if g else (torch.randn(H, device="cuda", dtype=torch.bfloat16) * 0.1).requires_grad_()
+    w_out = (torch.randn(D, H, device="cuda", dtype=torch.bfloat16) * H ** -0.5).requires_grad_()
+    b_out = None if g else (torch.randn(D, device="cuda", dtype=torch.bfloat16) * 0.1).requires_grad_()
+    dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
+    return (x, w_in, b_in, w_out, b_out), dy, [t for t in (x, w_in, b_in, w_out, b_out) if t is not None]
+
+
 def main():
     torch.manual_seed(0)
     for act, D, H in POINTS:
         g = act in GATED_ACTIVATIONS
-        x = torch.randn(M, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        w_in = (torch.randn((2 if g else 1) * H, D, device="cuda", dtype=torch.bfloat16) * D ** -0.5).requires_grad_()
-        b_in = None if g else (torch.randn(H, device="cuda", dtype=torch.bfloat16) * 0.1).requires_grad_()
-        w_out = (torch.randn(D, H, device="cuda", dtype=torch.bfloat16) * H ** -0.5).requires_grad_()
-        b_out = None if g else (torch.randn(D, device="cuda", dtype=torch.bfloat16) * 0.1).requires_grad_()
-        dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
-        leaves = [t for t in (x, w_in, b_in, w_out, b_out) if t is not None]
+        (x, w_in, b_in, w_out, b_out), dy, leaves = suite_point(act, D, H)
 
         def step():
             out = kernels.ffn(x, w_in, b_in, w_out, b_out, activation=act)
