@@ -40,7 +40,8 @@ from ._launch import FastLaunch, launch_planned
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _descriptor, \
     _is_hopper, _num_sms, _sigmoid, _tile_origin, _tma_2d
-from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _store_tile, _tile_main_loop
+from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_ring_barriers, _ring_barriers, \
+    _store_tile, _tile_main_loop
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer warpgroup; two staging tiles per
 # consumer beside the ring. 64 x 256 (4 stages, one staging tile each) was left out: compiled for sm_90a
@@ -142,14 +143,7 @@ def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
     g_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], g_desc.layout)
     w_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_K, BLOCK_N], w_desc.layout)
     c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, BLOCK_N], d_desc.layout)
-    full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(turns.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(full.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)  # one consumer reads each slot
+    full, empty, turns = _ring_barriers(STAGES)
 
     num_pid_m = gl.cdiv(M, BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
@@ -163,11 +157,7 @@ def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
         (_producer, (g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles, STAGES,
                      GROUP)),
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(full.index(i))
-        mbarrier.invalidate(empty.index(i))
-    for i in gl.static_range(2):
-        mbarrier.invalidate(turns.index(i))
+    _invalidate_ring_barriers(full, empty, turns, STAGES)
 
 
 def usable(dy, w_out, pre, d_pre, activation):

@@ -176,6 +176,30 @@ def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_
 
 
 @gluon.jit
+def _ring_barriers(STAGES: gl.constexpr):
+    """The ping-pong's mbarriers, initialized: a ring's "full" and "empty" per slot (one consumer reads each slot)
+    and the consumers' two "turns"."""
+    full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(turns.index(i), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(full.index(i), count=1)
+        mbarrier.init(empty.index(i), count=1)
+    return full, empty, turns
+
+
+@gluon.jit
+def _invalidate_ring_barriers(full, empty, turns, STAGES: gl.constexpr):
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(full.index(i))
+        mbarrier.invalidate(empty.index(i))
+    for i in gl.static_range(2):
+        mbarrier.invalidate(turns.index(i))
+
+
+@gluon.jit
 def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, Bias, M, H, K,
                          ACT: gl.constexpr, HAS_BIAS: gl.constexpr, STORE_PRE: gl.constexpr, STAGES: gl.constexpr,
                          EPI_BUFS: gl.constexpr, GROUP: gl.constexpr, CONSUMER_REGS: gl.constexpr,
@@ -188,14 +212,7 @@ def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, B
     x_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     w_ring = gl.allocate_shared_memory(dtype, [STAGES, 2 * BLOCK_N, BLOCK_K], wg_desc.layout)
     c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, BLOCK_N], out_desc.layout)
-    full = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(2):
-        mbarrier.init(turns.index(i), count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(full.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)  # one consumer reads each slot
+    full, empty, turns = _ring_barriers(STAGES)
 
     num_pid_m = gl.cdiv(M, BLOCK_M)
     num_pid_n = gl.cdiv(H, BLOCK_N if GATED else 2 * BLOCK_N)
@@ -209,11 +226,7 @@ def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, B
         (_producer, (x_desc, wg_desc, wu_desc, x_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
                      STAGES, GROUP, GATED)),
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(full.index(i))
-        mbarrier.invalidate(empty.index(i))
-    for i in gl.static_range(2):
-        mbarrier.invalidate(turns.index(i))
+    _invalidate_ring_barriers(full, empty, turns, STAGES)
 
 
 def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
