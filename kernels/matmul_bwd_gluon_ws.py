@@ -44,17 +44,20 @@ from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_rin
     _store_tile, _tile_main_loop
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer warpgroup; two staging tiles per
-# consumer beside the ring. 64 x 256 (4 stages, one staging tile each) was left out: compiled for sm_90a
-# (tools/sm90_registers.py ffn_bwd_gluon, Triton 3.6) it spills (68-1344 bytes) and with the bias-gradient
-# sums asks 232 KB of shared memory.
-CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4))
+# consumer beside the ring. 64 x 128 consumer tiles read 0.88-1.03x the `tl` kernel (H200): each tile loads its
+# own dy and w_out boxes, (64 + 128) K elements per 64 x 128 x K products. 64 x 256 (the gated forward's, which
+# runs 541-648 TFLOP/s) loads a sixth less per product; its epilogue takes the tile's halves in turn (a 64 x 256
+# one spilled 68-1344 bytes and asked 232 KB of shared memory). Compiled for sm_90a (tools/sm90_registers.py
+# ffn_bwd_gluon, Triton 3.6): no spills without the bias sums, 36-452 bytes with them. Not yet run on a GPU.
+CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 4), ("ws", 64, 256, 64, 3))
+EPI_N = 128  # the epilogue's slice of a tile's columns: a 256-column tile's epilogue takes its halves in turn
 
 
 def epilogue_buffers(config, dtype_bytes):
-    """Staging tiles per consumer for the d_pre stores (one or two), as many as fit beside the ring."""
+    """Staging tiles (bm x EPI_N) per consumer for the d_pre stores (one or two), as many as fit beside the ring."""
     _, bm, bn, bk, stages = config
     ring = stages * (bm * bk + bk * bn) * dtype_bytes
-    return max(1, min(2, (SMEM_LIMIT - ring) // (2 * bm * bn * dtype_bytes)))
+    return max(1, min(2, (SMEM_LIMIT - ring) // (2 * bm * min(bn, EPI_N) * dtype_bytes)))
 
 
 @gluon.jit
@@ -97,16 +100,38 @@ def _producer(g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n,
 
 
 @gluon.jit
+def _d_pre_slice(d_act, off_m, off_n, rows, cols, Pre, DBias, M, N, stride_pm, d_desc, c_smem, first_buf, count,
+                 dtype: gl.constexpr, ACT: gl.constexpr, HAS_DBIAS: gl.constexpr, EPI_BUFS: gl.constexpr):
+    """The epilogue of one slice of a tile (columns off_n ...) from d_act (dy @ w_out, rounded to the dtype), the
+    `tl` kernel's rounding points: the pre slice read in the accumulator's layout, act', the d_pre slice stored
+    (the consumer's count-th store), its column sums added to DBias."""
+    offs_m = off_m + rows
+    offs_n = off_n + cols
+    in_n = offs_n < N
+    mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(in_n, 0)
+    h = gl.load(Pre + gl.expand_dims(offs_m, 1) * stride_pm + gl.expand_dims(offs_n, 0), mask=mask,
+                other=0.0).to(gl.float32)
+    d_pre = (d_act.to(gl.float32) * _act_grad(h, ACT)).to(dtype)
+    _store_tile(d_desc, off_m, off_n, d_pre, c_smem, first_buf, count, EPI_BUFS)
+    if HAS_DBIAS:
+        # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul.py's _act_bwd_kernel)
+        gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n, sem="relaxed")
+
+
+@gluon.jit
 def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm,
               num_pid_m, num_pid_n, k_tiles, my_tiles, ACT: gl.constexpr, HAS_DBIAS: gl.constexpr,
               STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr):
     BLOCK_M: gl.constexpr = g_ring.shape[1]
-    BLOCK_N: gl.constexpr = w_ring.shape[2]
+    BLOCK_N: gl.constexpr = w_ring.shape[2]  # the tile's columns
+    EPI_N: gl.constexpr = c_smem.shape[2]  # the epilogue's slice: BLOCK_N, or half of it (fewer live registers)
     dtype: gl.constexpr = g_ring.dtype
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_N, 16])
-    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
-    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
+    slice_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                           instr_shape=[16, EPI_N, 16])
+    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, slice_layout))
+    cols = gl.arange(0, EPI_N, layout=gl.SliceLayout(0, slice_layout))
     acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
     for i in range((my_tiles - ME + 1) // 2):
         t = ME + 2 * i
@@ -114,18 +139,18 @@ def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_de
                                     BLOCK_N, GROUP)
         acc = _tile_main_loop(ME, i, t, g_ring, w_ring, full, empty, turns, acc, k_tiles, my_tiles, STAGES, False)
 
-        # the epilogue, under the other consumer's main loop: `tl` kernel's rounding points
-        offs_m = off_m + rows
-        offs_n = off_n + cols
-        in_n = offs_n < N
-        mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(in_n, 0)
-        h = gl.load(Pre + gl.expand_dims(offs_m, 1) * stride_pm + gl.expand_dims(offs_n, 0), mask=mask,
-                    other=0.0).to(gl.float32)
-        d_pre = (acc.to(dtype).to(gl.float32) * _act_grad(h, ACT)).to(dtype)
-        _store_tile(d_desc, off_m, off_n, d_pre, c_smem, ME * EPI_BUFS, i, EPI_BUFS)
-        if HAS_DBIAS:
-            # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul.py's _act_bwd_kernel)
-            gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n, sem="relaxed")
+        # the epilogue, under the other consumer's main loop, from d_act rounded to the dtype (as the `tl` kernel's:
+        # half the registers of the fp32 accumulator)
+        d_act = acc.to(dtype)
+        if BLOCK_N == EPI_N:
+            _d_pre_slice(d_act, off_m, off_n, rows, cols, Pre, DBias, M, N, stride_pm, d_desc, c_smem, ME * EPI_BUFS,
+                         i, dtype, ACT, HAS_DBIAS, EPI_BUFS)
+        else:  # the two halves in turn
+            first_half, second_half = gl.split(gl.permute(gl.reshape(d_act, [BLOCK_M, 2, EPI_N]), (0, 2, 1)))
+            _d_pre_slice(gl.convert_layout(first_half, slice_layout), off_m, off_n, rows, cols, Pre, DBias, M, N,
+                         stride_pm, d_desc, c_smem, ME * EPI_BUFS, 2 * i, dtype, ACT, HAS_DBIAS, EPI_BUFS)
+            _d_pre_slice(gl.convert_layout(second_half, slice_layout), off_m, off_n + EPI_N, rows, cols, Pre, DBias,
+                         M, N, stride_pm, d_desc, c_smem, ME * EPI_BUFS, 2 * i + 1, dtype, ACT, HAS_DBIAS, EPI_BUFS)
     tma.store_wait(pendings=0)
 
 
@@ -135,14 +160,14 @@ def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
                        GROUP: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                        num_warps: gl.constexpr):
     # g_desc: dy (M, K) in [BLOCK_M, BLOCK_K] tiles; w_desc: w_out (K, N) in [BLOCK_K, BLOCK_N] tiles;
-    # d_desc: d_pre (M, N) in [BLOCK_M, BLOCK_N] tiles; Pre (M, N) with row pitch stride_pm.
+    # d_desc: d_pre (M, N) in [BLOCK_M, EPI_N] slices of a tile; Pre (M, N) with row pitch stride_pm.
     BLOCK_M: gl.constexpr = g_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = g_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
     dtype: gl.constexpr = g_desc.dtype
     g_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], g_desc.layout)
     w_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_K, BLOCK_N], w_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, BLOCK_N], d_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, d_desc.block_type.shape[1]], d_desc.layout)
     full, empty, turns = _ring_barriers(STAGES)
 
     num_pid_m = gl.cdiv(M, BLOCK_M)
@@ -188,7 +213,8 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
            dy.get_device())
     launch_planned(_fast, key, grid, (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
-                                      _descriptor(d_pre, (M, N), (bm, bn)), pre, sums, M, N, K, pre.stride(0)),
+                                      _descriptor(d_pre, (M, N), (bm, min(bn, EPI_N))), pre, sums, M, N, K,
+                                      pre.stride(0)),
                    dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
                         EPI_BUFS=epilogue_buffers(config, dy.element_size()), GROUP=GROUP_M,
                         CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4), aligned)
