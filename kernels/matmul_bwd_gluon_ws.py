@@ -53,11 +53,19 @@ CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 4
 EPI_N = 128  # the epilogue's slice of a tile's columns: a 256-column tile's epilogue takes its halves in turn
 
 
-def epilogue_buffers(config, dtype_bytes):
-    """Staging tiles (bm x EPI_N) per consumer for the d_pre stores (one or two), as many as fit beside the ring."""
+# The bias sums' column reduction (gl.sum over the consumer's four warps) takes compiler scratch beside our
+# buffers: 4 KB (sm_90a, Triton 3.6: 64 x 256 with 4 stages and two staging tiles asked 228 KB with the sums, 224
+# without, over the 227 KB a block may have; its GPU tests failed with the sums only, twelfth session's branch).
+SUM_SCRATCH = 4096
+
+
+def epilogue_buffers(config, dtype_bytes, has_dbias=True):
+    """Staging tiles (bm x EPI_N) per consumer for the d_pre stores (one or two), as many as fit beside the ring
+    (and, with the bias sums, their reduction's scratch)."""
     _, bm, bn, bk, stages = config
     ring = stages * (bm * bk + bk * bn) * dtype_bytes
-    return max(1, min(2, (SMEM_LIMIT - ring) // (2 * bm * min(bn, EPI_N) * dtype_bytes)))
+    room = SMEM_LIMIT - ring - (SUM_SCRATCH if has_dbias else 0)
+    return max(1, min(2, room // (2 * bm * min(bn, EPI_N) * dtype_bytes)))
 
 
 @gluon.jit
@@ -216,7 +224,7 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
                                       _descriptor(d_pre, (M, N), (bm, min(bn, EPI_N))), pre, sums, M, N, K,
                                       pre.stride(0)),
                    dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
-                        EPI_BUFS=epilogue_buffers(config, dy.element_size()), GROUP=GROUP_M,
+                        EPI_BUFS=epilogue_buffers(config, dy.element_size(), has_dbias), GROUP=GROUP_M,
                         CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4), aligned)
     return d_pre
 

@@ -28,12 +28,14 @@ def _setup(request, monkeypatch):
 
 
 @pytest.mark.parametrize("config", bw.CONFIGS, ids=str)
-def test_configs_fit_the_wgmma_and_shared_memory(config):
+@pytest.mark.parametrize("has_dbias", [True, False])
+def test_configs_fit_the_wgmma_and_shared_memory(config, has_dbias):
     kind, bm, bn, bk, stages = config
     assert kind == "ws" and bm == 64 and bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
-    bufs = bw.epilogue_buffers(config, 2)
+    bufs = bw.epilogue_buffers(config, 2, has_dbias)
     assert 1 <= bufs <= 2
-    assert stages * (bm * bk + bk * bn) * 2 + 2 * bufs * bm * min(bn, bw.EPI_N) * 2 <= gluon_mod.SMEM_LIMIT
+    scratch = bw.SUM_SCRATCH if has_dbias else 0
+    assert stages * (bm * bk + bk * bn) * 2 + 2 * bufs * bm * min(bn, bw.EPI_N) * 2 + scratch <= gluon_mod.SMEM_LIMIT
 
 
 def test_activation_codes_are_matmuls():

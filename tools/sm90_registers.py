@@ -279,7 +279,7 @@ def ffn_bwd_gluon_kernels():
             for has_dbias in (True, False):
                 for config in bw.CONFIGS:
                     _, bm, bn, bk, stages = config
-                    bufs = bw.epilogue_buffers(config, 2)
+                    bufs = bw.epilogue_buffers(config, 2, has_dbias)
                     compiled = bw._act_bwd_ws_kernel.warmup(
                         bw._descriptor(dy, (M, K), (bm, bk)), bw._descriptor(w_out, (K, N), (bk, bn)),
                         bw._descriptor(d_pre, (M, N), (bm, min(bn, bw.EPI_N))), pre, dbias if has_dbias else pre,
