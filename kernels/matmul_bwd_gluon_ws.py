@@ -140,11 +140,13 @@ def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_de
                                                            instr_shape=[16, EPI_N, 16])
     rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, slice_layout))
     cols = gl.arange(0, EPI_N, layout=gl.SliceLayout(0, slice_layout))
-    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
     for i in range((my_tiles - ME + 1) // 2):
         t = ME + 2 * i
         off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
                                     BLOCK_N, GROUP)
+        # a fresh accumulator per tile (the first k-step overwrites it): one carried through the loop would hold its
+        # registers through the epilogue
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
         acc = _tile_main_loop(ME, i, t, g_ring, w_ring, full, empty, turns, acc, k_tiles, my_tiles, STAGES, False)
 
         # the epilogue, under the other consumer's main loop, from d_act rounded to the dtype (as the `tl` kernel's:
