@@ -11,10 +11,10 @@ its epilogue runs while the tensor cores idle, and the persistent `tl` kernel me
 program runs three partitions (`gl.warp_specialize`), as in matmul_gated_gluon_ws:
 - the producer (one warpgroup, few registers) TMA-loads the dy tile and the w_out tile of each k-step of the
   program's tiles, tile after tile, into a ring of STAGES slots ("full" / "empty" mbarriers per slot);
-- two consumers (one warpgroup of 64 rows each) take the program's tiles in turn: per k-step one wgmma of
-  64 x BLOCK_N, then the epilogue: the pre tile read from global memory in the accumulator's layout (its
-  latency, as the rest of the epilogue, under the other consumer's main loop), act', the d_pre tile stored
-  by TMA through the consumer's staging tiles, the bias-gradient column sums added by fp32 atomics.
+- two consumers (a warpgroup per 64 rows of BLOCK_M each) take the program's tiles in turn: per k-step one wgmma of
+  BLOCK_M x BLOCK_N, then the epilogue, slice by slice of the tile: the pre slice read from global memory in the
+  accumulator's layout, act', the d_pre slice stored by TMA through the consumer's staging tiles, the
+  bias-gradient column sums added by fp32 atomics; all of it meant to run under the other consumer's main loop.
 The hand-over protocol ("turns": a consumer starts a tile once the previous tile's consumer has seen that
 tile's last k-step land) is matmul_gated_gluon_ws's, checked there by tools/ws_gated_protocol_check.py.
 
@@ -25,12 +25,20 @@ and adds nothing to the sums; the stores clip them.
 
 Scope (`usable`): Hopper (sm_90), fp16 / bf16, dy (M, K) and w_out (K, N) with unit last strides, pre and
 d_pre (M, N) contiguous, 16-byte aligned bases and row pitches (TMA), N and K multiples of 8.
-kernels/matmul.py's act_bwd times its CONFIGS against the `tl` kernel on a shape's first call when opted in
-(KERNELS_FFN_GLUON_BWD=1). Measured (twelfth session, H200, M 16384, with the bias sums): 327-392 TFLOP/s at
-768 -> 3072, 0.97-1.03x the `tl` kernel; 448-492 at 2048 -> 8192, 0.88-0.92x. Its first GPU run read 0.45-0.65x:
-the bias-sum atomics were acq_rel, a GPU-wide memory barrier and an L1 invalidation before each of a consumer's
-16 per tile; relaxed, they are fire-and-forget. Where the time goes now is not known: 64 x 128 consumer tiles
-(half the gated forward's 64 x 256) and the pre tile read in the accumulator's layout are the suspects.
+kernels/matmul.py's act_bwd times its CONFIGS against the `tl` kernel on a shape's first call
+(KERNELS_FFN_GLUON_BWD=0 keeps the `tl` kernel).
+
+Where the time goes (thirteenth session, H200, M 16384, gelu with the bias sums, epilogue parts left out one at a
+time; TFLOP/s): the main loop alone runs 640 (64 x 128) and 760-810 (64 x 256), the whole kernel 320 / 200 at 768 ->
+3072: the epilogue, not the GEMM, sets the pace. A one-warpgroup consumer runs its epilogue on one warp per SM
+sub-partition, whose dependent chains (load, act', rounding, store, sums) nothing else hides, and it took about three
+times the other consumer's main loop; leaving out the pre load, the store or the sums each gained 10-50%. Two
+warpgroups per consumer (128 x 128 tiles, 64-column slices) halve the epilogue's share of each warp against the MMA
+work: best config per point against the `tl` kernel, TFLOP/s (tools/gpu_ffn_nongated_gluon.py):
+  768 -> 3072:  relu 405 (128 x 128) vs 383, gelu 353 vs 333, silu 373 vs 351, relu2 423 (64 x 256) vs 398
+  2048 -> 8192: relu 583 (64 x 256) vs 521, gelu 531 (128 x 128) vs 479, silu 544 vs 505, relu2 594 vs 538
+1.06-1.12x at every point, d_pre bitwise equal. (Its first GPU run read 0.45-0.65x: the bias-sum atomics were acq_rel,
+a GPU-wide memory barrier and an L1 invalidation before each; relaxed, they are fire-and-forget.)
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -43,18 +51,50 @@ from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, SMEM_LIMI
 from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_ring_barriers, _ring_barriers, \
     _store_tile, _tile_main_loop
 
-# ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer warpgroup; two staging tiles per
-# consumer beside the ring. 64 x 256 (4 stages, one staging tile each) was left out: compiled for sm_90a
-# (tools/sm90_registers.py ffn_bwd_gluon, Triton 3.6) it spills (68-1344 bytes) and with the bias-gradient
-# sums asks 232 KB of shared memory.
-CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4))
+# ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (a warpgroup per 64); one or two staging
+# tiles per consumer beside the ring. A 64 x 128 tile loads its own dy and w_out boxes, (64 + 128) K elements per
+# 64 x 128 x K products; 64 x 256 and 128 x 128 a sixth and a third less. H200, M 16384, with the bias sums, TFLOP/s
+# at 64 x 128 / 64 x 256 / 128 x 128 (4 stages): gelu 768 -> 3072 315 / 200 / 353, relu2 374 / 423 / 404; gelu 2048 ->
+# 8192 366 / 310 / 531, relu 380 / 583 / 577 (3 stages: 128 x 128 439-462 there). The 64 x 256 tile's 128-column
+# epilogue halves on one warpgroup are the slowest where act' is dear (gelu, silu). Compiled for sm_90a
+# (tools/sm90_registers.py ffn_bwd_gluon, Triton 3.6): no spills at 64 rows; 128 x 128 with the bias sums spills 36-60
+# bytes (bf16), and for fp16 with the sums ptxas serializes its wgmmas (the timing per shape keeps what is faster).
+CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 4), ("ws", 64, 256, 64, 3),
+           ("ws", 128, 128, 64, 5), ("ws", 128, 128, 64, 4), ("ws", 128, 128, 64, 3))
+EPI_ELEMENTS = 8192  # the epilogue's slice of a tile: 64 x 128 (a 64 x 256 tile's halves in turn), 128 x 64
 
 
-def epilogue_buffers(config, dtype_bytes):
-    """Staging tiles per consumer for the d_pre stores (one or two), as many as fit beside the ring."""
+def epilogue_width(config):
+    """The columns of the epilogue's slice of a tile (the tile's width, or half of it: fewer live registers)."""
+    _, bm, bn, _, _ = config
+    return min(bn, EPI_ELEMENTS // bm)
+
+
+# The bias sums' column reduction (gl.sum over the consumer's warps) takes compiler scratch beside our
+# buffers: 4 KB (sm_90a, Triton 3.6: 64 x 256 with 4 stages and two staging tiles asked 228 KB with the sums, 224
+# without, over the 227 KB a block may have; its GPU tests failed with the sums only, twelfth session's branch).
+SUM_SCRATCH = 4096
+
+
+def epilogue_buffers(config, dtype_bytes, has_dbias=True):
+    """Staging tiles (bm x epilogue_width) per consumer for the d_pre stores (one or two), as many as fit beside the
+    ring (and, with the bias sums, their reduction's scratch)."""
     _, bm, bn, bk, stages = config
     ring = stages * (bm * bk + bk * bn) * dtype_bytes
-    return max(1, min(2, (SMEM_LIMIT - ring) // (2 * bm * bn * dtype_bytes)))
+    room = SMEM_LIMIT - ring - (SUM_SCRATCH if has_dbias else 0)
+    return max(1, min(2, room // (2 * bm * epilogue_width(config) * dtype_bytes)))
+
+
+LEAN_PRODUCER_REGS = 24  # setmaxnreg's least: enough for the producer's loop of TMA issues (no spills without the sums)
+
+
+def partition_regs(bm):
+    """(consumer, producer) registers per thread: each consumer has bm // 16 warps (a warpgroup per 64 rows); the
+    gated forward's split for one-warpgroup consumers, else what the 64K registers of an SM leave the consumers
+    beside a lean producer warpgroup, a multiple of 8 (setmaxnreg)."""
+    if bm == 64:
+        return CONSUMER_REGS, PRODUCER_REGS
+    return (65536 - 128 * LEAN_PRODUCER_REGS) // (4 * bm) // 8 * 8, LEAN_PRODUCER_REGS
 
 
 @gluon.jit
@@ -97,35 +137,60 @@ def _producer(g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n,
 
 
 @gluon.jit
+def _d_pre_slice(d_act, off_m, off_n, rows, cols, Pre, DBias, M, N, stride_pm, d_desc, c_smem, first_buf, count,
+                 dtype: gl.constexpr, ACT: gl.constexpr, HAS_DBIAS: gl.constexpr, EPI_BUFS: gl.constexpr):
+    """The epilogue of one slice of a tile (columns off_n ...) from d_act (dy @ w_out, rounded to the dtype), the
+    `tl` kernel's rounding points: the pre slice read in the accumulator's layout, act', the d_pre slice stored
+    (the consumer's count-th store), its column sums added to DBias."""
+    offs_m = off_m + rows
+    offs_n = off_n + cols
+    in_n = offs_n < N
+    mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(in_n, 0)
+    h = gl.load(Pre + gl.expand_dims(offs_m, 1) * stride_pm + gl.expand_dims(offs_n, 0), mask=mask,
+                other=0.0).to(gl.float32)
+    d_pre = (d_act.to(gl.float32) * _act_grad(h, ACT)).to(dtype)
+    _store_tile(d_desc, off_m, off_n, d_pre, c_smem, first_buf, count, EPI_BUFS)
+    if HAS_DBIAS:
+        # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul.py's _act_bwd_kernel)
+        gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n, sem="relaxed")
+
+
+@gluon.jit
 def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm,
               num_pid_m, num_pid_n, k_tiles, my_tiles, ACT: gl.constexpr, HAS_DBIAS: gl.constexpr,
               STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr):
     BLOCK_M: gl.constexpr = g_ring.shape[1]
-    BLOCK_N: gl.constexpr = w_ring.shape[2]
+    BLOCK_N: gl.constexpr = w_ring.shape[2]  # the tile's columns
+    EPI_N: gl.constexpr = c_smem.shape[2]  # the epilogue's slice: BLOCK_N, or half of it (fewer live registers)
     dtype: gl.constexpr = g_ring.dtype
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+    WARPS: gl.constexpr = BLOCK_M // 16  # a warpgroup per 64 rows (consumer_warps)
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                          instr_shape=[16, BLOCK_N, 16])
-    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, acc_layout))
-    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, acc_layout))
-    acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
+    slice_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                           instr_shape=[16, EPI_N, 16])
+    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, slice_layout))
+    cols = gl.arange(0, EPI_N, layout=gl.SliceLayout(0, slice_layout))
     for i in range((my_tiles - ME + 1) // 2):
         t = ME + 2 * i
         off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
                                     BLOCK_N, GROUP)
+        # a fresh accumulator per tile (the first k-step overwrites it): one carried through the loop would hold its
+        # registers through the epilogue
+        acc = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=acc_layout)
         acc = _tile_main_loop(ME, i, t, g_ring, w_ring, full, empty, turns, acc, k_tiles, my_tiles, STAGES, False)
 
-        # the epilogue, under the other consumer's main loop: `tl` kernel's rounding points
-        offs_m = off_m + rows
-        offs_n = off_n + cols
-        in_n = offs_n < N
-        mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(in_n, 0)
-        h = gl.load(Pre + gl.expand_dims(offs_m, 1) * stride_pm + gl.expand_dims(offs_n, 0), mask=mask,
-                    other=0.0).to(gl.float32)
-        d_pre = (acc.to(dtype).to(gl.float32) * _act_grad(h, ACT)).to(dtype)
-        _store_tile(d_desc, off_m, off_n, d_pre, c_smem, ME * EPI_BUFS, i, EPI_BUFS)
-        if HAS_DBIAS:
-            # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul.py's _act_bwd_kernel)
-            gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n, sem="relaxed")
+        # the epilogue, under the other consumer's main loop, from d_act rounded to the dtype (as the `tl` kernel's:
+        # half the registers of the fp32 accumulator)
+        d_act = acc.to(dtype)
+        if BLOCK_N == EPI_N:
+            _d_pre_slice(d_act, off_m, off_n, rows, cols, Pre, DBias, M, N, stride_pm, d_desc, c_smem, ME * EPI_BUFS,
+                         i, dtype, ACT, HAS_DBIAS, EPI_BUFS)
+        else:  # the two halves in turn
+            first_half, second_half = gl.split(gl.permute(gl.reshape(d_act, [BLOCK_M, 2, EPI_N]), (0, 2, 1)))
+            _d_pre_slice(gl.convert_layout(first_half, slice_layout), off_m, off_n, rows, cols, Pre, DBias, M, N,
+                         stride_pm, d_desc, c_smem, ME * EPI_BUFS, 2 * i, dtype, ACT, HAS_DBIAS, EPI_BUFS)
+            _d_pre_slice(gl.convert_layout(second_half, slice_layout), off_m, off_n + EPI_N, rows, cols, Pre, DBias,
+                         M, N, stride_pm, d_desc, c_smem, ME * EPI_BUFS, 2 * i + 1, dtype, ACT, HAS_DBIAS, EPI_BUFS)
     tma.store_wait(pendings=0)
 
 
@@ -135,14 +200,14 @@ def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
                        GROUP: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                        num_warps: gl.constexpr):
     # g_desc: dy (M, K) in [BLOCK_M, BLOCK_K] tiles; w_desc: w_out (K, N) in [BLOCK_K, BLOCK_N] tiles;
-    # d_desc: d_pre (M, N) in [BLOCK_M, BLOCK_N] tiles; Pre (M, N) with row pitch stride_pm.
+    # d_desc: d_pre (M, N) in [BLOCK_M, EPI_N] slices of a tile; Pre (M, N) with row pitch stride_pm.
     BLOCK_M: gl.constexpr = g_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = g_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
     dtype: gl.constexpr = g_desc.dtype
     g_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], g_desc.layout)
     w_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_K, BLOCK_N], w_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, BLOCK_N], d_desc.layout)
+    c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, d_desc.block_type.shape[1]], d_desc.layout)
     full, empty, turns = _ring_barriers(STAGES)
 
     num_pid_m = gl.cdiv(M, BLOCK_M)
@@ -156,7 +221,7 @@ def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
                      num_pid_n, k_tiles, my_tiles, ACT, HAS_DBIAS, STAGES, EPI_BUFS, GROUP)),
         (_producer, (g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles, STAGES,
                      GROUP)),
-    ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
+    ], [BLOCK_M // 16, 4], [CONSUMER_REGS, PRODUCER_REGS])
     _invalidate_ring_barriers(full, empty, turns, STAGES)
 
 
@@ -180,6 +245,7 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     N = w_out.shape[1]
     config = config or CONFIGS[0]
     _, bm, bn, bk, stages = config
+    consumer, producer = partition_regs(bm)
     grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
     has_dbias = dbias.numel() > 0
     sums = dbias if has_dbias else pre
@@ -188,10 +254,11 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
            dy.get_device())
     launch_planned(_fast, key, grid, (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
-                                      _descriptor(d_pre, (M, N), (bm, bn)), pre, sums, M, N, K, pre.stride(0)),
+                                      _descriptor(d_pre, (M, N), (bm, epilogue_width(config))), pre, sums, M, N, K,
+                                      pre.stride(0)),
                    dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
-                        EPI_BUFS=epilogue_buffers(config, dy.element_size()), GROUP=GROUP_M,
-                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4), aligned)
+                        EPI_BUFS=epilogue_buffers(config, dy.element_size(), has_dbias), GROUP=GROUP_M,
+                        CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16), aligned)
     return d_pre
 
 

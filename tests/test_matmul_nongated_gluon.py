@@ -28,12 +28,18 @@ def _setup(request, monkeypatch):
 
 
 @pytest.mark.parametrize("config", bw.CONFIGS, ids=str)
-def test_configs_fit_the_wgmma_and_shared_memory(config):
+@pytest.mark.parametrize("has_dbias", [True, False])
+def test_configs_fit_the_wgmma_and_shared_memory(config, has_dbias):
     kind, bm, bn, bk, stages = config
-    assert kind == "ws" and bm == 64 and bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
-    bufs = bw.epilogue_buffers(config, 2)
+    assert kind == "ws" and bm in (64, 128) and bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
+    consumer, producer = bw.partition_regs(bm)  # two consumers of bm // 16 warps, a producer warpgroup
+    assert consumer % 8 == 0 and producer % 8 == 0 and 2 * (2 * bm) * consumer + 128 * producer <= 65536
+    width = bw.epilogue_width(config)  # the epilogue takes the whole tile or its two halves
+    assert bm * width <= bw.EPI_ELEMENTS and bn in (width, 2 * width)
+    bufs = bw.epilogue_buffers(config, 2, has_dbias)
     assert 1 <= bufs <= 2
-    assert stages * (bm * bk + bk * bn) * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
+    scratch = bw.SUM_SCRATCH if has_dbias else 0
+    assert stages * (bm * bk + bk * bn) * 2 + 2 * bufs * bm * width * 2 + scratch <= gluon_mod.SMEM_LIMIT
 
 
 def test_activation_codes_are_matmuls():
