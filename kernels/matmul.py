@@ -87,12 +87,12 @@ SMALL_M = 1024  # at or below this many rows one small tile config is used (no t
 # kernel's 412-516, without pre it loses at K 2048 (566 against 634; the timing keeps tl there); in the FFN
 # the forward at 768 -> 2048 gains 3-9%. KERNELS_FFN_GLUON_GATED=0 keeps the tl kernel.
 GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
-# The non-gated backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong), opt-in
-# (KERNELS_FFN_GLUON_BWD=1): then where it applies and M > SMALL_M it is timed per shape on its first call against
-# the tl kernel as the gated forward's configs are. Off by default: twelfth session, H200, M 16384, with the bias
-# sums (tools/gpu_ffn_nongated_gluon.py), 0.97-1.03x the tl kernel at 768 -> 3072 and 0.88-0.92x at 2048 -> 8192:
-# a first-call timing for no gain.
-GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "0") == "1"
+# The non-gated backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong): where it
+# applies and M > SMALL_M it is timed per shape on its first call against the tl kernel as the gated forward's
+# configs are. Thirteenth session, H200, M 16384, with the bias sums (tools/gpu_ffn_nongated_gluon.py): its best
+# config 1.06-1.12x the tl kernel at every non-gated suite point (768 -> 3072, 2048 -> 8192; two-warpgroup consumers
+# for gelu and silu). KERNELS_FFN_GLUON_BWD=0 keeps the tl kernel.
+GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "1") != "0"
 # The non-gated forward on the gated ping-pong's kernel (kernels/matmul_gated_gluon_ws.py, GATED False), likewise
 # timed per shape against the tl kernel (the persistent one) on its first call. Twelfth session, H200, pre stored:
 # 1.13-1.18x the tl kernel at 768 -> 3072, 0.94-1.05x at 2048 -> 8192 (the timing keeps tl where it is faster).
@@ -650,6 +650,7 @@ def _bwd_gluon():
 
 
 # (activation, bias gradient?, M bucket, K, N, dtype, device) -> the Gluon backward config picked, or None
+# (whoever clears it clears _GLUON_BWD_VERDICTS too)
 _GLUON_BWD_PICKS = {}
 
 
@@ -700,17 +701,43 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
         return d_pre, act, dbias if bias_grad else None
     if from_gemm and K == 0:  # grad @ w_out is an empty sum
         grad, from_gemm = pre.new_zeros(M, N), False
-    if (not gated and from_gemm and not store_act and GLUON_BWD and M > SMALL_M and not _INTERPRETING):
-        gluon = _bwd_gluon()
-        if gluon is not None and gluon.usable(grad, w_out, pre, d_pre, activation):
-            def run_tl():
-                _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K)
-            config = _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl)
-            if config is not None:
-                gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)
-                return d_pre, act, dbias if bias_grad else None
+    if (not gated and from_gemm and not store_act and GLUON_BWD and M > SMALL_M and not _INTERPRETING
+            and _gluon_backward(grad, w_out, pre, d_pre, dbias, activation, bias_grad)):
+        return d_pre, act, dbias if bias_grad else None
     _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K)
     return d_pre, act, dbias if bias_grad else None
+
+
+# The backward's verdicts, as _GLUON_VERDICTS for the forward: the call facts (activation, bias gradient?, the
+# operands' shapes, strides, dtypes and devices) -> (the _GLUON_BWD_PICKS dict, its config or None: the tl kernel).
+# Only calls with dy, w_out and pre 16-byte aligned use it (d_pre is fresh: aligned, laid out as pre).
+_GLUON_BWD_VERDICTS = {}
+
+
+def _gluon_backward(grad, w_out, pre, d_pre, dbias, activation, bias_grad):
+    """Launch the non-gated backward GEMM's Gluon kernel where it applies and its timing picked it for this shape;
+    False where the tl kernel is to run."""
+    aligned = not (grad.data_ptr() | w_out.data_ptr() | pre.data_ptr()) % 16
+    key = (activation, bias_grad, grad.shape, grad.stride(), w_out.shape, w_out.stride(), pre.shape, pre.stride(),
+           grad.dtype, w_out.dtype, pre.dtype, grad.get_device(), w_out.get_device(), pre.get_device())
+    hit = _GLUON_BWD_VERDICTS.get(key) if aligned else None
+    gluon = _bwd_gluon()
+    if hit is not None and hit[0] is _GLUON_BWD_PICKS:
+        config = hit[1]
+    else:
+        config = None
+        if gluon is not None and gluon.usable(grad, w_out, pre, d_pre, activation):
+            def run_tl():
+                _act_bwd_tl(grad, w_out, pre, activation, False, bias_grad, d_pre, None, dbias, True, w_out.shape[0])
+            config = _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl)
+        if aligned:
+            if len(_GLUON_BWD_VERDICTS) >= MAX_PLANS:
+                _GLUON_BWD_VERDICTS.clear()
+            _GLUON_BWD_VERDICTS[key] = (_GLUON_BWD_PICKS, config)
+    if config is None:
+        return False
+    gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)
+    return True
 
 
 def _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K):

@@ -156,7 +156,7 @@ def test_act_bwd_takes_the_timed_pick(tl_faster, bias, monkeypatch):
 
 @hopper_only
 def test_switched_off_small_m_gated_or_store_act_keep_the_tl_kernel(monkeypatch):
-    monkeypatch.setattr(matmul, "GLUON_BWD", True)  # (opt-in)
+    monkeypatch.setattr(matmul, "GLUON_BWD", True)  # (the default; a test environment may turn it off)
     monkeypatch.setattr(bw, "act_bwd_ws", lambda *a: pytest.fail("the Gluon kernel was called"))
     dy, w_out, pre = (t.to(torch.bfloat16) for t in _inputs(matmul.SMALL_M, 768, 1024))
     matmul.act_bwd(dy, w_out, pre, "gelu", store_act=False, bias_grad=True)  # M <= SMALL_M

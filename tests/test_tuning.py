@@ -159,33 +159,56 @@ def test_gated_forward_pick_times_the_gluon_configs_against_the_tl_kernel(fake_t
     assert len(fake_times.timed) == 2 * n  # without pre: another kernel, timed on its own
 
 
-def test_gluon_forward_verdict_is_remembered_per_call_facts(monkeypatch):
-    """matmul._gluon_forward asks `usable` and the pick once per set of call facts, then launches the remembered
-    config; a new picks dict, other facts or a misaligned x ask again; a None verdict leaves the call to tl."""
-    asked, launched = [], []
+def _forward_verdicts(monkeypatch, asked, launched):
+    """(matmul's verdicts and picks dict names, its fake Gluon module, a call of _gluon_forward (x: its operand
+    to vary; fact: store_pre)) for the test below."""
     ws = types.SimpleNamespace(
         PLAIN_CONFIGS=(("ws", 64, 128, 64, 4),),
         usable_plain=lambda x, w, b, act: asked.append(x.shape) or True,
         plain_forward_ws=lambda x, w, b, act, store_pre, config, out, pre: launched.append(config))
     monkeypatch.setattr(matmul, "_plain_gluon", lambda: ws)
-    monkeypatch.setattr(matmul, "_GLUON_VERDICTS", {})
-    monkeypatch.setattr(matmul, "_GLUON_PICKS", {})
-    monkeypatch.setenv("KERNELS_AUTOTUNE", "0")  # the pick: the first config, untimed
     x, w, b = torch.empty(4096, 64), torch.empty(256, 64), torch.empty(256)
 
-    def call(x=x, store_pre=True):
-        return matmul._gluon_forward(x, w, b, "gelu", False, store_pre, None, None)
+    def call(x=x, fact=True):
+        return matmul._gluon_forward(x, w, b, "gelu", False, fact, None, None)
+    return ("_GLUON_VERDICTS", "_GLUON_PICKS"), ws, "usable_plain", ws.PLAIN_CONFIGS[0], call
+
+
+def _backward_verdicts(monkeypatch, asked, launched):
+    """The same for _gluon_backward (dy varies; fact: bias_grad)."""
+    bw = types.SimpleNamespace(
+        CONFIGS=(("ws", 128, 128, 64, 4),),
+        usable=lambda dy, w_out, pre, d_pre, act: asked.append(dy.shape) or True,
+        act_bwd_ws=lambda dy, w_out, pre, d_pre, dbias, act, config: launched.append(config))
+    monkeypatch.setattr(matmul, "_bwd_gluon", lambda: bw)
+    dy, w_out, pre, dbias = torch.empty(4096, 64), torch.empty(64, 256), torch.empty(4096, 256), torch.zeros(256)
+
+    def call(x=dy, fact=True):
+        return matmul._gluon_backward(x, w_out, pre, torch.empty_like(pre), dbias, "gelu", fact)
+    return ("_GLUON_BWD_VERDICTS", "_GLUON_BWD_PICKS"), bw, "usable", bw.CONFIGS[0], call
+
+
+@pytest.mark.parametrize("direction", [_forward_verdicts, _backward_verdicts], ids=["forward", "backward"])
+def test_gluon_verdict_is_remembered_per_call_facts(direction, monkeypatch):
+    """matmul._gluon_forward / _gluon_backward ask `usable` and the pick once per set of call facts, then launch the
+    remembered config; a new picks dict, other facts or a misaligned operand ask again; a None verdict leaves the
+    call to tl, and is remembered too."""
+    asked, launched = [], []
+    (verdicts, picks), module, usable, config, call = direction(monkeypatch, asked, launched)
+    monkeypatch.setattr(matmul, verdicts, {})
+    monkeypatch.setattr(matmul, picks, {})
+    monkeypatch.setenv("KERNELS_AUTOTUNE", "0")  # the pick: the first config, untimed
     # (a first pick of a shape also runs its config once: the build; untimed without KERNELS_AUTOTUNE)
     assert call() and len(asked) == 1 and len(launched) == 2
     assert call() and len(asked) == 1 and len(launched) == 3  # remembered: launched, nothing asked
-    assert call(store_pre=False) and len(asked) == 2  # another fact
-    monkeypatch.setattr(matmul, "_GLUON_PICKS", {})
+    assert call(fact=False) and len(asked) == 2  # another fact
+    monkeypatch.setattr(matmul, picks, {})
     assert call() and len(asked) == 3  # a new picks dict: asked again
     odd = torch.empty(4096 * 64 + 1)[1:].view(4096, 64)  # 4 bytes past an aligned base
     assert call(odd) and call(odd) and len(asked) == 5  # misaligned: never remembered
-    assert set(launched) == {ws.PLAIN_CONFIGS[0]}
-    monkeypatch.setattr(matmul, "_GLUON_VERDICTS", {})
-    monkeypatch.setattr(ws, "usable_plain", lambda *a: asked.append("no") or False)
+    assert set(launched) == {config}
+    monkeypatch.setattr(matmul, verdicts, {})
+    monkeypatch.setattr(module, usable, lambda *a: asked.append("no") or False)
     before = len(launched)
     assert not call() and not call() and asked.count("no") == 1  # a None verdict is remembered too
     assert len(launched) == before

@@ -42,6 +42,8 @@ def forget_picks():
     matmul._PLANS.clear()
     matmul._GLUON_PICKS.clear()
     matmul._GLUON_VERDICTS.clear()
+    matmul._GLUON_BWD_PICKS.clear()
+    matmul._GLUON_BWD_VERDICTS.clear()
     for tuned in TUNED:
         tuned.cache.clear()
 

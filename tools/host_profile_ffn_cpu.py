@@ -47,7 +47,7 @@ import torch  # noqa: E402
 
 import kernels  # noqa: E402
 from kernels import matmul, matmul_persistent  # noqa: E402
-from kernels import matmul_gated_gluon, matmul_gated_gluon_ws  # noqa: E402 (Triton's Gluon: 3.6 and later)
+from kernels import matmul_bwd_gluon_ws, matmul_gated_gluon, matmul_gated_gluon_ws  # noqa: E402 (Gluon: Triton 3.6+)
 import host_timing  # noqa: E402 (tools/, this script's directory)
 from host_timing import Ident  # noqa: E402
 
@@ -99,7 +99,7 @@ def warm_up():
     matmul._INTERPRETING = False
     if "--hopper" in sys.argv:
         torch.Tensor.is_cuda = property(lambda self: True)
-        for mod in (matmul_gated_gluon, matmul_gated_gluon_ws):
+        for mod in (matmul_gated_gluon, matmul_gated_gluon_ws, matmul_bwd_gluon_ws):
             mod._is_hopper, mod._num_sms = (lambda device_index: True), (lambda device_index: 132)
         os.environ["KERNELS_AUTOTUNE"] = "0"  # the Gluon picks: their first configs, untimed (the tl picks are made)
         for case in CASES:
@@ -122,5 +122,6 @@ def table(us):
 
 
 if __name__ == "__main__":
-    host_timing.run_tool(__file__, (matmul, matmul_persistent, matmul_gated_gluon, matmul_gated_gluon_ws), measure,
-                         table, lambda case: calls(kernels.ffn, case)[1], warm_up)
+    host_timing.run_tool(__file__, (matmul, matmul_persistent, matmul_gated_gluon, matmul_gated_gluon_ws,
+                                    matmul_bwd_gluon_ws), measure, table, lambda case: calls(kernels.ffn, case)[1],
+                         warm_up)
