@@ -502,21 +502,28 @@ def linear_act_fwd(x, w, b, activation, store_pre):
 _GLUON_VERDICTS = {}
 
 
+def _remembered_verdict(verdicts, picks, key, decide):
+    """A Gluon kernel's verdict (config or None) for a call's facts: verdicts[key] when it was made under the picks
+    dict in use, else decide()'s, remembered under key (None: a call that is not to be remembered)."""
+    hit = verdicts.get(key) if key is not None else None
+    if hit is not None and hit[0] is picks:
+        return hit[1]
+    config = decide()
+    if key is not None:
+        if len(verdicts) >= MAX_PLANS:
+            verdicts.clear()
+        verdicts[key] = (picks, config)
+    return config
+
+
 def _gluon_forward(x, w, b, activation, gated, store_pre, out, pre):
     """Launch the forward's Gluon kernel where it applies and its timing picked it for this shape; False where
     the tl kernel is to run."""
     aligned = not (x.data_ptr() | w.data_ptr() | (0 if b is None else b.data_ptr())) % 16
     key = (activation, store_pre, x.shape, x.stride(), w.shape, w.stride(), x.dtype, w.dtype, x.get_device(),
-           w.get_device(), None if b is None else (b.shape, b.stride(), b.dtype, b.get_device()))
-    hit = _GLUON_VERDICTS.get(key) if aligned else None
-    if hit is not None and hit[0] is _GLUON_PICKS:
-        config = hit[1]
-    else:
-        config = _gluon_verdict(x, w, b, activation, gated, store_pre, out, pre)
-        if aligned:
-            if len(_GLUON_VERDICTS) >= MAX_PLANS:
-                _GLUON_VERDICTS.clear()
-            _GLUON_VERDICTS[key] = (_GLUON_PICKS, config)
+           w.get_device(), None if b is None else (b.shape, b.stride(), b.dtype, b.get_device())) if aligned else None
+    config = _remembered_verdict(_GLUON_VERDICTS, _GLUON_PICKS, key,
+                                 lambda: _gluon_verdict(x, w, b, activation, gated, store_pre, out, pre))
     if config is None:
         return False
     if gated:
@@ -719,21 +726,18 @@ def _gluon_backward(grad, w_out, pre, d_pre, dbias, activation, bias_grad):
     False where the tl kernel is to run."""
     aligned = not (grad.data_ptr() | w_out.data_ptr() | pre.data_ptr()) % 16
     key = (activation, bias_grad, grad.shape, grad.stride(), w_out.shape, w_out.stride(), pre.shape, pre.stride(),
-           grad.dtype, w_out.dtype, pre.dtype, grad.get_device(), w_out.get_device(), pre.get_device())
-    hit = _GLUON_BWD_VERDICTS.get(key) if aligned else None
+           grad.dtype, w_out.dtype, pre.dtype, grad.get_device(), w_out.get_device(),
+           pre.get_device()) if aligned else None
     gluon = _bwd_gluon()
-    if hit is not None and hit[0] is _GLUON_BWD_PICKS:
-        config = hit[1]
-    else:
-        config = None
-        if gluon is not None and gluon.usable(grad, w_out, pre, d_pre, activation):
-            def run_tl():
-                _act_bwd_tl(grad, w_out, pre, activation, False, bias_grad, d_pre, None, dbias, True, w_out.shape[0])
-            config = _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl)
-        if aligned:
-            if len(_GLUON_BWD_VERDICTS) >= MAX_PLANS:
-                _GLUON_BWD_VERDICTS.clear()
-            _GLUON_BWD_VERDICTS[key] = (_GLUON_BWD_PICKS, config)
+
+    def decide():
+        if gluon is None or not gluon.usable(grad, w_out, pre, d_pre, activation):
+            return None
+
+        def run_tl():
+            _act_bwd_tl(grad, w_out, pre, activation, False, bias_grad, d_pre, None, dbias, True, w_out.shape[0])
+        return _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl)
+    config = _remembered_verdict(_GLUON_BWD_VERDICTS, _GLUON_BWD_PICKS, key, decide)
     if config is None:
         return False
     gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)
