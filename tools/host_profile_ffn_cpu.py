@@ -23,8 +23,9 @@ which here runs the interpreter once, on tiny tensors), the tool sets
   - matmul._INTERPRETING = False, so the persistent test is `M > SMALL_M` as on the GPU and
     _set_allocator installs Triton's allocator before each launch as on the GPU.
 The config lists stay the interpreter's (one config each; what a pick costs does not depend on it).
-With --hopper the forward takes the Gluon kernels' host path as on an H100 (matmul_gated_gluon and its
-warp-specialized twin, their first configs: KERNELS_AUTOTUNE=0 for their picks): the tool then tells torch that
+With --hopper the forward and the non-gated backward GEMM take the Gluon kernels' host path as on an H100
+(matmul_gated_gluon, its warp-specialized twin and matmul_bwd_gluon_ws, their first configs: KERNELS_AUTOTUNE=0 for
+their picks): the tool then tells torch that
 the CPU tensors are CUDA ones (`Tensor.is_cuda`) and the Gluon modules that device 0 is a Hopper of 132 SMs, and
 stubs their FastLaunches too; their TMA descriptors are built as on the GPU.
 The forward's second GEMM (F.linear) and the backward's cuBLAS ops (three matmuls, a column sum, a
