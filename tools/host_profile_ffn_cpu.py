@@ -25,9 +25,8 @@ which here runs the interpreter once, on tiny tensors), the tool sets
 The config lists stay the interpreter's (one config each; what a pick costs does not depend on it).
 With --hopper the forward and the non-gated backward GEMM take the Gluon kernels' host path as on an H100
 (matmul_gated_gluon, its warp-specialized twin and matmul_bwd_gluon_ws, their first configs: KERNELS_AUTOTUNE=0 for
-their picks): the tool then tells torch that
-the CPU tensors are CUDA ones (`Tensor.is_cuda`) and the Gluon modules that device 0 is a Hopper of 132 SMs, and
-stubs their FastLaunches too; their TMA descriptors are built as on the GPU.
+their picks): the tool then tells torch that the CPU tensors are CUDA ones (`Tensor.is_cuda`) and the Gluon modules
+that device 0 is a Hopper of 132 SMs, and stubs their FastLaunches too; their TMA descriptors are built as on the GPU.
 The forward's second GEMM (F.linear) and the backward's cuBLAS ops (three matmuls, a column sum, a
 cast) compute on the CPU here: the shapes are tiny (8 x 8 -> 8, bf16: the smallest widths the persistent
 kernels take) so that their math is small against their dispatch (a bf16 CPU matmul of these: 2.4 us,
