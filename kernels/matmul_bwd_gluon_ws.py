@@ -40,6 +40,7 @@ work: best config per point against the `tl` kernel, TFLOP/s (tools/gpu_ffn_nong
 1.06-1.12x at every point, d_pre bitwise equal. (Its first GPU run read 0.45-0.65x: the bias-sum atomics were acq_rel,
 a GPU-wide memory barrier and an L1 invalidation before each; relaxed, they are fire-and-forget.)
 """
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
@@ -61,6 +62,12 @@ from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_rin
 # bytes (bf16), and for fp16 with the sums ptxas serializes its wgmmas (the timing per shape keeps what is faster).
 CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 4), ("ws", 64, 256, 64, 3),
            ("ws", 128, 128, 64, 5), ("ws", 128, 128, 64, 4), ("ws", 128, 128, 64, 3))
+PROVEN_FP16_ROWS = (64,)  # the consumer heights whose every config ran fp16 on a GPU (128: bf16 only so far)
+
+
+def configs_for(dtype):
+    """The CONFIGS act_bwd may time and launch for a dtype: fp16 only at heights proven on a GPU in fp16."""
+    return CONFIGS if dtype == torch.bfloat16 else tuple(c for c in CONFIGS if c[1] in PROVEN_FP16_ROWS)
 EPI_ELEMENTS = 8192  # the epilogue's slice of a tile: 64 x 128 (a 64 x 256 tile's halves in turn), 128 x 64
 
 
