@@ -37,8 +37,10 @@ off by default). Any M, N, K. Two load paths for the main loop, chosen per launc
 The epilogue stores through masked pointers either way. With PERSISTENT on (below; the default),
 where TMA applies and M > SMALL_M, the non-gated forward and the gated backward GEMM (and, opt-in,
 the gated forward) run instead as the persistent kernels of kernels/matmul_persistent.py (one
-program per SM, asynchronous TMA stores); on Hopper the gated forward may run as the Gluon kernel
-of kernels/matmul_gated_gluon.py (one wgmma for gate and up; timed against the tl one per shape).
+program per SM, asynchronous TMA stores). On Hopper, Gluon kernels timed against the tl ones per
+shape may run instead: the gated forward (kernels/matmul_gated_gluon.py, one wgmma for gate and up, or
+its warp-specialized ping-pong), the non-gated forward (on that ping-pong) and the non-gated backward
+GEMM (kernels/matmul_bwd_gluon_ws.py).
 Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs share
 B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
 configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the backward also EPI_FIRST);
