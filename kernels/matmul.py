@@ -50,6 +50,7 @@ heuristics wrapper on the call path). The CPU interpreter runs one config, with 
 operands allow it, so the CPU tests cover both paths.
 """
 import functools
+import importlib
 import os
 
 import torch
@@ -592,13 +593,17 @@ def _linear_act_fwd_tl(x, w, b, activation, store_pre, out, pre):
 
 
 @functools.lru_cache(maxsize=None)
-def _gated_gluon():
-    """kernels.matmul_gated_gluon, or None where this Triton has no Gluon."""
+def _gluon_module(name):
+    """kernels.<name>, a module of Gluon kernels, or None where this Triton has no Gluon."""
     try:
-        from . import matmul_gated_gluon
+        return importlib.import_module(f".{name}", __package__)
     except ImportError:
         return None
-    return matmul_gated_gluon
+
+
+def _gated_gluon():
+    """kernels.matmul_gated_gluon (the gated forward), or None without Gluon."""
+    return _gluon_module("matmul_gated_gluon")
 
 
 # (activation, bias?, store_pre, M bucket, K, 2H, dtype, device) -> the Gluon config picked, or None: the tl kernel
@@ -615,14 +620,9 @@ def _gluon_gated_pick(gluon, x, w, b, activation, store_pre, out, pre):
                            store_pre, out, pre, "the Gluon gated forward")
 
 
-@functools.lru_cache(maxsize=None)
 def _plain_gluon():
     """kernels.matmul_gated_gluon_ws (whose kernel also runs the non-gated forward), or None without Gluon."""
-    try:
-        from . import matmul_gated_gluon_ws
-    except ImportError:
-        return None
-    return matmul_gated_gluon_ws
+    return _gluon_module("matmul_gated_gluon_ws")
 
 
 def _gluon_plain_pick(ws, x, w, b, activation, store_pre, out, pre):
@@ -649,14 +649,9 @@ def _gluon_fwd_pick(configs, launch, x, w, b, activation, store_pre, out, pre, w
     return pick
 
 
-@functools.lru_cache(maxsize=None)
 def _bwd_gluon():
-    """kernels.matmul_bwd_gluon_ws, or None where this Triton has no Gluon."""
-    try:
-        from . import matmul_bwd_gluon_ws
-    except ImportError:
-        return None
-    return matmul_bwd_gluon_ws
+    """kernels.matmul_bwd_gluon_ws (the non-gated backward GEMM), or None without Gluon."""
+    return _gluon_module("matmul_bwd_gluon_ws")
 
 
 # (activation, bias gradient?, M bucket, K, N, dtype, device) -> the Gluon backward config picked, or None
