@@ -91,7 +91,8 @@ GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
 # applies and M > SMALL_M it is timed per shape on its first call against the tl kernel as the gated forward's
 # configs are. Thirteenth session, H200, M 16384, with the bias sums (tools/gpu_ffn_nongated_gluon.py): its best
 # config 1.06-1.12x the tl kernel at every non-gated suite point (768 -> 3072, 2048 -> 8192; two-warpgroup consumers
-# for gelu and silu). KERNELS_FFN_GLUON_BWD=0 keeps the tl kernel.
+# for gelu and silu; those are bf16 only until an fp16 GPU run proves them: configs_for). KERNELS_FFN_GLUON_BWD=0
+# keeps the tl kernel.
 GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "1") != "0"
 # The non-gated forward on the gated ping-pong's kernel (kernels/matmul_gated_gluon_ws.py, GATED False), likewise
 # timed per shape against the tl kernel (the persistent one) on its first call. Twelfth session, H200, pre stored:
@@ -678,7 +679,8 @@ def _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl):
             run(*args)
         return go
     pick = _GLUON_BWD_PICKS[key] = _tuning.fastest(
-        gluon.CONFIGS, fresh(lambda config: gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)),
+        gluon.configs_for(grad.dtype),
+        fresh(lambda config: gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)),
         autotune_enabled(), "the Gluon backward GEMM", fallback=fresh(run_tl))
     dbias.zero_()
     return pick

@@ -47,6 +47,7 @@ hence the producer's TMA loads of pre here: branch next/ffn-bwd-pre-tma, compile
 of shared memory, spills 0 at 64 rows, 8-32 bytes at 128 with the sums), fast_launch_check ALL SAME, NOT YET RUN ON A
 GPU: its tests and tools/gpu_ffn_nongated_gluon.py first.
 """
+import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
@@ -68,6 +69,14 @@ from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_rin
 # NOT YET RUN ON A GPU (prepared offline, compiled for sm_90a).
 CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 3), ("ws", 128, 128, 64, 4),
            ("ws", 128, 128, 64, 3))
+PROVEN_FP16_ROWS = (64,)  # the consumer heights whose every config ran fp16 on a GPU (128: bf16 only so far)
+
+
+def configs_for(dtype):
+    """The CONFIGS act_bwd may time and launch for a dtype: fp16 only at heights proven on a GPU in fp16."""
+    return CONFIGS if dtype == torch.bfloat16 else tuple(c for c in CONFIGS if c[1] in PROVEN_FP16_ROWS)
+
+
 SLICE_N = 64  # the pre / d_pre boxes' width: 128 bytes of 16-bit elements, the widest 128-byte-swizzled TMA box
 
 # The bias sums' column reduction (gl.sum over the consumer's warps) takes compiler scratch beside our
