@@ -10,21 +10,24 @@ size in about 100 us and the epilogue's memory (pre in, d_pre out: 200 MB) needs
 its epilogue runs while the tensor cores idle, and the persistent `tl` kernel measured no faster. Here a
 program runs three partitions (`gl.warp_specialize`), as in matmul_gated_gluon_ws:
 - the producer (one warpgroup, few registers) TMA-loads the dy tile and the w_out tile of each k-step of the
-  program's tiles, tile after tile, into a ring of STAGES slots ("full" / "empty" mbarriers per slot);
+  program's tiles, tile after tile, into a ring of STAGES slots ("full" / "empty" mbarriers per slot), and after a
+  tile's k-steps its pre tile into that tile's consumer's own shared-memory slices ("pre_full" / "pre_empty" per
+  consumer), so that the pre tile lands during the tile's main loop;
 - two consumers (a warpgroup per 64 rows of BLOCK_M each) take the program's tiles in turn: per k-step one wgmma of
-  BLOCK_M x BLOCK_N, then the epilogue, slice by slice of the tile: the pre slice read from global memory in the
-  accumulator's layout, act', the d_pre slice stored by TMA through the consumer's staging tiles, the
-  bias-gradient column sums added by fp32 atomics; all of it meant to run under the other consumer's main loop.
+  BLOCK_M x BLOCK_N, then the epilogue, slice by slice of SLICE_N columns: the pre slice read from shared memory in
+  the accumulator's layout, act', the d_pre slice written over it and stored from there by TMA, the bias-gradient
+  column sums added by fp32 atomics; all of it meant to run under the other consumer's main loop. Once the stores
+  have read the slices the consumer hands them back to the producer.
 The hand-over protocol ("turns": a consumer starts a tile once the previous tile's consumer has seen that
 tile's last k-step land) is matmul_gated_gluon_ws's, checked there by tools/ws_gated_protocol_check.py.
 
 Same rounding points as the `tl` kernel: d_act rounded to the dtype, act' in fp32 from the stored pre, d_pre
 = (d_act * act') rounded; the bias gradient sums the rounded d_pre in fp32 (atomics, in varying order, as
-the `tl` kernel's). Rows past M read zeros (TMA fills dy's, the pre load is masked), so their d_pre is 0
-and adds nothing to the sums; the stores clip them.
+the `tl` kernel's). Rows past M read zeros (TMA fills dy's and pre's), so their d_pre is 0 and adds nothing to
+the sums; the stores clip them.
 
-Scope (`usable`): Hopper (sm_90), fp16 / bf16, dy (M, K) and w_out (K, N) with unit last strides, pre and
-d_pre (M, N) contiguous, 16-byte aligned bases and row pitches (TMA), N and K multiples of 8.
+Scope (`usable`): Hopper (sm_90), fp16 / bf16, dy (M, K), w_out (K, N) and pre (M, N) with unit last strides, d_pre
+contiguous, 16-byte aligned bases and row pitches (TMA), N and K multiples of 8.
 kernels/matmul.py's act_bwd times its CONFIGS against the `tl` kernel on a shape's first call
 (KERNELS_FFN_GLUON_BWD=0 keeps the `tl` kernel).
 
@@ -38,58 +41,54 @@ work: best config per point against the `tl` kernel, TFLOP/s (tools/gpu_ffn_nong
   768 -> 3072:  relu 405 (128 x 128) vs 383, gelu 353 vs 333, silu 373 vs 351, relu2 423 (64 x 256) vs 398
   2048 -> 8192: relu 583 (64 x 256) vs 521, gelu 531 (128 x 128) vs 479, silu 544 vs 505, relu2 594 vs 538
 1.06-1.12x at every point, d_pre bitwise equal. (Its first GPU run read 0.45-0.65x: the bias-sum atomics were acq_rel,
-a GPU-wide memory barrier and an L1 invalidation before each; relaxed, they are fire-and-forget.)
+a GPU-wide memory barrier and an L1 invalidation before each; relaxed, they are fire-and-forget.) Those numbers are the
+consumers' own pre loads (from global memory, in the accumulator's layout); leaving that load out was worth 15-50%,
+hence the producer's TMA loads of pre here: branch next/ffn-bwd-pre-tma, compiled for sm_90a (Triton 3.6: 128-196 KB
+of shared memory, spills 0 at 64 rows, 8-32 bytes at 128 with the sums), fast_launch_check ALL SAME, NOT YET RUN ON A
+GPU: its tests and tools/gpu_ffn_nongated_gluon.py first.
 """
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
 from ._launch import FastLaunch, launch_planned
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _descriptor, \
     _is_hopper, _num_sms, _sigmoid, _tile_origin, _tma_2d
 from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_ring_barriers, _ring_barriers, \
-    _store_tile, _tile_main_loop
+    _tile_main_loop
 
-# ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (a warpgroup per 64); one or two staging
-# tiles per consumer beside the ring. A 64 x 128 tile loads its own dy and w_out boxes, (64 + 128) K elements per
-# 64 x 128 x K products; 64 x 256 and 128 x 128 a sixth and a third less. H200, M 16384, with the bias sums, TFLOP/s
-# at 64 x 128 / 64 x 256 / 128 x 128 (4 stages): gelu 768 -> 3072 315 / 200 / 353, relu2 374 / 423 / 404; gelu 2048 ->
-# 8192 366 / 310 / 531, relu 380 / 583 / 577 (3 stages: 128 x 128 439-462 there). The 64 x 256 tile's 128-column
-# epilogue halves on one warpgroup are the slowest where act' is dear (gelu, silu). Compiled for sm_90a
-# (tools/sm90_registers.py ffn_bwd_gluon, Triton 3.6): no spills at 64 rows; 128 x 128 with the bias sums spills 36-60
-# bytes (bf16), and for fp16 with the sums ptxas serializes its wgmmas (the timing per shape keeps what is faster).
-CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 4), ("ws", 64, 256, 64, 3),
-           ("ws", 128, 128, 64, 5), ("ws", 128, 128, 64, 4), ("ws", 128, 128, 64, 3))
+# ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (a warpgroup per 64). A 64 x 128 tile
+# loads its own dy and w_out boxes, (64 + 128) K elements per 64 x 128 x K products; 64 x 256 and 128 x 128 a sixth
+# and a third less. Thirteenth session, H200, M 16384, with the bias sums, TFLOP/s at 64 x 128 / 64 x 256 / 128 x 128
+# (4 stages), the pre tile then read from global memory by the consumers: gelu 768 -> 3072 315 / 200 / 353, relu2
+# 374 / 423 / 404; gelu 2048 -> 8192 366 / 310 / 531, relu 380 / 583 / 577. Now each consumer's pre tile is TMA-loaded
+# by the producer into the consumer's own slices (BLOCK_M x SLICE_N each, its whole tile), where the epilogue writes
+# d_pre back for its TMA stores: only configs whose ring, slices and sums' scratch fit (shared_bytes) are listed.
+# NOT YET RUN ON A GPU (prepared offline, compiled for sm_90a).
+CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 3), ("ws", 128, 128, 64, 4),
+           ("ws", 128, 128, 64, 3))
 PROVEN_FP16_ROWS = (64,)  # the consumer heights whose every config ran fp16 on a GPU (128: bf16 only so far)
 
 
 def configs_for(dtype):
     """The CONFIGS act_bwd may time and launch for a dtype: fp16 only at heights proven on a GPU in fp16."""
     return CONFIGS if dtype == torch.bfloat16 else tuple(c for c in CONFIGS if c[1] in PROVEN_FP16_ROWS)
-EPI_ELEMENTS = 8192  # the epilogue's slice of a tile: 64 x 128 (a 64 x 256 tile's halves in turn), 128 x 64
 
 
-def epilogue_width(config):
-    """The columns of the epilogue's slice of a tile (the tile's width, or half of it: fewer live registers)."""
-    _, bm, bn, _, _ = config
-    return min(bn, EPI_ELEMENTS // bm)
-
+SLICE_N = 64  # the pre / d_pre boxes' width: 128 bytes of 16-bit elements, the widest 128-byte-swizzled TMA box
 
 # The bias sums' column reduction (gl.sum over the consumer's warps) takes compiler scratch beside our
-# buffers: 4 KB (sm_90a, Triton 3.6: 64 x 256 with 4 stages and two staging tiles asked 228 KB with the sums, 224
-# without, over the 227 KB a block may have; its GPU tests failed with the sums only, twelfth session's branch).
+# buffers: 4 KB (sm_90a, Triton 3.6: a kernel asked 228 KB with the sums, 224 without, over the 227 KB a block may
+# have; its GPU tests failed with the sums only, thirteenth session).
 SUM_SCRATCH = 4096
 
 
-def epilogue_buffers(config, dtype_bytes, has_dbias=True):
-    """Staging tiles (bm x epilogue_width) per consumer for the d_pre stores (one or two), as many as fit beside the
-    ring (and, with the bias sums, their reduction's scratch)."""
+def shared_bytes(config, dtype_bytes, has_dbias=True):
+    """Shared memory a config asks: the ring, both consumers' pre / d_pre tiles, the sums' scratch."""
     _, bm, bn, bk, stages = config
-    ring = stages * (bm * bk + bk * bn) * dtype_bytes
-    room = SMEM_LIMIT - ring - (SUM_SCRATCH if has_dbias else 0)
-    return max(1, min(2, room // (2 * bm * epilogue_width(config) * dtype_bytes)))
+    return (stages * (bm * bk + bk * bn) + 2 * bm * bn) * dtype_bytes + (SUM_SCRATCH if has_dbias else 0)
 
 
 LEAN_PRODUCER_REGS = 24  # setmaxnreg's least: enough for the producer's loop of TMA issues (no spills without the sums)
@@ -122,8 +121,8 @@ def _act_grad(h, ACT: gl.constexpr):
 
 
 @gluon.jit
-def _producer(g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
-              STAGES: gl.constexpr, GROUP: gl.constexpr):
+def _producer(g_desc, w_desc, p_desc, g_ring, w_ring, pre_tiles, full, empty, pre_full, pre_empty, num_pid_m,
+              num_pid_n, k_tiles, my_tiles, STAGES: gl.constexpr, SLICES: gl.constexpr, GROUP: gl.constexpr):
     BLOCK_M: gl.constexpr = g_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = g_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
@@ -141,42 +140,62 @@ def _producer(g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n,
             tma.async_copy_global_to_shared(g_desc, [off_m, ki * BLOCK_K], bar, g_ring.index(slot))
             tma.async_copy_global_to_shared(w_desc, [ki * BLOCK_K, off_n], bar, w_ring.index(slot))
             seq += 1
+        # the tile's pre, into its consumer's slices once that consumer's stores of its previous tile have read them
+        # (issued after the tile's k-steps: by then the consumer is in this tile's main loop, done with the last)
+        me = t % 2
+        mbarrier.wait(pre_empty.index(me), ((t // 2) & 1) ^ 1)
+        bar = pre_full.index(me)
+        mbarrier.expect(bar, SLICES * p_desc.block_type.nbytes)
+        for j in gl.static_range(SLICES):
+            tma.async_copy_global_to_shared(p_desc, [off_m, off_n + j * p_desc.block_type.shape[1]], bar,
+                                            pre_tiles.index(me * SLICES + j))
 
 
 @gluon.jit
-def _d_pre_slice(d_act, off_m, off_n, rows, cols, Pre, DBias, M, N, stride_pm, d_desc, c_smem, first_buf, count,
-                 dtype: gl.constexpr, ACT: gl.constexpr, HAS_DBIAS: gl.constexpr, EPI_BUFS: gl.constexpr):
+def _d_pre_slice(d_act, off_m, off_n, cols, DBias, N, d_desc, buf, dtype: gl.constexpr, ACT: gl.constexpr,
+                 HAS_DBIAS: gl.constexpr):
     """The epilogue of one slice of a tile (columns off_n ...) from d_act (dy @ w_out, rounded to the dtype), the
-    `tl` kernel's rounding points: the pre slice read in the accumulator's layout, act', the d_pre slice stored
-    (the consumer's count-th store), its column sums added to DBias."""
-    offs_m = off_m + rows
-    offs_n = off_n + cols
-    in_n = offs_n < N
-    mask = gl.expand_dims(offs_m < M, 1) & gl.expand_dims(in_n, 0)
-    h = gl.load(Pre + gl.expand_dims(offs_m, 1) * stride_pm + gl.expand_dims(offs_n, 0), mask=mask,
-                other=0.0).to(gl.float32)
+    `tl` kernel's rounding points: the pre slice read from its shared-memory tile buf in d_act's layout, act', the
+    d_pre slice written back over it (each thread over what it read) and stored from there by TMA, its column sums
+    added to DBias. Rows and columns past the edges: TMA read zeros into pre there (and dy's, w_out's: d_act is 0),
+    so their d_pre is 0; the store clips them."""
+    h = buf.load(d_act.type.layout).to(gl.float32)
     d_pre = (d_act.to(gl.float32) * _act_grad(h, ACT)).to(dtype)
-    _store_tile(d_desc, off_m, off_n, d_pre, c_smem, first_buf, count, EPI_BUFS)
+    buf.store(d_pre)
+    fence_async_shared()
+    tma.async_copy_shared_to_global(d_desc, [off_m, off_n], buf)
     if HAS_DBIAS:
         # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul.py's _act_bwd_kernel)
-        gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=in_n, sem="relaxed")
+        offs_n = off_n + cols
+        gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=offs_n < N, sem="relaxed")
 
 
 @gluon.jit
-def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm,
+def _halves(x, layout: gl.constexpr):
+    """The left and right halves of x's columns, each in layout."""
+    M: gl.constexpr = x.shape[0]
+    N: gl.constexpr = x.shape[1]
+    left, right = gl.split(gl.permute(gl.reshape(x, [M, 2, N // 2]), (0, 2, 1)))
+    return gl.convert_layout(left, layout), gl.convert_layout(right, layout)
+
+
+@gluon.jit
+def _consumer(ME: gl.constexpr, g_ring, w_ring, pre_tiles, full, empty, turns, pre_full, pre_empty, d_desc, DBias, N,
               num_pid_m, num_pid_n, k_tiles, my_tiles, ACT: gl.constexpr, HAS_DBIAS: gl.constexpr,
-              STAGES: gl.constexpr, EPI_BUFS: gl.constexpr, GROUP: gl.constexpr):
+              STAGES: gl.constexpr, SLICES: gl.constexpr, GROUP: gl.constexpr):
     BLOCK_M: gl.constexpr = g_ring.shape[1]
-    BLOCK_N: gl.constexpr = w_ring.shape[2]  # the tile's columns
-    EPI_N: gl.constexpr = c_smem.shape[2]  # the epilogue's slice: BLOCK_N, or half of it (fewer live registers)
+    BLOCK_N: gl.constexpr = w_ring.shape[2]  # the tile's columns, SLICES slices of SLICE columns
+    SLICE: gl.constexpr = pre_tiles.shape[2]
     dtype: gl.constexpr = g_ring.dtype
-    WARPS: gl.constexpr = BLOCK_M // 16  # a warpgroup per 64 rows (consumer_warps)
+    WARPS: gl.constexpr = BLOCK_M // 16  # a warpgroup per 64 rows (partition_regs)
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                          instr_shape=[16, BLOCK_N, 16])
+    half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
+                                                          instr_shape=[16, BLOCK_N // 2, 16])
     slice_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
-                                                           instr_shape=[16, EPI_N, 16])
-    rows = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, slice_layout))
-    cols = gl.arange(0, EPI_N, layout=gl.SliceLayout(0, slice_layout))
+                                                           instr_shape=[16, SLICE, 16])
+    cols = gl.arange(0, SLICE, layout=gl.SliceLayout(0, slice_layout))
+    first = ME * SLICES  # this consumer's slices in pre_tiles
     for i in range((my_tiles - ME + 1) // 2):
         t = ME + 2 * i
         off_m, off_n = _tile_origin(gl.program_id(0) + t * gl.num_programs(0), num_pid_m, num_pid_n, BLOCK_M,
@@ -187,49 +206,68 @@ def _consumer(ME: gl.constexpr, g_ring, w_ring, full, empty, turns, c_smem, d_de
         acc = _tile_main_loop(ME, i, t, g_ring, w_ring, full, empty, turns, acc, k_tiles, my_tiles, STAGES, False)
 
         # the epilogue, under the other consumer's main loop, from d_act rounded to the dtype (as the `tl` kernel's:
-        # half the registers of the fp32 accumulator)
+        # half the registers of the fp32 accumulator), slice by slice once the tile's pre has landed
         d_act = acc.to(dtype)
-        if BLOCK_N == EPI_N:
-            _d_pre_slice(d_act, off_m, off_n, rows, cols, Pre, DBias, M, N, stride_pm, d_desc, c_smem, ME * EPI_BUFS,
-                         i, dtype, ACT, HAS_DBIAS, EPI_BUFS)
-        else:  # the two halves in turn
-            first_half, second_half = gl.split(gl.permute(gl.reshape(d_act, [BLOCK_M, 2, EPI_N]), (0, 2, 1)))
-            _d_pre_slice(gl.convert_layout(first_half, slice_layout), off_m, off_n, rows, cols, Pre, DBias, M, N,
-                         stride_pm, d_desc, c_smem, ME * EPI_BUFS, 2 * i, dtype, ACT, HAS_DBIAS, EPI_BUFS)
-            _d_pre_slice(gl.convert_layout(second_half, slice_layout), off_m, off_n + EPI_N, rows, cols, Pre, DBias,
-                         M, N, stride_pm, d_desc, c_smem, ME * EPI_BUFS, 2 * i + 1, dtype, ACT, HAS_DBIAS, EPI_BUFS)
-    tma.store_wait(pendings=0)
+        mbarrier.wait(pre_full.index(ME), i & 1)
+        if SLICES == 2:
+            left, right = _halves(d_act, slice_layout)
+            _d_pre_slice(left, off_m, off_n, cols, DBias, N, d_desc, pre_tiles.index(first), dtype, ACT, HAS_DBIAS)
+            _d_pre_slice(right, off_m, off_n + SLICE, cols, DBias, N, d_desc, pre_tiles.index(first + 1), dtype,
+                         ACT, HAS_DBIAS)
+        else:  # 4: the halves' halves
+            left, right = _halves(d_act, half_layout)
+            q0, q1 = _halves(left, slice_layout)
+            _d_pre_slice(q0, off_m, off_n, cols, DBias, N, d_desc, pre_tiles.index(first), dtype, ACT, HAS_DBIAS)
+            _d_pre_slice(q1, off_m, off_n + SLICE, cols, DBias, N, d_desc, pre_tiles.index(first + 1), dtype, ACT,
+                         HAS_DBIAS)
+            q2, q3 = _halves(right, slice_layout)
+            _d_pre_slice(q2, off_m, off_n + 2 * SLICE, cols, DBias, N, d_desc, pre_tiles.index(first + 2), dtype,
+                         ACT, HAS_DBIAS)
+            _d_pre_slice(q3, off_m, off_n + 3 * SLICE, cols, DBias, N, d_desc, pre_tiles.index(first + 3), dtype,
+                         ACT, HAS_DBIAS)
+        # the stores have read the slices: the producer may load the next tile's pre into them
+        tma.store_wait(pendings=0)
+        mbarrier.arrive(pre_empty.index(ME))
 
 
 @gluon.jit
-def _act_bwd_ws_kernel(g_desc, w_desc, d_desc, Pre, DBias, M, N, K, stride_pm,
-                       ACT: gl.constexpr, HAS_DBIAS: gl.constexpr, STAGES: gl.constexpr, EPI_BUFS: gl.constexpr,
-                       GROUP: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                       num_warps: gl.constexpr):
+def _act_bwd_ws_kernel(g_desc, w_desc, p_desc, d_desc, DBias, M, N, K,
+                       ACT: gl.constexpr, HAS_DBIAS: gl.constexpr, STAGES: gl.constexpr, GROUP: gl.constexpr,
+                       CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
     # g_desc: dy (M, K) in [BLOCK_M, BLOCK_K] tiles; w_desc: w_out (K, N) in [BLOCK_K, BLOCK_N] tiles;
-    # d_desc: d_pre (M, N) in [BLOCK_M, EPI_N] slices of a tile; Pre (M, N) with row pitch stride_pm.
+    # p_desc, d_desc: pre and d_pre (M, N) in [BLOCK_M, SLICE_N] slices of a tile.
     BLOCK_M: gl.constexpr = g_desc.block_type.shape[0]
     BLOCK_K: gl.constexpr = g_desc.block_type.shape[1]
     BLOCK_N: gl.constexpr = w_desc.block_type.shape[1]
+    SLICE: gl.constexpr = p_desc.block_type.shape[1]  # SLICE_N
+    SLICES: gl.constexpr = BLOCK_N // SLICE
     dtype: gl.constexpr = g_desc.dtype
     g_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, BLOCK_K], g_desc.layout)
     w_ring = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_K, BLOCK_N], w_desc.layout)
-    c_smem = gl.allocate_shared_memory(dtype, [2 * EPI_BUFS, BLOCK_M, d_desc.block_type.shape[1]], d_desc.layout)
+    pre_tiles = gl.allocate_shared_memory(dtype, [2 * SLICES, BLOCK_M, SLICE], p_desc.layout)  # SLICES per consumer
     full, empty, turns = _ring_barriers(STAGES)
+    pre_full = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    pre_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(2):
+        mbarrier.init(pre_full.index(i), count=1)
+        mbarrier.init(pre_empty.index(i), count=1)
 
     num_pid_m = gl.cdiv(M, BLOCK_M)
     num_pid_n = gl.cdiv(N, BLOCK_N)
     k_tiles = gl.cdiv(K, BLOCK_K)
     my_tiles = gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))  # the grid is <= tiles
     gl.warp_specialize([
-        (_consumer, (0, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm, num_pid_m,
-                     num_pid_n, k_tiles, my_tiles, ACT, HAS_DBIAS, STAGES, EPI_BUFS, GROUP)),
-        (_consumer, (1, g_ring, w_ring, full, empty, turns, c_smem, d_desc, Pre, DBias, M, N, stride_pm, num_pid_m,
-                     num_pid_n, k_tiles, my_tiles, ACT, HAS_DBIAS, STAGES, EPI_BUFS, GROUP)),
-        (_producer, (g_desc, w_desc, g_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles, STAGES,
-                     GROUP)),
+        (_consumer, (0, g_ring, w_ring, pre_tiles, full, empty, turns, pre_full, pre_empty, d_desc, DBias, N,
+                     num_pid_m, num_pid_n, k_tiles, my_tiles, ACT, HAS_DBIAS, STAGES, SLICES, GROUP)),
+        (_consumer, (1, g_ring, w_ring, pre_tiles, full, empty, turns, pre_full, pre_empty, d_desc, DBias, N,
+                     num_pid_m, num_pid_n, k_tiles, my_tiles, ACT, HAS_DBIAS, STAGES, SLICES, GROUP)),
+        (_producer, (g_desc, w_desc, p_desc, g_ring, w_ring, pre_tiles, full, empty, pre_full, pre_empty, num_pid_m,
+                     num_pid_n, k_tiles, my_tiles, STAGES, SLICES, GROUP)),
     ], [BLOCK_M // 16, 4], [CONSUMER_REGS, PRODUCER_REGS])
     _invalidate_ring_barriers(full, empty, turns, STAGES)
+    for i in gl.static_range(2):
+        mbarrier.invalidate(pre_full.index(i))
+        mbarrier.invalidate(pre_empty.index(i))
 
 
 def usable(dy, w_out, pre, d_pre, activation):
@@ -240,9 +278,8 @@ def usable(dy, w_out, pre, d_pre, activation):
     N = w_out.shape[1]
     return (dy.dtype in _GL_DTYPES and w_out.dtype == dy.dtype and pre.dtype == dy.dtype and d_pre.dtype == dy.dtype
             and w_out.shape[0] == K and pre.shape == (M, N) and d_pre.shape == (M, N) and M > 0
-            and K % 8 == 0 and N % 8 == 0 and M * max(N, K, pre.stride(0)) < 2**31 and pre.stride(1) == 1
-            and pre.data_ptr() % 16 == 0 and d_pre.is_contiguous()
-            and _tma_2d(dy) and _tma_2d(w_out) and _tma_2d(d_pre) and _is_hopper(dy.device.index or 0))
+            and K % 8 == 0 and N % 8 == 0 and M * max(N, K, pre.stride(0)) < 2**31 and d_pre.is_contiguous()
+            and _tma_2d(dy) and _tma_2d(w_out) and _tma_2d(pre) and _tma_2d(d_pre) and _is_hopper(dy.device.index or 0))
 
 
 def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
@@ -255,16 +292,15 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     consumer, producer = partition_regs(bm)
     grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
     has_dbias = dbias.numel() > 0
-    sums = dbias if has_dbias else pre
+    sums = dbias if has_dbias else d_pre  # (an unused pointer without the sums)
     # planned (kernels/_launch.launch_planned) under what fixes the grid, constexprs and arguments' launch facts
     aligned = not (dy.data_ptr() | w_out.data_ptr() | pre.data_ptr() | d_pre.data_ptr() | sums.data_ptr()) % 16
     key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
            dy.get_device())
-    launch_planned(_fast, key, grid, (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
-                                      _descriptor(d_pre, (M, N), (bm, epilogue_width(config))), pre, sums, M, N, K,
-                                      pre.stride(0)),
-                   dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages,
-                        EPI_BUFS=epilogue_buffers(config, dy.element_size(), has_dbias), GROUP=GROUP_M,
+    descriptors = (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
+                   _descriptor(pre, (M, N), (bm, SLICE_N)), _descriptor(d_pre, (M, N), (bm, SLICE_N)))
+    launch_planned(_fast, key, grid, (*descriptors, sums, M, N, K),
+                   dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages, GROUP=GROUP_M,
                         CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16), aligned)
     return d_pre
 

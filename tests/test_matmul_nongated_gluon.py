@@ -34,12 +34,8 @@ def test_configs_fit_the_wgmma_and_shared_memory(config, has_dbias):
     assert kind == "ws" and bm in (64, 128) and bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
     consumer, producer = bw.partition_regs(bm)  # two consumers of bm // 16 warps, a producer warpgroup
     assert consumer % 8 == 0 and producer % 8 == 0 and 2 * (2 * bm) * consumer + 128 * producer <= 65536
-    width = bw.epilogue_width(config)  # the epilogue takes the whole tile or its two halves
-    assert bm * width <= bw.EPI_ELEMENTS and bn in (width, 2 * width)
-    bufs = bw.epilogue_buffers(config, 2, has_dbias)
-    assert 1 <= bufs <= 2
-    scratch = bw.SUM_SCRATCH if has_dbias else 0
-    assert stages * (bm * bk + bk * bn) * 2 + 2 * bufs * bm * width * 2 + scratch <= gluon_mod.SMEM_LIMIT
+    assert bn % bw.SLICE_N == 0 and bn // bw.SLICE_N in (2, 4)  # the epilogue's slices: halves, or their halves
+    assert bw.shared_bytes(config, 2, has_dbias) <= gluon_mod.SMEM_LIMIT
 
 
 def test_activation_codes_are_matmuls():

@@ -279,16 +279,14 @@ def ffn_bwd_gluon_kernels():
             for has_dbias in (True, False):
                 for config in bw.CONFIGS:
                     _, bm, bn, bk, stages = config
-                    bufs = bw.epilogue_buffers(config, 2, has_dbias)
                     consumer, producer = bw.partition_regs(bm)
                     compiled = bw._act_bwd_ws_kernel.warmup(
                         bw._descriptor(dy, (M, K), (bm, bk)), bw._descriptor(w_out, (K, N), (bk, bn)),
-                        bw._descriptor(d_pre, (M, N), (bm, bw.epilogue_width(config))),
-                        pre, dbias if has_dbias else pre, M, N, K, N, grid=(1,), ACT=code, HAS_DBIAS=has_dbias,
-                        STAGES=stages, EPI_BUFS=bufs, GROUP=mgg.GROUP_M, CONSUMER_REGS=consumer,
-                        PRODUCER_REGS=producer, num_warps=bm // 16)
-                    show(f"bwd gluon ws {act} {str(dtype)[6:]} dbias={int(has_dbias)}", (*config, f"epi{bufs}"),
-                         compiled)
+                        bw._descriptor(pre, (M, N), (bm, bw.SLICE_N)), bw._descriptor(d_pre, (M, N), (bm, bw.SLICE_N)),
+                        dbias if has_dbias else d_pre, M, N, K, grid=(1,), ACT=code, HAS_DBIAS=has_dbias,
+                        STAGES=stages, GROUP=mgg.GROUP_M, CONSUMER_REGS=consumer, PRODUCER_REGS=producer,
+                        num_warps=bm // 16)
+                    show(f"bwd gluon ws {act} {str(dtype)[6:]} dbias={int(has_dbias)}", config, compiled)
 
 
 def main():
