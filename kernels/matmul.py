@@ -93,8 +93,8 @@ GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
 # The non-gated backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong): where it
 # applies and M > SMALL_M it is timed per shape on its first call against the tl kernel as the gated forward's
 # configs are. Thirteenth session, H200, M 16384, with the bias sums (tools/gpu_ffn_nongated_gluon.py): its best
-# config 1.06-1.12x the tl kernel at every non-gated suite point (768 -> 3072, 2048 -> 8192; two-warpgroup consumers
-# for gelu and silu; those are bf16 only until an fp16 GPU run proves them: configs_for). KERNELS_FFN_GLUON_BWD=0
+# config 1.06-1.12x the tl kernel at every non-gated suite point (768 -> 3072, 2048 -> 8192); fourteenth session, H100,
+# the pre tile TMA-loaded by the producer: 1.02-1.34x (tools/gpu_ffn_nongated_gluon.py). KERNELS_FFN_GLUON_BWD=0
 # keeps the tl kernel.
 GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "1") != "0"
 # The non-gated forward on the gated ping-pong's kernel (kernels/matmul_gated_gluon_ws.py, GATED False), likewise
@@ -676,7 +676,7 @@ def _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl):
             run(*args)
         return go
     pick = _GLUON_BWD_PICKS[key] = _tuning.fastest(
-        gluon.configs_for(grad.dtype),
+        gluon.CONFIGS,
         fresh(lambda config: gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)),
         autotune_enabled(), "the Gluon backward GEMM", fallback=fresh(run_tl))
     dbias.zero_()

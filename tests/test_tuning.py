@@ -178,7 +178,6 @@ def _backward_verdicts(monkeypatch, asked, launched):
     """The same for _gluon_backward (dy varies; fact: bias_grad)."""
     bw = types.SimpleNamespace(
         CONFIGS=(("ws", 128, 128, 64, 4),),
-        configs_for=lambda dtype: bw.CONFIGS,
         usable=lambda dy, w_out, pre, d_pre, act: asked.append(dy.shape) or True,
         act_bwd_ws=lambda dy, w_out, pre, d_pre, dbias, act, config: launched.append(config))
     monkeypatch.setattr(matmul, "_bwd_gluon", lambda: bw)
