@@ -104,12 +104,10 @@ def _derivative_source(pre, a, activation):
 
 
 def _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
-    # The second layer's gradients first: cheap to launch, they keep the GPU busy while the host prepares the
-    # fused GEMM's launch (its checks, verdict and TMA descriptors), where the GPU would otherwise wait on a slow host.
-    dw_out, db_out = torch.mm(dy.t(), a), dy.sum(0) if has_b_out else None
     d_pre, _, db_in = act_bwd(dy, w_out, _derivative_source(pre, a, activation), activation, store_act=False,
                               bias_grad=has_b_in)
-    return torch.mm(d_pre, w_in), torch.mm(d_pre.t(), x), db_in, dw_out, db_out
+    return (torch.mm(d_pre, w_in), torch.mm(d_pre.t(), x), db_in, torch.mm(dy.t(), a),
+            dy.sum(0) if has_b_out else None)
 
 
 def _or_empty(t, like):
