@@ -52,7 +52,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from ._launch import FastLaunch, launch_planned
+from ._launch import FastLaunch, launch_memo
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, _GL_DTYPES, _descriptor, \
     _is_hopper, _num_sms, _sigmoid, _tile_origin, _tma_2d
@@ -283,20 +283,24 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     M, K = dy.shape
     N = w_out.shape[1]
     config = config or CONFIGS[0]
-    _, bm, bn, bk, stages = config
-    consumer, producer = partition_regs(bm)
-    grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
     has_dbias = dbias.numel() > 0
     sums = dbias if has_dbias else d_pre  # (an unused pointer without the sums)
-    # planned (kernels/_launch.launch_planned) under what fixes the grid, constexprs and arguments' launch facts
-    aligned = not (dy.data_ptr() | w_out.data_ptr() | pre.data_ptr() | d_pre.data_ptr() | sums.data_ptr()) % 16
+    # remembered (kernels/_launch.launch_memo) under what fixes the grid, constexprs and arguments' launch facts,
+    # and the tensors' addresses
+    addresses = (dy.data_ptr(), w_out.data_ptr(), pre.data_ptr(), d_pre.data_ptr(), sums.data_ptr())
+    aligned = not (addresses[0] | addresses[1] | addresses[2] | addresses[3] | addresses[4]) % 16
     key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
            dy.get_device())
-    descriptors = (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
-                   _descriptor(pre, (M, N), (bm, SLICE_N)), _descriptor(d_pre, (M, N), (bm, SLICE_N)))
-    launch_planned(_fast, key, grid, (*descriptors, sums, M, N, K),
-                   dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages, GROUP=GROUP_M,
-                        CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16), aligned)
+
+    def setup():
+        _, bm, bn, bk, stages = config
+        consumer, producer = partition_regs(bm)
+        grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
+        args = (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
+                _descriptor(pre, (M, N), (bm, SLICE_N)), _descriptor(d_pre, (M, N), (bm, SLICE_N)), sums, M, N, K)
+        return grid, args, dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages, GROUP=GROUP_M,
+                                CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16)
+    launch_memo(_fast, key, addresses, aligned, setup)
     return d_pre
 
 

@@ -32,7 +32,8 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from ._launch import FastLaunch
 from ._runtime import cdiv
 from .matmul_gated_gluon import ACT_CODES, GROUP_M, PLAIN_ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _activation, \
-    _descriptor, _gated_values, _is_hopper, _num_sms, _tile_origin, _tma_2d, launch_args, launch_forward
+    _descriptor, _gated_values, _is_hopper, _num_sms, _tile_origin, _tma_2d, gated_addresses, launch_args, \
+    launch_forward
 
 CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
 
@@ -233,11 +234,13 @@ def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     """Fill out (M, H) and, when store_pre, pre (M, 2H) as matmul_gated_gluon.gated_forward_gluon, where its
     `usable` holds; config ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (64)."""
     _, bm, bn, bk, stages = config
-    launch_forward(_fast, config, activation, x, w, b, store_pre, out, pre,
-                   *launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
-                   dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
-                        EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=True))
+    bias = x if b is None else b.contiguous()
+    launch_forward(_fast, config, activation, x, w, b, store_pre, gated_addresses(x, w, bias, store_pre, out, pre),
+                   lambda: (*launch_args(x, w, bias, store_pre, out, pre, bm, bn, bk),
+                            dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
+                                 STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre),
+                                 GROUP=GROUP_M, CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4,
+                                 GATED=True)))
     return out, pre
 
 
@@ -271,14 +274,18 @@ def plain_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     M, K = x.shape
     N = w.shape[0]
     _, bm, bn, bk, stages = config
-    out_desc = _descriptor(out, (M, N), (bm, bn))
-    pre_desc = _descriptor(pre, (M, N), (bm, bn)) if store_pre else out_desc
-    w_desc = _descriptor(w, (N, K), (bn, bk))
-    grid = (min(cdiv(M, bm) * cdiv(N, 2 * bn), _num_sms(x.device.index or 0)), 1, 1)
-    launch_forward(_fast, config, activation, x, w, b, store_pre, out, pre, grid,
-                   (_descriptor(x, (M, K), (bm, bk)), w_desc, w_desc, out_desc, pre_desc, out_desc,
-                    x if b is None else b.contiguous(), M, N, K),
-                   dict(ACT=PLAIN_ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
-                        STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=False))
+    bias = x if b is None else b.contiguous()
+    o = out.data_ptr()
+    addresses = (x.data_ptr(), w.data_ptr(), w.data_ptr(), o, pre.data_ptr() if store_pre else o, o, bias.data_ptr())
+
+    def setup():
+        out_desc = _descriptor(out, (M, N), (bm, bn))
+        pre_desc = _descriptor(pre, (M, N), (bm, bn)) if store_pre else out_desc
+        w_desc = _descriptor(w, (N, K), (bn, bk))
+        grid = (min(cdiv(M, bm) * cdiv(N, 2 * bn), _num_sms(x.device.index or 0)), 1, 1)
+        return (grid, (_descriptor(x, (M, K), (bm, bk)), w_desc, w_desc, out_desc, pre_desc, out_desc, bias, M, N, K),
+                dict(ACT=PLAIN_ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
+                     STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
+                     CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=False))
+    launch_forward(_fast, config, activation, x, w, b, store_pre, addresses, setup)
     return out, pre
