@@ -281,12 +281,13 @@ def test_ffn_through_the_gluon_kernels(activation, monkeypatch):
 
 
 @hopper_only
-def test_remembered_launches_give_the_first_calls_bits():
+def test_remembered_launches_give_the_first_calls_bits(monkeypatch):
     """kernels/_launch.launch_memo: from a plan's third launch on, the C launcher's argument list remembered for
     the tensors' addresses is replayed without building descriptors. Each Gluon GEMM (the backward, the plain and
     the gated ping-pong forwards), called again on the same tensors, into new outputs and on copies of its inputs
     (new addresses, each set remembered in turn), gives the first call's bits; its plans remember address sets."""
     from kernels import _launch
+    monkeypatch.setattr(_launch, "_PLANS", {})  # this test's plans only
     M, K, N = 1000, 200, 528  # N: 2H for the gated kernels, a multiple of 16 (off the 128-column tiles)
     dy, w_out, pre = (t.to(torch.bfloat16) for t in _inputs(M, K, N))
     x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
