@@ -348,6 +348,16 @@ def _key(q, k, v, dout, padded_q, *extra):
             padded_q, q.dtype, q.get_device())
 
 
+def _operands(q, k, v, dout, block_m, block_n):
+    """The descriptors of q and dout in block_m-row tiles, of k and v in block_n-row ones, and their tile
+    addressing (q's, k's, v's, dout's), as both kernels take them."""
+    q_desc, q_tiles = _descriptor(q, block_m)
+    do_desc, do_tiles = _descriptor(dout, block_m)
+    k_desc, k_tiles = _descriptor(k, block_n)
+    v_desc, v_tiles = _descriptor(v, block_n)
+    return (q_desc, k_desc, v_desc, do_desc), (*q_tiles, *k_tiles, *v_tiles, *do_tiles)
+
+
 def dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q, config=None):
     """Fill dk, dv (contiguous (B, H_kv, S, D)) from the preprocess buffers lse2, delta ((B, H, padded_q)
     fp32), for arguments where `usable` holds; config = (block_n, block_m, num_warps)."""
@@ -359,14 +369,9 @@ def dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q, conf
               delta.data_ptr(), scale * LOG2E, scale)
 
     def setup():
-        q_desc, q_tiles = _descriptor(q, block_m)
-        do_desc, do_tiles = _descriptor(dout, block_m)
-        k_desc, k_tiles = _descriptor(k, block_n)
-        v_desc, v_tiles = _descriptor(v, block_n)
-        dk_desc, _ = _descriptor(dk, block_n)
-        dv_desc, _ = _descriptor(dv, block_n)
-        args = (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2, delta, T, H, H_kv, padded_q, values[-2],
-                scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles)
+        descriptors, tiles = _operands(q, k, v, dout, block_m, block_n)
+        args = (*descriptors, _descriptor(dk, block_n)[0], _descriptor(dv, block_n)[0], lse2, delta, T, H, H_kv,
+                padded_q, values[-2], scale, *tiles)
         return (cdiv(T, block_n), B * H_kv, 1), args, dict(CAUSAL=causal, BLOCK_N=block_n, BLOCK_M=block_m,
                                                             HEAD_DIM=D, num_warps=num_warps)
     launch_memo(_fast, _key(q, k, v, dout, padded_q, causal, block_n, block_m, num_warps), values, True, setup)
@@ -382,13 +387,9 @@ def dq_gluon(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q, config=Non
               delta.data_ptr(), scale * LOG2E, scale)
 
     def setup():
-        q_desc, q_tiles = _descriptor(q, block_m)
-        do_desc, do_tiles = _descriptor(dout, block_m)
-        k_desc, k_tiles = _descriptor(k, block_n)
-        v_desc, v_tiles = _descriptor(v, block_n)
-        dq_desc, _ = _descriptor(dq, block_m)
-        args = (q_desc, k_desc, v_desc, do_desc, dq_desc, lse2, delta, T, H, k.shape[1], padded_q, values[-2],
-                scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles)
+        descriptors, tiles = _operands(q, k, v, dout, block_m, block_n)
+        args = (*descriptors, _descriptor(dq, block_m)[0], lse2, delta, T, H, k.shape[1], padded_q, values[-2],
+                scale, *tiles)
         return (T // block_m, B * H, 1), args, dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
                                                      num_warps=num_warps)
     launch_memo(_dq_fast, _key(q, k, v, dout, padded_q, causal, block_m, block_n, num_warps), values, True, setup)
