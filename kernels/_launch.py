@@ -79,7 +79,7 @@ class LaunchPlan:
         self.remembered = {}
 
 
-MAX_REMEMBERED = 64  # address sets per plan (a training loop, or the suite's rotated inputs, reuses a handful)
+MAX_REMEMBERED = 128  # sets per plan: a training loop reuses a handful; a benchmark suite, its cases' inputs (tens)
 
 
 _dtype_of = operator.attrgetter("dtype")
