@@ -56,8 +56,7 @@ from ._launch import FastLaunch, launch_memo
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, _GL_DTYPES, _descriptor, \
     _is_hopper, _num_sms, _sigmoid, _tile_origin, _tma_2d
-from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_ring_barriers, _ring_barriers, \
-    _tile_main_loop
+from .matmul_gated_gluon_ws import _invalidate_ring_barriers, _ring_barriers, _tile_main_loop, partition_regs
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (a warpgroup per 64). A 64 x 128 tile
 # loads its own dy and w_out boxes, (64 + 128) K elements per 64 x 128 x K products; 64 x 256 and 128 x 128 a sixth
@@ -84,18 +83,6 @@ def shared_bytes(config, dtype_bytes, has_dbias=True):
     """Shared memory a config asks: the ring, both consumers' pre / d_pre tiles, the sums' scratch."""
     _, bm, bn, bk, stages = config
     return (stages * (bm * bk + bk * bn) + 2 * bm * bn) * dtype_bytes + (SUM_SCRATCH if has_dbias else 0)
-
-
-LEAN_PRODUCER_REGS = 24  # setmaxnreg's least: enough for the producer's loop of TMA issues (no spills without the sums)
-
-
-def partition_regs(bm):
-    """(consumer, producer) registers per thread: each consumer has bm // 16 warps (a warpgroup per 64 rows); the
-    gated forward's split for one-warpgroup consumers, else what the 64K registers of an SM leave the consumers
-    beside a lean producer warpgroup, a multiple of 8 (setmaxnreg)."""
-    if bm == 64:
-        return CONSUMER_REGS, PRODUCER_REGS
-    return (65536 - 128 * LEAN_PRODUCER_REGS) // (4 * bm) // 8 * 8, LEAN_PRODUCER_REGS
 
 
 @gluon.jit

@@ -57,16 +57,17 @@ SMEM_LIMIT = 232448 - 2048  # the H100's / H200's 227 KB per block, less room fo
 # 128 x 128 x 64 with 4 or 3 stages led at every shape; 128 x 64 x 64 (267-368 TFLOP/s) and BLOCK_K 32
 # (285-466) never did and are left out.
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages): the warp-specialized ping-pong kernel of matmul_gated_gluon_ws
-# (BLOCK_M rows per consumer warpgroup). Its 3-stage twin (421-558 TFLOP/s against 4 stages' 541-648, H200, 2026-11-27
-# eleventh session) never led and is left out.
+# (BLOCK_M rows per consumer: a warpgroup per 64). Its 3-stage twin (421-558 TFLOP/s against 4 stages' 541-648, H200,
+# 2026-11-27 eleventh session) never led and is left out. The 128-row one (two-warpgroup consumers, 128 x 64 halves):
+# compiled for sm_90a with 8-64 bytes of spills in its epilogue, NOT YET RUN ON A GPU.
 CONFIGS = {
     # M up to 1024: one warpgroup of 64 rows, more tiles to spread over the SMs (kernels/matmul.py sends
     # M <= SMALL_M = 1024 to the tl kernel: host time weighs more there)
     "small_m": ((64, 128, 64, 4, 4), (128, 128, 64, 3, 8)),
     # K <= 1024 (768 -> 2048 / 3072): few k-steps per tile, so the epilogue weighs more
-    "narrow_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4)),
+    "narrow_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4), ("ws", 128, 64, 64, 4)),
     # K > 1024 (2048 -> 5440 / 8192)
-    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4)),
+    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4), ("ws", 128, 64, 64, 4)),
 }
 
 

@@ -27,10 +27,13 @@ def _setup(request, monkeypatch):
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=str)
 @pytest.mark.parametrize("store_pre", [True, False])
 def test_configs_fit_the_wgmma_and_shared_memory(config, store_pre):
-    if config[0] == "ws":  # the ping-pong kernel: one warpgroup of 64 rows per consumer, staging tiles per consumer
+    if config[0] == "ws":  # the ping-pong kernel: a warpgroup per 64 rows of a consumer, staging tiles per consumer
         from kernels import matmul_gated_gluon_ws as ws
         _, bm, bn, bk, stages = config
-        assert bm == 64 and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
+        assert bm in (64, 128) and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
+        consumer, producer = ws.partition_regs(bm)  # two consumers of bm // 16 warps, a producer warpgroup
+        assert consumer % 8 == 0 and producer % 8 == 0 and 2 * (2 * bm) * consumer + 128 * producer <= 65536
+        assert bm * 2 * bn <= 128 * 128  # the accumulator: at most 64 fp32 registers a thread at 128 rows (120 in all)
         bufs = ws.epilogue_buffers(config, 2, store_pre)
         assert 1 <= bufs <= (3 if store_pre else 1)
         assert stages * (bm + 2 * bn) * bk * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT

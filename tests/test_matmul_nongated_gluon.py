@@ -47,7 +47,10 @@ def test_activation_codes_are_matmuls():
 @pytest.mark.parametrize("store_pre", [True, False])
 def test_plain_forward_configs_fit_the_shared_memory(config, store_pre):
     kind, bm, bn, bk, stages = config
-    assert kind == "ws" and bm == 64 and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2
+    assert kind == "ws" and bm in (64, 128) and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2
+    consumer, producer = ws.partition_regs(bm)  # two consumers of bm // 16 warps, a producer warpgroup
+    assert consumer % 8 == 0 and producer % 8 == 0 and 2 * (2 * bm) * consumer + 128 * producer <= 65536
+    assert bm * 2 * bn <= 128 * 128  # the accumulator: at most 64 fp32 registers a thread at 128 rows (120 in all)
     bufs = ws.epilogue_buffers(config, 2, store_pre)
     assert stages * (bm + 2 * bn) * bk * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
 
