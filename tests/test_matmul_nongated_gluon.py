@@ -200,11 +200,13 @@ def test_plain_forward_matches_float64_and_tl(M, K, N, activation, dtype):
 @hopper_only
 @pytest.mark.parametrize("config", ws.PLAIN_CONFIGS, ids=str)
 @pytest.mark.parametrize("M, K, N", [(17, 48, 136), (700, 200, 520), (4100, 64, 1032), (3000, 520, 1000)])
-@pytest.mark.parametrize("store_pre, bias", [(True, True), (False, True), (True, False)])
-def test_plain_forward_every_config_and_tile_count(config, M, K, N, store_pre, bias):
+@pytest.mark.parametrize("store_pre, bias, dtype", [(True, True, torch.bfloat16), (False, True, torch.bfloat16),
+                                                     (True, False, torch.bfloat16), (True, True, torch.float16)],
+                         ids=["pre-bias-bf16", "bias-bf16", "pre-bf16", "pre-bias-fp16"])
+def test_plain_forward_every_config_and_tile_count(config, M, K, N, store_pre, bias, dtype):
     """As the backward's: one tile per program, one k-step, several tiles odd and even, edges everywhere (N not a
-    multiple of the 2 BLOCK_N columns of a tile, so a tile's second half may lie past N)."""
-    _check_forward(M, K, N, "gelu", torch.bfloat16, store_pre, bias, config)
+    multiple of the 2 BLOCK_N columns of a tile, so a tile's second half may lie past N); each config in fp16 too."""
+    _check_forward(M, K, N, "gelu", dtype, store_pre, bias, config)
 
 
 @hopper_only
