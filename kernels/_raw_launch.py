@@ -12,8 +12,12 @@ caller keeps `run`). A descriptor's expansion is remembered in the dict `tma_map
 it carries one (the copies of one template in kernels/attention_gluon.py and matmul_gated_gluon.py share
 theirs), under its base address and the binary's TMA metadata: everything else the CUtensorMap encodes (shape,
 strides, block, dtype, layout) is the template's own. A descriptor without `tma_maps` is expanded each time.
+The returned function also carries `expand(args)`, the C launcher's argument list for args (descriptors expanded),
+and `raw(gx, gy, gz, stream, function, packed_metadata, expanded)`, the launch from such a list: a call site that
+remembers a list (kernels/_launch.FastLaunch.launch_remembered) launches again without building its arguments.
 tools/raw_launch_check.py compares the arguments with Triton 3.6's own path (run it with Triton 3.6).
 """
+import torch
 import triton
 
 try:
@@ -42,6 +46,7 @@ def direct_launcher(compiled):
     if code is None:  # the C launcher itself: the kernel has no descriptors
         def go(gx, gy, gz, stream, function, metadata, args):
             launch(gx, gy, gz, stream, function, coop, pdl, None, None, metadata, None, None, None, *args)
+        go.expand, go.raw = list, go
         return go
     if code.co_name != "inner" or code.co_freevars != _INNER_CELLS:
         return None
@@ -50,15 +55,28 @@ def direct_launcher(compiled):
     metas = cells["tensordesc_meta"] or [None] * len(positions)
     plan = tuple((p, m, _meta_key(m)) for p, m in zip(positions, metas))
 
-    def go(gx, gy, gz, stream, function, metadata, args):
+    def expand(args):
         final, start = [], 0
         for p, meta, key in plan:
             final += args[start:p]
             final += _expanded(args[p], meta, key)
             start = p + 1
         final += args[start:]
+        return final
+
+    def launch_expanded(gx, gy, gz, stream, function, metadata, final):
         raw(gx, gy, gz, stream, function, coop, pdl, None, None, metadata, None, None, None, *final)
+
+    def go(gx, gy, gz, stream, function, metadata, args):
+        launch_expanded(gx, gy, gz, stream, function, metadata, expand(args))
+    go.expand, go.raw = expand, launch_expanded
     return go
+
+
+def addressed(final):
+    """An expanded argument list with each tensor as its data pointer (the C launcher takes an int pointer as it
+    is, a tensor through its data_ptr() and a driver check), so that keeping the list keeps no tensor alive."""
+    return [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in final]
 
 
 def _meta_key(meta):

@@ -33,9 +33,9 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 
 from . import _tuning, attention_bwd, attention_gluon
-from ._launch import FastLaunch, launch_planned
+from ._launch import FastLaunch, launch_memo
 from ._runtime import cdiv, next_power_of_2
-from .attention_gluon import LOG2E, _descriptor, launch_key
+from .attention_gluon import LOG2E, _descriptor
 
 # (block_n, block_m, num_warps) per head dim, timed on a shape's first call against each other and the `tl`
 # kernel (the first one where the shape is too small to time): block_n keys per program (64 per warpgroup),
@@ -339,23 +339,42 @@ def dq_tuned(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q, fallback=N
                  fallback=fallback)
 
 
+def _key(q, k, v, dout, padded_q, *extra):
+    """What fixes a backward launch besides the tensors' addresses and the scale (kernels/_launch.launch_memo): the
+    config and causality (extra), q's, k's, v's and dout's shapes and strides (their descriptors' facts and tile
+    addressing; dk, dv, dq are contiguous, of q's or k's shape), the preprocess buffers' padded length, the dtype
+    and device."""
+    return (*extra, q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), dout.shape, dout.stride(),
+            padded_q, q.dtype, q.get_device())
+
+
+def _operands(q, k, v, dout, block_m, block_n):
+    """The descriptors of q and dout in block_m-row tiles, of k and v in block_n-row ones, and their tile
+    addressing (q's, k's, v's, dout's), as both kernels take them."""
+    q_desc, q_tiles = _descriptor(q, block_m)
+    do_desc, do_tiles = _descriptor(dout, block_m)
+    k_desc, k_tiles = _descriptor(k, block_n)
+    v_desc, v_tiles = _descriptor(v, block_n)
+    return (q_desc, k_desc, v_desc, do_desc), (*q_tiles, *k_tiles, *v_tiles, *do_tiles)
+
+
 def dkdv_gluon(q, k, v, dout, lse2, delta, dk, dv, causal, scale, padded_q, config=None):
     """Fill dk, dv (contiguous (B, H_kv, S, D)) from the preprocess buffers lse2, delta ((B, H, padded_q)
     fp32), for arguments where `usable` holds; config = (block_n, block_m, num_warps)."""
     B, H, T, D = q.shape
     H_kv = k.shape[1]
     block_n, block_m, num_warps = config or CONFIGS[D][0]
-    q_desc, q_tiles = _descriptor(q, block_m)
-    do_desc, do_tiles = _descriptor(dout, block_m)
-    k_desc, k_tiles = _descriptor(k, block_n)
-    v_desc, v_tiles = _descriptor(v, block_n)
-    dk_desc, _ = _descriptor(dk, block_n)
-    dv_desc, _ = _descriptor(dv, block_n)
-    grid, causal = (cdiv(T, block_n), B * H_kv, 1), bool(causal)
-    args = (q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, lse2, delta, T, H, H_kv, padded_q, scale * LOG2E,
-            scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles)
-    launch_planned(_fast, launch_key(grid, args, args[:6], causal, block_n, block_m, num_warps), grid, args,
-                   dict(CAUSAL=causal, BLOCK_N=block_n, BLOCK_M=block_m, HEAD_DIM=D, num_warps=num_warps))
+    causal, scale = bool(causal), float(scale)
+    values = (q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), dk.data_ptr(), dv.data_ptr(), lse2.data_ptr(),
+              delta.data_ptr(), scale * LOG2E, scale)
+
+    def setup():
+        descriptors, tiles = _operands(q, k, v, dout, block_m, block_n)
+        args = (*descriptors, _descriptor(dk, block_n)[0], _descriptor(dv, block_n)[0], lse2, delta, T, H, H_kv,
+                padded_q, values[-2], scale, *tiles)
+        return (cdiv(T, block_n), B * H_kv, 1), args, dict(CAUSAL=causal, BLOCK_N=block_n, BLOCK_M=block_m,
+                                                            HEAD_DIM=D, num_warps=num_warps)
+    launch_memo(_fast, _key(q, k, v, dout, padded_q, causal, block_n, block_m, num_warps), values, True, setup)
 
 
 def dq_gluon(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q, config=None):
@@ -363,16 +382,17 @@ def dq_gluon(q, k, v, dout, lse2, delta, dq, causal, scale, padded_q, config=Non
     config = (block_m, block_n, num_warps)."""
     B, H, T, D = q.shape
     block_m, block_n, num_warps = config or DQ_CONFIGS[D][0]
-    q_desc, q_tiles = _descriptor(q, block_m)
-    do_desc, do_tiles = _descriptor(dout, block_m)
-    k_desc, k_tiles = _descriptor(k, block_n)
-    v_desc, v_tiles = _descriptor(v, block_n)
-    dq_desc, _ = _descriptor(dq, block_m)
-    grid, causal = (T // block_m, B * H, 1), bool(causal)
-    args = (q_desc, k_desc, v_desc, do_desc, dq_desc, lse2, delta, T, H, k.shape[1], padded_q, scale * LOG2E,
-            scale, *q_tiles, *k_tiles, *v_tiles, *do_tiles)
-    launch_planned(_dq_fast, launch_key(grid, args, args[:5], causal, block_m, block_n, num_warps), grid, args,
-                   dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=num_warps))
+    causal, scale = bool(causal), float(scale)
+    values = (q.data_ptr(), k.data_ptr(), v.data_ptr(), dout.data_ptr(), dq.data_ptr(), lse2.data_ptr(),
+              delta.data_ptr(), scale * LOG2E, scale)
+
+    def setup():
+        descriptors, tiles = _operands(q, k, v, dout, block_m, block_n)
+        args = (*descriptors, _descriptor(dq, block_m)[0], lse2, delta, T, H, k.shape[1], padded_q, values[-2],
+                scale, *tiles)
+        return (T // block_m, B * H, 1), args, dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
+                                                     num_warps=num_warps)
+    launch_memo(_dq_fast, _key(q, k, v, dout, padded_q, causal, block_m, block_n, num_warps), values, True, setup)
 
 
 _fast = FastLaunch(_attn_bwd_dkdv_gluon_kernel)

@@ -24,7 +24,6 @@ either further rows (contiguous (B, H, T, D)) or column offsets within a row (vi
 kernels.attention.attention_fwd's.
 """
 import functools
-import itertools
 import os
 
 import torch
@@ -36,7 +35,7 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from . import _tuning, attention_bwd
 from .norms_bwd import sm_count
-from ._launch import FastLaunch, descriptor_facts, launch_planned
+from ._launch import FastLaunch, descriptor_facts, launch_memo
 from ._runtime import next_power_of_2
 
 LOG2E = 1.4426950408889634
@@ -308,7 +307,6 @@ def _layout(rows, D, dtype):
 
 
 _descriptors = {}  # (shape, strides, dtype, block rows) -> (a descriptor of such a tensor, its tile addressing)
-_template_ids = itertools.count()
 MAX_DESCRIPTORS = 4096  # then the cache starts over (many sequence lengths, as in inference)
 
 
@@ -325,7 +323,6 @@ def _descriptor(t, block_rows):
         layout = _layout(block_rows, t.shape[3], t.dtype)
         template = TensorDescriptor(t, [rows, cols], [t.stride(2), 1], [block_rows, t.shape[3]], layout)
         template.launch_facts = descriptor_facts(template)  # FastLaunch's key, shared by the copies
-        template.facts_id = next(_template_ids)  # launch_key's stand-in for those facts (never reused)
         template.tma_maps = {}  # the copies' CUtensorMaps by base address (kernels/_raw_launch.py), shared too
         template.base = None  # (the cache must not keep t alive)
         if len(_descriptors) >= MAX_DESCRIPTORS:
@@ -338,30 +335,44 @@ def _descriptor(t, block_rows):
     return desc, tiles
 
 
-def launch_key(grid, args, descriptors, *extra):
-    """The key under which `launch_planned` remembers a Gluon attention launch: the grid, every int argument's
-    value, the descriptors' dtype, device and facts (block, layout, shape, strides: their template's number,
-    as hashing the facts' layouts runs Python code), and `extra` (the kernel's constexprs). The other tensor
-    arguments are fp32 row buffers of this module's own making, aligned."""
-    base = descriptors[0].base
-    return (*extra, grid, base.dtype, base.get_device(), *[d.facts_id for d in descriptors],
-            *[a for a in args if a.__class__ is int])
-
-
-def forward_launch(q, k, v, causal, scale, q_rows, kv_rows, program_rows, programs_per_sm):
-    """(out, lse, grid, runtime arguments) of a Gluon forward (this module's or attention_gluon_ws's): q and
-    the output in TMA tiles of q_rows rows, k and v of kv_rows, program_rows query rows per program."""
+def forward_launch(q, k, v, scale, q_rows, kv_rows, program_rows, group, out, lse):
+    """(grid, runtime arguments) of a Gluon forward (this module's or attention_gluon_ws's) into out and lse: q
+    and the output in TMA tiles of q_rows rows, k and v of kv_rows, program_rows query rows per program, heads in
+    groups of `group` (heads_per_group)."""
     B, H, T, D = q.shape
-    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
     q_desc, q_tiles = _descriptor(q, q_rows)
     k_desc, k_tiles = _descriptor(k, kv_rows)
     v_desc, v_tiles = _descriptor(v, kv_rows)
     o_desc, _ = _descriptor(out, q_rows)
-    n_qb = T // program_rows
     args = (q_desc, k_desc, v_desc, o_desc, lse, T, H, k.shape[1], scale * LOG2E, *q_tiles, *k_tiles, *v_tiles,
-            heads_per_group(n_qb, B * H, programs_per_sm, q.device, causal))
-    return out, lse, (n_qb * B * H, 1, 1), args
+            group)
+    return (T // program_rows * B * H, 1, 1), args
+
+
+def launch_forward(fast, q, k, v, causal, scale, q_rows, kv_rows, program_rows, programs_per_sm, extra, meta,
+                   adapt=None):
+    """(out, lse) of a Gluon forward launched by fast on forward_launch's grid and arguments (adapt(grid, args)
+    may change them: the persistent kernel's), remembered (kernels/_launch.launch_memo) under extra (the
+    kernel's constexprs and whatever else shapes its launch), the head groups, q's, k's and v's shapes and
+    strides (their descriptors' facts and tile addressing), the dtype and device, and, per call, the tensors'
+    addresses and the scale. A repeated call then builds no descriptors. (q, k, v: 16-byte aligned, `usable`
+    says; out, lse fresh.)"""
+    B, H, T, D = q.shape
+    out = torch.empty((B, H, T, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, T), dtype=torch.float32, device=q.device)
+    scale = float(scale)
+    group = heads_per_group(T // program_rows, B * H, programs_per_sm, q.device, causal)
+    values = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), lse.data_ptr(), scale * LOG2E)
+    key = (*extra, bool(causal), group, q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype,
+           q.get_device())
+
+    def setup():
+        grid, args = forward_launch(q, k, v, scale, q_rows, kv_rows, program_rows, group, out, lse)
+        if adapt is not None:
+            grid, args = adapt(grid, args)
+        return grid, args, meta
+    launch_memo(fast, key, values, True, setup)
+    return out, lse
 
 
 def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
@@ -371,11 +382,10 @@ def attention_fwd_gluon(q, k, v, causal, scale, block_n=None, block_m=128):
     warpgroup, so that two programs share an SM and one's softmax can run under the other's wgmma."""
     D = q.shape[3]
     block_n = block_n or (64 if D == 128 else 128)
-    out, lse, grid, args = forward_launch(q, k, v, causal, scale, block_m, block_n, block_m, 2 if block_m == 64 else 1)
     causal = bool(causal)
-    launch_planned(_fast, launch_key(grid, args, args[:4], causal, block_m, block_n), grid, args,
-                   dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=block_m // 16))
-    return out, lse
+    return launch_forward(_fast, q, k, v, causal, scale, block_m, block_n, block_m, 2 if block_m == 64 else 1,
+                          (block_m, block_n), dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D,
+                                                   num_warps=block_m // 16))
 
 
 _fast = FastLaunch(_attn_fwd_gluon_kernel)  # Triton's launch path costs more host time than a small forward

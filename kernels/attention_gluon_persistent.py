@@ -29,8 +29,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
-from ._launch import FastLaunch, launch_planned
-from .attention_gluon import _load_kv, _softmax_step, forward_launch, launch_key
+from ._launch import FastLaunch
+from .attention_gluon import _load_kv, _softmax_step, launch_forward
 from .norms_bwd import sm_count
 
 
@@ -211,14 +211,13 @@ def attention_fwd_persistent(q, k, v, causal, scale, block_m=64, block_n=64, pro
     B, H, T, D = q.shape
     if T % (2 * block_m):
         raise ValueError(f"the persistent forward pairs query blocks: T = {T} is not a multiple of 2 x {block_m}")
-    out, lse, _, args = forward_launch(q, k, v, causal, scale, block_m, block_n, block_m, 1)
     n_pairs = B * H * T // (2 * block_m)
     if programs is None:
         programs = min(n_pairs, sm_count(q.device) * (2 if block_m == 64 else 1))
-    grid, args, causal = (programs, 1, 1), (*args[:-1], B * H), bool(causal)
-    launch_planned(_fast, launch_key(grid, args, args[:4], causal, block_m, block_n), grid, args,
-                   dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=block_m // 16))
-    return out, lse
+    causal = bool(causal)
+    return launch_forward(_fast, q, k, v, causal, scale, block_m, block_n, block_m, 1, (block_m, block_n, programs),
+                          dict(CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=D, num_warps=block_m // 16),
+                          lambda grid, args: ((programs, 1, 1), (*args[:-1], B * H)))
 
 
 _fast = FastLaunch(_attn_fwd_persistent_kernel)

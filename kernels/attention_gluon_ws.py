@@ -21,8 +21,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma, \
     warpgroup_mma_wait
 
-from ._launch import FastLaunch, launch_planned
-from .attention_gluon import _softmax_step, _tile_of, forward_launch, launch_key
+from ._launch import FastLaunch
+from .attention_gluon import _softmax_step, _tile_of, launch_forward
 
 
 @gluon.jit
@@ -189,11 +189,10 @@ def _attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_desc, Lse, seqlen, n_heads, n_
 def attention_fwd_ws(q, k, v, causal, scale, block_n=128, stages=2):
     """(out, lse) as attention_gluon.attention_fwd_gluon, for arguments where attention_gluon.usable holds
     (T a multiple of 128 = 2 consumers x 64 rows)."""
-    out, lse, grid, args = forward_launch(q, k, v, causal, scale, 64, block_n, 2 * 64, 1)
     causal = bool(causal)
-    launch_planned(_fast, launch_key(grid, args, args[:4], causal, block_n, stages), grid, args,
-                   dict(CAUSAL=causal, BLOCK_M=64, BLOCK_N=block_n, HEAD_DIM=q.shape[3], STAGES=stages, num_warps=4))
-    return out, lse
+    return launch_forward(_fast, q, k, v, causal, scale, 64, block_n, 2 * 64, 1, (block_n, stages),
+                          dict(CAUSAL=causal, BLOCK_M=64, BLOCK_N=block_n, HEAD_DIM=q.shape[3], STAGES=stages,
+                               num_warps=4))
 
 
 _fast = FastLaunch(_attn_fwd_ws_kernel)

@@ -52,12 +52,11 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from ._launch import FastLaunch, launch_planned
+from ._launch import FastLaunch, launch_memo
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, _GL_DTYPES, _descriptor, \
     _is_hopper, _num_sms, _sigmoid, _tile_origin, _tma_2d
-from .matmul_gated_gluon_ws import CONSUMER_REGS, PRODUCER_REGS, _invalidate_ring_barriers, _ring_barriers, \
-    _tile_main_loop
+from .matmul_gated_gluon_ws import _invalidate_ring_barriers, _ring_barriers, _tile_main_loop, partition_regs
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (a warpgroup per 64). A 64 x 128 tile
 # loads its own dy and w_out boxes, (64 + 128) K elements per 64 x 128 x K products; 64 x 256 and 128 x 128 a sixth
@@ -84,18 +83,6 @@ def shared_bytes(config, dtype_bytes, has_dbias=True):
     """Shared memory a config asks: the ring, both consumers' pre / d_pre tiles, the sums' scratch."""
     _, bm, bn, bk, stages = config
     return (stages * (bm * bk + bk * bn) + 2 * bm * bn) * dtype_bytes + (SUM_SCRATCH if has_dbias else 0)
-
-
-LEAN_PRODUCER_REGS = 24  # setmaxnreg's least: enough for the producer's loop of TMA issues (no spills without the sums)
-
-
-def partition_regs(bm):
-    """(consumer, producer) registers per thread: each consumer has bm // 16 warps (a warpgroup per 64 rows); the
-    gated forward's split for one-warpgroup consumers, else what the 64K registers of an SM leave the consumers
-    beside a lean producer warpgroup, a multiple of 8 (setmaxnreg)."""
-    if bm == 64:
-        return CONSUMER_REGS, PRODUCER_REGS
-    return (65536 - 128 * LEAN_PRODUCER_REGS) // (4 * bm) // 8 * 8, LEAN_PRODUCER_REGS
 
 
 @gluon.jit
@@ -283,20 +270,24 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     M, K = dy.shape
     N = w_out.shape[1]
     config = config or CONFIGS[0]
-    _, bm, bn, bk, stages = config
-    consumer, producer = partition_regs(bm)
-    grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
     has_dbias = dbias.numel() > 0
     sums = dbias if has_dbias else d_pre  # (an unused pointer without the sums)
-    # planned (kernels/_launch.launch_planned) under what fixes the grid, constexprs and arguments' launch facts
-    aligned = not (dy.data_ptr() | w_out.data_ptr() | pre.data_ptr() | d_pre.data_ptr() | sums.data_ptr()) % 16
+    # remembered (kernels/_launch.launch_memo) under what fixes the grid, constexprs and arguments' launch facts,
+    # and the tensors' addresses
+    addresses = (dy.data_ptr(), w_out.data_ptr(), pre.data_ptr(), d_pre.data_ptr(), sums.data_ptr())
+    aligned = not (addresses[0] | addresses[1] | addresses[2] | addresses[3] | addresses[4]) % 16
     key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
            dy.get_device())
-    descriptors = (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
-                   _descriptor(pre, (M, N), (bm, SLICE_N)), _descriptor(d_pre, (M, N), (bm, SLICE_N)))
-    launch_planned(_fast, key, grid, (*descriptors, sums, M, N, K),
-                   dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages, GROUP=GROUP_M,
-                        CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16), aligned)
+
+    def setup():
+        _, bm, bn, bk, stages = config
+        consumer, producer = partition_regs(bm)
+        grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
+        args = (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)),
+                _descriptor(pre, (M, N), (bm, SLICE_N)), _descriptor(d_pre, (M, N), (bm, SLICE_N)), sums, M, N, K)
+        return grid, args, dict(ACT=ACT_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages, GROUP=GROUP_M,
+                                CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16)
+    launch_memo(_fast, key, addresses, aligned, setup)
     return d_pre
 
 

@@ -33,6 +33,7 @@ kernels/matmul.py's linear_act_fwd takes it where it applies and M > SMALL_M, ti
 tl kernel (the ninth session's table is there).
 """
 import functools
+import operator
 
 import torch
 from triton.experimental import gluon
@@ -41,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from ._launch import FastLaunch, descriptor_facts, launch_planned
+from ._launch import FastLaunch, descriptor_facts, launch_memo
 from ._runtime import cdiv
 
 _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
@@ -56,16 +57,17 @@ SMEM_LIMIT = 232448 - 2048  # the H100's / H200's 227 KB per block, less room fo
 # 128 x 128 x 64 with 4 or 3 stages led at every shape; 128 x 64 x 64 (267-368 TFLOP/s) and BLOCK_K 32
 # (285-466) never did and are left out.
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages): the warp-specialized ping-pong kernel of matmul_gated_gluon_ws
-# (BLOCK_M rows per consumer warpgroup). Its 3-stage twin (421-558 TFLOP/s against 4 stages' 541-648, H200, 2026-11-27
-# eleventh session) never led and is left out.
+# (BLOCK_M rows per consumer: a warpgroup per 64). Its 3-stage twin (421-558 TFLOP/s against 4 stages' 541-648, H200,
+# 2026-11-27 eleventh session) never led and is left out. The 128-row one (two-warpgroup consumers, 128 x 64 halves):
+# compiled for sm_90a with 8-64 bytes of spills in its epilogue, NOT YET RUN ON A GPU.
 CONFIGS = {
     # M up to 1024: one warpgroup of 64 rows, more tiles to spread over the SMs (kernels/matmul.py sends
     # M <= SMALL_M = 1024 to the tl kernel: host time weighs more there)
     "small_m": ((64, 128, 64, 4, 4), (128, 128, 64, 3, 8)),
     # K <= 1024 (768 -> 2048 / 3072): few k-steps per tile, so the epilogue weighs more
-    "narrow_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4)),
+    "narrow_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4), ("ws", 128, 64, 64, 4)),
     # K > 1024 (2048 -> 5440 / 8192)
-    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4)),
+    "wide_k": ((128, 128, 64, 4, 8), (128, 128, 64, 3, 8), ("ws", 64, 128, 64, 4), ("ws", 128, 64, 64, 4)),
 }
 
 
@@ -288,11 +290,11 @@ def _descriptor(base, shape, block):
     return desc
 
 
-def launch_args(x, w, b, store_pre, out, pre, bm, bn, bk):
+def launch_args(x, w, bias, store_pre, out, pre, bm, bn, bk):
     """(grid, runtime arguments) of a gated forward launch, this module's kernel's or the ping-pong's
     (matmul_gated_gluon_ws): TMA descriptors of x in bm x bk tiles, of W's gate and up halves in bn x bk, of
-    out and pre's two halves in bm x bn (out's stand in for pre's where it is not stored), the bias (x stands
-    in where there is none), M, H, K; at most one program per SM, each walking its tiles."""
+    out and pre's two halves in bm x bn (out's stand in for pre's where it is not stored), the bias (a contiguous
+    vector, or x where there is none), M, H, K; at most one program per SM, each walking its tiles."""
     M, K = x.shape
     H = w.shape[0] // 2
     x_desc = _descriptor(x, (M, K), (bm, bk))
@@ -302,20 +304,30 @@ def launch_args(x, w, b, store_pre, out, pre, bm, bn, bk):
     pg_desc, pu_desc = (_descriptor(pre, (M, H), (bm, bn)), _descriptor(pre[:, H:], (M, H), (bm, bn))) \
         if store_pre else (out_desc, out_desc)
     grid = (min(cdiv(M, bm) * cdiv(H, bn), _num_sms(x.device.index or 0)), 1, 1)
-    bias = x if b is None else b.contiguous()
     return grid, (x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, bias, M, H, K)
 
 
-def launch_forward(fast, config, activation, x, w, b, store_pre, out, pre, grid, args, meta):
-    """fast's launch of a forward whose grid and arguments come from launch_args (or the non-gated twin's), planned
-    (kernels/_launch.launch_planned) under what fixes its grid, constexprs and every argument's launch facts: the
-    config, activation, bias and store_pre, x's shape and row pitch, W's rows and pitch, the dtype (x's: W's and
-    the bias's are the same, `usable` says) and device. out and pre are fresh contiguous tensors; the bias a
-    contiguous vector (args[6]). A repeated shape then builds no FastLaunch key (about 5 us of CPU here)."""
-    aligned = not (x.data_ptr() | w.data_ptr() | args[6].data_ptr() | out.data_ptr() | pre.data_ptr()) % 16
+def gated_addresses(x, w, bias, store_pre, out, pre):
+    """The data pointers behind launch_args's arguments, in order (w[H:] and pre[:, H:] by their offsets)."""
+    H, size = w.shape[0] // 2, x.element_size()
+    o = out.data_ptr()
+    if not store_pre:
+        return x.data_ptr(), w.data_ptr(), w.data_ptr() + H * w.stride(0) * size, o, o, o, bias.data_ptr()
+    return (x.data_ptr(), w.data_ptr(), w.data_ptr() + H * w.stride(0) * size, o, pre.data_ptr(),
+            pre.data_ptr() + H * size, bias.data_ptr())
+
+
+def launch_forward(fast, config, activation, x, w, b, store_pre, addresses, setup):
+    """fast's launch of a forward whose setup() gives (grid, arguments, meta), the arguments from launch_args (or
+    the non-gated twin's) with `addresses` their tensors' data pointers, remembered (kernels/_launch.launch_memo)
+    under what fixes its grid, constexprs and every argument's launch facts: the config, activation, bias and
+    store_pre, x's shape and row pitch, W's rows and pitch, the dtype (x's: W's and the bias's are the same,
+    `usable` says) and device. out and pre are fresh contiguous tensors; the bias a contiguous vector. A
+    repeated call then builds no arguments (descriptors) and no FastLaunch key."""
+    aligned = not functools.reduce(operator.or_, addresses) % 16
     key = (config, activation, b is not None, bool(store_pre), *x.shape, x.stride(0), w.shape[0], w.stride(0), x.dtype,
            x.get_device())
-    launch_planned(fast, key, grid, args, meta, aligned)
+    launch_memo(fast, key, addresses, aligned, setup)
 
 
 def gated_forward_gluon(x, w, b, activation, store_pre, config=None, out=None, pre=None):
@@ -332,11 +344,12 @@ def gated_forward_gluon(x, w, b, activation, store_pre, config=None, out=None, p
         from .matmul_gated_gluon_ws import gated_forward_ws
         return gated_forward_ws(x, w, b, activation, store_pre, config, out, pre)
     bm, bn, bk, stages, warps = config
-    launch_forward(_fast, config, activation, x, w, b, store_pre, out, pre,
-                   *launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
-                   dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
-                        EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                        num_warps=warps))
+    bias = x if b is None else b.contiguous()
+    launch_forward(_fast, config, activation, x, w, b, store_pre, gated_addresses(x, w, bias, store_pre, out, pre),
+                   lambda: (*launch_args(x, w, bias, store_pre, out, pre, bm, bn, bk),
+                            dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
+                                 STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre),
+                                 GROUP=GROUP_M, num_warps=warps)))
     return out, pre
 
 

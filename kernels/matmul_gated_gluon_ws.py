@@ -8,10 +8,12 @@ bench/RESULTS.md). Here a program runs three partitions (`gl.warp_specialize`):
 - the producer (one warpgroup, few registers) TMA-loads the program's k-steps, tile after tile, into a ring
   of STAGES slots (the x tile, and the gate and up rows of W into the two halves of one buffer, as there):
   a "full" mbarrier per slot says it is loaded, an "empty" one that its reader is done with it;
-- two consumers (one warpgroup each: the default partition and a worker) take the program's tiles in turn,
-  consumer c the tiles t = c, c + 2, ...: per k-step one wgmma of BLOCK_M x 2 BLOCK_N (BLOCK_M = 64 rows,
-  the warpgroup's), then the epilogue of the other matmul_gated_gluon kernel through the consumer's own
-  staging tiles.
+- two consumers (the default partition and a worker, a warpgroup per 64 of their BLOCK_M rows) take the
+  program's tiles in turn, consumer c the tiles t = c, c + 2, ...: per k-step one wgmma of BLOCK_M x 2 BLOCK_N,
+  then the epilogue of the other matmul_gated_gluon kernel through the consumer's own staging tiles. With
+  BLOCK_M 128 each warp runs half the epilogue per unit of MMA work that it does at 64 rows (the backward GEMM's
+  two-warpgroup consumers, kernels/matmul_bwd_gluon_ws.py, gained 6-12% from it); the producer then gets
+  setmaxnreg's least registers (partition_regs).
 The ring is consumed in the order it is filled, so consumer 1's first k-step is loaded only as consumer 0's
 tile drains from the ring: consumer 0's epilogue runs under consumer 1's main loop and the reverse, the
 ping-pong of CUTLASS's Hopper kernels. One hand-over per tile keeps the consumers' waits in step: a consumer
@@ -32,9 +34,20 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
 from ._launch import FastLaunch
 from ._runtime import cdiv
 from .matmul_gated_gluon import ACT_CODES, GROUP_M, PLAIN_ACT_CODES, SMEM_LIMIT, _GL_DTYPES, _activation, \
-    _descriptor, _gated_values, _is_hopper, _num_sms, _tile_origin, _tma_2d, launch_args, launch_forward
+    _descriptor, _gated_values, _is_hopper, _num_sms, _tile_origin, _tma_2d, gated_addresses, launch_args, \
+    launch_forward
 
 CONSUMER_REGS, PRODUCER_REGS = 232, 40  # per thread: two consumer warpgroups and a producer fill the 64K
+LEAN_PRODUCER_REGS = 24  # setmaxnreg's least: enough for the producer's loop of TMA issues
+
+
+def partition_regs(bm):
+    """(consumer, producer) registers per thread for consumers of bm // 16 warps (a warpgroup per 64 rows): one
+    warpgroup each, the split above; two, what the 64K registers of an SM leave them beside a lean producer
+    warpgroup, a multiple of 8 (setmaxnreg)."""
+    if bm == 64:
+        return CONSUMER_REGS, PRODUCER_REGS
+    return (65536 - 128 * LEAN_PRODUCER_REGS) // (4 * bm) // 8 * 8, LEAN_PRODUCER_REGS
 
 
 def epilogue_buffers(config, dtype_bytes, store_pre):
@@ -143,9 +156,10 @@ def _consumer(ME: gl.constexpr, x_ring, w_ring, full, empty, turns, c_smem, out_
     BLOCK_N: gl.constexpr = c_smem.shape[2]
     TILE_N: gl.constexpr = BLOCK_N if GATED else 2 * BLOCK_N  # output columns per tile
     dtype: gl.constexpr = x_ring.dtype
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+    WARPS: gl.constexpr = BLOCK_M // 16  # a warpgroup per 64 rows (partition_regs)
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                          instr_shape=[16, 2 * BLOCK_N, 16])
-    half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+    half_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[WARPS, 1],
                                                           instr_shape=[16, BLOCK_N, 16])
     col_layout: gl.constexpr = gl.SliceLayout(0, half_layout)
     n_stores: gl.constexpr = (3 if STORE_PRE else 1) if GATED else (4 if STORE_PRE else 2)  # per tile
@@ -225,19 +239,23 @@ def _gated_fwd_ws_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, B
                      num_pid_n, k_tiles, my_tiles, ACT, HAS_BIAS, STORE_PRE, STAGES, EPI_BUFS, GROUP, GATED)),
         (_producer, (x_desc, wg_desc, wu_desc, x_ring, w_ring, full, empty, num_pid_m, num_pid_n, k_tiles, my_tiles,
                      STAGES, GROUP, GATED)),
-    ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
+    ], [BLOCK_M // 16, 4], [CONSUMER_REGS, PRODUCER_REGS])
     _invalidate_ring_barriers(full, empty, turns, STAGES)
 
 
 def gated_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     """Fill out (M, H) and, when store_pre, pre (M, 2H) as matmul_gated_gluon.gated_forward_gluon, where its
-    `usable` holds; config ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (64)."""
+    `usable` holds; config ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (64 or
+    128: one or two warpgroups)."""
     _, bm, bn, bk, stages = config
-    launch_forward(_fast, config, activation, x, w, b, store_pre, out, pre,
-                   *launch_args(x, w, b, store_pre, out, pre, bm, bn, bk),
-                   dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre), STAGES=stages,
-                        EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=True))
+    consumer, producer = partition_regs(bm)
+    bias = x if b is None else b.contiguous()
+    launch_forward(_fast, config, activation, x, w, b, store_pre, gated_addresses(x, w, bias, store_pre, out, pre),
+                   lambda: (*launch_args(x, w, bias, store_pre, out, pre, bm, bn, bk),
+                            dict(ACT=ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
+                                 STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre),
+                                 GROUP=GROUP_M, CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16,
+                                 GATED=True)))
     return out, pre
 
 
@@ -245,11 +263,13 @@ _fast = FastLaunch(_gated_fwd_ws_kernel)
 
 
 # The non-gated forward (relu, gelu, silu, relu2: kernels/matmul.py's persistent `tl` kernel runs it otherwise) on
-# the same kernel with GATED False: a consumer's tile is 64 rows x 2 BLOCK_N columns, the two BLOCK_N-row boxes of
-# W loaded into the halves of one buffer, one wgmma of N = 2 BLOCK_N; its epilogue takes the halves in turn.
+# the same kernel with GATED False: a consumer's tile is BLOCK_M rows x 2 BLOCK_N columns, the two BLOCK_N-row boxes
+# of W loaded into the halves of one buffer, one wgmma of N = 2 BLOCK_N; its epilogue takes the halves in turn. The
+# 128 x 128 config (two-warpgroup consumers): compiled for sm_90a without spills in bf16 (4-24 bytes in fp16), NOT YET
+# RUN ON A GPU; timed per shape against the others and the tl kernel like them.
 # Twelfth session, H200, M 16384, bf16, pre stored: 457-572 TFLOP/s at 768 -> 3072 (1.13-1.18x the persistent tl
 # kernel), 561-599 at 2048 -> 8192 (0.94-1.05x; kernels/matmul.py times the two per shape).
-PLAIN_CONFIGS = (("ws", 64, 128, 64, 4),)
+PLAIN_CONFIGS = (("ws", 64, 128, 64, 4), ("ws", 128, 64, 64, 4))
 
 
 def usable_plain(x, w, b, activation):
@@ -271,14 +291,19 @@ def plain_forward_ws(x, w, b, activation, store_pre, config, out, pre):
     M, K = x.shape
     N = w.shape[0]
     _, bm, bn, bk, stages = config
-    out_desc = _descriptor(out, (M, N), (bm, bn))
-    pre_desc = _descriptor(pre, (M, N), (bm, bn)) if store_pre else out_desc
-    w_desc = _descriptor(w, (N, K), (bn, bk))
-    grid = (min(cdiv(M, bm) * cdiv(N, 2 * bn), _num_sms(x.device.index or 0)), 1, 1)
-    launch_forward(_fast, config, activation, x, w, b, store_pre, out, pre, grid,
-                   (_descriptor(x, (M, K), (bm, bk)), w_desc, w_desc, out_desc, pre_desc, out_desc,
-                    x if b is None else b.contiguous(), M, N, K),
-                   dict(ACT=PLAIN_ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
-                        STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
-                        CONSUMER_REGS=CONSUMER_REGS, PRODUCER_REGS=PRODUCER_REGS, num_warps=4, GATED=False))
+    consumer, producer = partition_regs(bm)
+    bias = x if b is None else b.contiguous()
+    o = out.data_ptr()
+    addresses = (x.data_ptr(), w.data_ptr(), w.data_ptr(), o, pre.data_ptr() if store_pre else o, o, bias.data_ptr())
+
+    def setup():
+        out_desc = _descriptor(out, (M, N), (bm, bn))
+        pre_desc = _descriptor(pre, (M, N), (bm, bn)) if store_pre else out_desc
+        w_desc = _descriptor(w, (N, K), (bn, bk))
+        grid = (min(cdiv(M, bm) * cdiv(N, 2 * bn), _num_sms(x.device.index or 0)), 1, 1)
+        return (grid, (_descriptor(x, (M, K), (bm, bk)), w_desc, w_desc, out_desc, pre_desc, out_desc, bias, M, N, K),
+                dict(ACT=PLAIN_ACT_CODES[activation], HAS_BIAS=b is not None, STORE_PRE=bool(store_pre),
+                     STAGES=stages, EPI_BUFS=epilogue_buffers(config, x.element_size(), store_pre), GROUP=GROUP_M,
+                     CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16, GATED=False))
+    launch_forward(_fast, config, activation, x, w, b, store_pre, addresses, setup)
     return out, pre

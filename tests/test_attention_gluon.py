@@ -154,7 +154,7 @@ def test_dispatch_takes_fused_qkv_views(D, H, H_kv, causal, dtype, monkeypatch):
 def test_head_groups_cover_every_block(group, config, causal, monkeypatch):
     """Programs map to (query block, head) in groups of heads (heads_per_group): every block once, for groups
     that divide the 6 heads or leave a smaller last group (5: 5 + 1), one head at a time and all at once."""
-    monkeypatch.setattr(gluon_mod, "heads_per_group", lambda *args: group)  # (forward_launch: both kernels)
+    monkeypatch.setattr(gluon_mod, "heads_per_group", lambda *args: group)  # (launch_forward: both kernels)
     q, k, v = _inputs(2, 3, 3, 512, 128 if config[0] == "pingpong" else 64, torch.bfloat16, seed=group)
     out, lse = gluon_mod.run_config(q, k, v, causal, 1 / math.sqrt(q.shape[-1]), config)
     _check(q, k, v, causal, out, lse)
@@ -231,3 +231,33 @@ def test_tuned_once_per_shape(monkeypatch):
     attention_mod.attention_fwd(q, k, v, True)
     assert len(timed) == len(gluon_mod.CONFIGS[64]) * _tuning.ROUNDS
     _check(q, k, v, True, out, lse)
+
+
+@hopper_only
+@pytest.mark.parametrize("causal", [True, False])
+def test_remembered_launches_give_the_first_calls_bits(causal, monkeypatch):
+    """kernels/_launch.launch_memo: from a plan's third launch on, the Gluon forward's and backward's C launcher
+    arguments are replayed per set of addresses and scale, no descriptor built. kernels.attention fwd+bwd called
+    again on the same tensors, on copies (new addresses) and with another scale gives the first call's bits (the
+    other scale: its own), and the Gluon kernels' plans remember what they saw."""
+    from kernels import _launch, attention_bwd_gluon
+    import kernels
+    monkeypatch.setattr(_launch, "_PLANS", {})  # this test's plans only
+    q, k, v = (t.requires_grad_() for t in _inputs(2, 4, 2, 256, 128, torch.bfloat16, seed=7))
+    dout = torch.randn_like(q)
+
+    def step(q, k, v, scale=None):
+        out = kernels.attention(q, k, v, causal=causal, scale=scale)
+        return (out, *torch.autograd.grad(out, (q, k, v), dout))
+    first = step(q, k, v)
+    copies = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    for got in [step(q, k, v) for _ in range(4)] + [step(*copies) for _ in range(3)]:
+        assert all(torch.equal(a, b) for a, b in zip(got, first))
+    other = step(q, k, v, scale=0.05)
+    assert not torch.equal(other[0], first[0])
+    assert all(torch.equal(a, b) for a, b in zip(step(q, k, v, scale=0.05), other))
+    for fast in (gluon_mod._fast, gluon_mod.attention_gluon_ws._fast, gluon_mod.attention_gluon_persistent._fast,
+                 attention_bwd_gluon._fast, attention_bwd_gluon._dq_fast):
+        plans = [p for key, p in _launch._PLANS.items() if key[0] is fast]
+        assert all(p.remembered for p in plans)  # (the forward runs one of the three kernels)
+    assert any(key[0] is attention_bwd_gluon._fast for key in _launch._PLANS)

@@ -200,6 +200,60 @@ def test_launch_planned_keeps_one_plan_per_key(monkeypatch, device):
     assert set(_launch._PLANS) == {(launch, "d")}
 
 
+def test_launch_memo_remembers_the_launchers_arguments_per_address_set(monkeypatch):
+    """launch_memo / FastLaunch.launch_remembered: the first call of a key goes through launch_planned (Triton's
+    path, then the plan knows its binary); from then on the C launcher's argument list (tensors as addresses, no
+    tensor kept) is built once per set of addresses and float arguments and replayed, setup() not called; values
+    that are not the arguments' raise; a plan that has seen MAX_REMEMBERED sets stops remembering and launches as
+    before."""
+    import gc
+    import weakref
+    from kernels import _launch
+    monkeypatch.setattr(_launch, "_PLANS", {})
+    monkeypatch.setattr(_launch, "MAX_REMEMBERED", 4)
+    raw_calls = []
+
+    def go(gx, gy, gz, stream, function, metadata, args):  # a direct launcher (kernels/_raw_launch.py's shape)
+        raw_calls.append(("go", tuple(args)))
+    go.expand = lambda args: [("expanded", a) if isinstance(a, str) else a for a in args]
+    go.raw = lambda gx, gy, gz, stream, function, metadata, final: raw_calls.append(("raw", tuple(final)))
+    monkeypatch.setattr(_launch, "direct_launcher", lambda compiled: go)
+    kernel = _FakeKernel()
+    launch = FastLaunch(kernel)
+    launch.kernel, launch.direct, launch._driver = kernel, True, _Driver()
+    setups = []
+
+    def call(x, y, addresses=None, alpha=0.5):
+        def setup():
+            setups.append(len(setups))  # (not the tensors: the test below checks none is kept)
+            return (8,), ("desc", x, y, 1000, alpha), dict(BLOCK=128, num_warps=4)
+        addresses = addresses or (x.data_ptr(), y.data_ptr())
+        _launch.launch_memo(launch, ("k",), (*addresses, alpha), True, setup)
+    x, y, y2 = torch.zeros(1024), torch.zeros(1024), torch.zeros(1024)
+    call(x, y)  # through Triton (kernel.log), the plan created
+    call(x, y)  # the plan's binary, found by launch_known: the plan now knows it
+    assert kernel.log[0] == "through triton" and len(setups) == 2
+    call(x, y)  # remembered: built once, launched raw
+    call(x, y)  # replayed: no setup
+    assert len(setups) == 3 and raw_calls[-1] == raw_calls[-2] == (
+        "raw", (("expanded", "desc"), x.data_ptr(), y.data_ptr(), 1000, 0.5))
+    ref = weakref.ref(y2)
+    call(x, y2)
+    assert raw_calls[-1][1][2] == y2.data_ptr() and len(setups) == 4
+    call(x, y2, alpha=2.0)  # a float argument is part of what is remembered
+    assert raw_calls[-1][1][-1] == 2.0 and len(setups) == 5
+    del y2
+    gc.collect()
+    assert ref() is None  # the remembered list holds the address, not the tensor
+    with pytest.raises(RuntimeError, match="values"):
+        call(x, torch.zeros(1024), addresses=(x.data_ptr(), 16))
+    plan = _launch._PLANS[(launch, "k")]
+    kept = [torch.zeros(1024) for _ in range(3)]  # new addresses (kept alive: none reused)
+    for y_new in kept:  # by the fifth set the plan stops remembering, launches as launch_planned does
+        call(x, y_new)
+    assert plan.remembered is None and raw_calls[-1][0] == "go"
+
+
 def test_host_cdiv_and_next_power_of_2_match_tritons():
     """kernels._runtime's plain-Python twins of triton.cdiv / triton.next_power_of_2 (constexpr functions,
     about 2 us per host call) give the same ints."""

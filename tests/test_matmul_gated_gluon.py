@@ -27,10 +27,13 @@ def _setup(request, monkeypatch):
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=str)
 @pytest.mark.parametrize("store_pre", [True, False])
 def test_configs_fit_the_wgmma_and_shared_memory(config, store_pre):
-    if config[0] == "ws":  # the ping-pong kernel: one warpgroup of 64 rows per consumer, staging tiles per consumer
+    if config[0] == "ws":  # the ping-pong kernel: a warpgroup per 64 rows of a consumer, staging tiles per consumer
         from kernels import matmul_gated_gluon_ws as ws
         _, bm, bn, bk, stages = config
-        assert bm == 64 and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
+        assert bm in (64, 128) and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2 and bk * 2 >= 16
+        consumer, producer = ws.partition_regs(bm)  # two consumers of bm // 16 warps, a producer warpgroup
+        assert consumer % 8 == 0 and producer % 8 == 0 and 2 * (2 * bm) * consumer + 128 * producer <= 65536
+        assert bm * 2 * bn <= 128 * 128  # the accumulator: at most 64 fp32 registers a thread at 128 rows (120 in all)
         bufs = ws.epilogue_buffers(config, 2, store_pre)
         assert 1 <= bufs <= (3 if store_pre else 1)
         assert stages * (bm + 2 * bn) * bk * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
@@ -42,6 +45,22 @@ def test_configs_fit_the_wgmma_and_shared_memory(config, store_pre):
     bufs = gluon_mod.epilogue_buffers(config, 2, store_pre)
     assert 1 <= bufs <= (3 if store_pre else 1)
     assert stages * (bm + 2 * bn) * bk * 2 + bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
+
+
+@pytest.mark.parametrize("store_pre", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_gated_addresses_are_the_launch_arguments(store_pre, bias, monkeypatch):
+    """gated_addresses (what launch_memo remembers a gated forward's argument list under) names the data pointers
+    behind launch_args's arguments in order, W's up half and pre's up columns by their offsets; a mismatch would
+    raise at the first remembered launch on a GPU (kernels/_launch.launch_remembered), this finds it on the CPU."""
+    from kernels import _launch
+    monkeypatch.setattr(gluon_mod, "_num_sms", lambda device_index: 132)  # (the grid's: no GPU needed)
+    M, K, H = 40, 64, 136
+    x, w = torch.empty(M, K, dtype=torch.bfloat16), torch.empty(2 * H, K, dtype=torch.bfloat16)
+    out, pre = torch.empty(M, H, dtype=torch.bfloat16), torch.empty(M, 2 * H, dtype=torch.bfloat16)
+    b = torch.empty(2 * H, dtype=torch.bfloat16) if bias else x
+    _, args = gluon_mod.launch_args(x, w, b, store_pre, out, pre, 64, 64, 64)
+    assert _launch._call_values(args) == gluon_mod.gated_addresses(x, w, b, store_pre, out, pre)
 
 
 def test_shape_classes():

@@ -47,7 +47,10 @@ def test_activation_codes_are_matmuls():
 @pytest.mark.parametrize("store_pre", [True, False])
 def test_plain_forward_configs_fit_the_shared_memory(config, store_pre):
     kind, bm, bn, bk, stages = config
-    assert kind == "ws" and bm == 64 and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2
+    assert kind == "ws" and bm in (64, 128) and 2 * bn <= 256 and bn % 8 == 0 and stages >= 2
+    consumer, producer = ws.partition_regs(bm)  # two consumers of bm // 16 warps, a producer warpgroup
+    assert consumer % 8 == 0 and producer % 8 == 0 and 2 * (2 * bm) * consumer + 128 * producer <= 65536
+    assert bm * 2 * bn <= 128 * 128  # the accumulator: at most 64 fp32 registers a thread at 128 rows (120 in all)
     bufs = ws.epilogue_buffers(config, 2, store_pre)
     assert stages * (bm + 2 * bn) * bk * 2 + 2 * bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
 
@@ -197,11 +200,13 @@ def test_plain_forward_matches_float64_and_tl(M, K, N, activation, dtype):
 @hopper_only
 @pytest.mark.parametrize("config", ws.PLAIN_CONFIGS, ids=str)
 @pytest.mark.parametrize("M, K, N", [(17, 48, 136), (700, 200, 520), (4100, 64, 1032), (3000, 520, 1000)])
-@pytest.mark.parametrize("store_pre, bias", [(True, True), (False, True), (True, False)])
-def test_plain_forward_every_config_and_tile_count(config, M, K, N, store_pre, bias):
+@pytest.mark.parametrize("store_pre, bias, dtype", [(True, True, torch.bfloat16), (False, True, torch.bfloat16),
+                                                     (True, False, torch.bfloat16), (True, True, torch.float16)],
+                         ids=["pre-bias-bf16", "bias-bf16", "pre-bf16", "pre-bias-fp16"])
+def test_plain_forward_every_config_and_tile_count(config, M, K, N, store_pre, bias, dtype):
     """As the backward's: one tile per program, one k-step, several tiles odd and even, edges everywhere (N not a
-    multiple of the 2 BLOCK_N columns of a tile, so a tile's second half may lie past N)."""
-    _check_forward(M, K, N, "gelu", torch.bfloat16, store_pre, bias, config)
+    multiple of the 2 BLOCK_N columns of a tile, so a tile's second half may lie past N); each config in fp16 too."""
+    _check_forward(M, K, N, "gelu", dtype, store_pre, bias, config)
 
 
 @hopper_only
@@ -278,3 +283,44 @@ def test_ffn_through_the_gluon_kernels(activation, monkeypatch):
     assert_close(ours, truth, base, name=f"{activation} y")
     for name, g, t, b in zip(("x", "w_in", "b_in", "w_out", "b_out"), ours_grads, truth_grads, base_grads):
         assert_close(g, t, b, name=f"{activation} d{name}")
+
+
+@hopper_only
+def test_remembered_launches_give_the_first_calls_bits(monkeypatch):
+    """kernels/_launch.launch_memo: from a plan's third launch on, the C launcher's argument list remembered for
+    the tensors' addresses is replayed without building descriptors. Each Gluon GEMM (the backward, the plain and
+    the gated ping-pong forwards), called again on the same tensors, into new outputs and on copies of its inputs
+    (new addresses, each set remembered in turn), gives the first call's bits; its plans remember address sets."""
+    from kernels import _launch
+    monkeypatch.setattr(_launch, "_PLANS", {})  # this test's plans only
+    M, K, N = 1000, 200, 528  # N: 2H for the gated kernels, a multiple of 16 (off the 128-column tiles)
+    dy, w_out, pre = (t.to(torch.bfloat16) for t in _inputs(M, K, N))
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
+    b = torch.randn(N, device="cuda", dtype=torch.bfloat16)
+
+    def backward(dy, w_out, pre):
+        d_pre, dbias = torch.empty_like(pre), torch.zeros(N, device="cuda", dtype=torch.float32)
+        bw.act_bwd_ws(dy, w_out, pre, d_pre, dbias, "gelu", bw.CONFIGS[0])
+        return d_pre
+
+    def plain(x, w, b):
+        out, pre = torch.empty(M, N, device="cuda", dtype=x.dtype), torch.empty(M, N, device="cuda", dtype=x.dtype)
+        return ws.plain_forward_ws(x, w, b, "gelu", True, ws.PLAIN_CONFIGS[0], out, pre)
+
+    def gated(x, w, b, config=("ws", 64, 128, 64, 4)):  # the ping-pong's, then the one-warpgroup kernel's config
+        out = torch.empty(M, N // 2, device="cuda", dtype=x.dtype)
+        pre = torch.empty(M, N, device="cuda", dtype=x.dtype)
+        return gluon_mod.gated_forward_gluon(x, w, None, "swiglu", True, config, out, pre)
+    for run, inputs, fast in ((backward, (dy, w_out, pre), bw._fast), (plain, (x, w, b), ws._fast),
+                              (gated, (x, w, b), ws._fast), (gated, (x, w, b, (128, 128, 64, 4, 8)), gluon_mod._fast)):
+        first = run(*inputs)
+        outs = [run(*inputs) for _ in range(4)]  # the same inputs; each call allocates new outputs
+        copies = [t.clone() if isinstance(t, torch.Tensor) else t for t in inputs]
+        outs += [run(*copies) for _ in range(3)]
+        for out in outs:
+            for got, want in zip(out if isinstance(out, tuple) else (out,), first if isinstance(first, tuple)
+                                 else (first,)):
+                assert torch.equal(got, want), run.__name__
+        plans = [p for k, p in _launch._PLANS.items() if k[0] is fast]
+        assert any(p.remembered for p in plans), run.__name__

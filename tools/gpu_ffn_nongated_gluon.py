@@ -15,7 +15,8 @@ and the max |ws - tl| over max |tl| of d_pre at the best config, with the share 
 both kernels' TFLOP/s without the bias sums. A config
 that fails to build or run is printed and skipped. Forward: the same per point for act(x @ w.T + b), x (M, D),
 w (H, D), pre stored (training) and not (inference), against matmul._linear_act_fwd_tl (the persistent tl
-kernel), cuBLAS's x @ w.T and eager's F.linear + activation. BUDGET_S (default 150) stops starting new points.
+kernel), cuBLAS's x @ w.T and eager's F.linear + activation. BUDGET_S (default 150) stops starting new points;
+FORWARD_ONLY=1 times the forward points alone.
 """
 import os
 import sys
@@ -33,6 +34,7 @@ log = ToolLog("ffn_nongated_gluon.log")
 M = 16384
 POINTS = [(768, 3072), (2048, 8192)]
 BUDGET = float(os.environ.get("BUDGET_S", "150"))
+FORWARD_ONLY = os.environ.get("FORWARD_ONLY") == "1"  # the forward points alone (a forward config's trial)
 T0 = time.time()
 
 
@@ -145,7 +147,7 @@ def forward_point(D, H, activation, store_pre):
 
 def main():
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, M = {M}, bf16, TFLOP/s = 2*M*D*H / time")
-    runs = [(point, (D, H, a)) for D, H in POINTS for a in bw.ACT_CODES]
+    runs = [] if FORWARD_ONLY else [(point, (D, H, a)) for D, H in POINTS for a in bw.ACT_CODES]
     runs += [(forward_point, (D, H, a, p)) for p in (True, False) for D, H in POINTS for a in bw.ACT_CODES]
     for fn, args in runs:
         if time.time() - T0 > BUDGET:

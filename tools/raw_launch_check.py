@@ -1,8 +1,8 @@
 """kernels/_raw_launch.py against Triton 3.6's own launch path, on a machine without a GPU: the C launcher is
 a recorder, a descriptor's expansion (`make_tensordesc_arg`, a driver call on a GPU) a deterministic stand-in,
 and the launcher objects are Triton's own CudaLauncher and `wrap_handle_tensordesc`. Every case must hand the C
-launcher the same arguments both ways, and a descriptor carrying `tma_maps` must be expanded once per base
-address and binary.
+launcher the same arguments both ways (and through `expand` then `raw`, as FastLaunch.launch_remembered
+launches), and a descriptor carrying `tma_maps` must be expanded once per base address and binary.
 
     /tmp/t36/bin/python tools/raw_launch_check.py     # with Triton 3.6 installed there: "ok" or an assertion
 """
@@ -69,6 +69,10 @@ def same_both_ways(run, args):
     go(3, 2, 1, 77, 55, "packed", args)
     direct = CALLS.pop()
     assert direct == via_triton, (direct, via_triton)
+    go.raw(3, 2, 1, 77, 55, "packed", go.expand(args))  # FastLaunch.launch_remembered's two steps
+    assert CALLS.pop() == via_triton
+    go.raw(3, 2, 1, 77, 55, "packed", _raw_launch.addressed(go.expand(args)))  # what it keeps: tensors as pointers
+    assert CALLS.pop() == tuple(_raw_launch.addressed(via_triton))
     return go
 
 
@@ -90,9 +94,9 @@ def main():
         go = same_both_ways(run, args)
         go(1, 1, 1, 0, 0, "packed", args)
         per_launch = 3
-        if metas is not None:  # a and b from their templates' maps at the second direct launch; c (no maps) again
+        if metas is not None:  # a and b from their templates' maps after the first direct launch; c (no maps) again
             assert EXPANDED.count(a.data_ptr()) == 2 and EXPANDED.count(b.data_ptr()) == 2, EXPANDED
-            assert EXPANDED.count(c.data_ptr()) == 3 and len(EXPANDED) == 2 * per_launch + 1, EXPANDED
+            assert EXPANDED.count(c.data_ptr()) == 5 and len(EXPANDED) == 2 * per_launch + 3, EXPANDED
             d2 = torch.empty(256, 64, dtype=torch.bfloat16)  # another address: expanded anew
             same_both_ways(run, (descriptor(d2, maps), *args[1:]))
             assert d2.data_ptr() in EXPANDED

@@ -235,10 +235,11 @@ def ws_gated_kernel(config, dtype, act, store_pre, x, w, out, pre, bias, M, K, H
     o = d(out, (M, H), (bm, bn))
     pg, pu = (d(pre, (M, H), (bm, bn)), d(pre[:, H:], (M, H), (bm, bn))) if store_pre else (o, o)
     bufs = ws.epilogue_buffers(config, 2, store_pre)
+    consumer, producer = ws.partition_regs(bm)
     compiled = ws._gated_fwd_ws_kernel.warmup(
         d(x, (M, K), (bm, bk)), d(w, (H, K), (bn, bk)), d(w[H:], (H, K), (bn, bk)), o, pg, pu, bias, M, H, K,
         grid=(1,), ACT=mgg.ACT_CODES[act], HAS_BIAS=True, STORE_PRE=store_pre, STAGES=stages, EPI_BUFS=bufs,
-        GROUP=mgg.GROUP_M, CONSUMER_REGS=ws.CONSUMER_REGS, PRODUCER_REGS=ws.PRODUCER_REGS, num_warps=4, GATED=True)
+        GROUP=mgg.GROUP_M, CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16, GATED=True)
     show(f"gated gluon ws {act} {str(dtype)[6:]} pre={int(store_pre)}", (*config, f"epi{bufs}"), compiled)
 
 
@@ -259,10 +260,11 @@ def ffn_plain_gluon_kernels():
                     p = d(pre, (M, N), (bm, bn)) if store_pre else o
                     wd = d(w, (N, K), (bn, bk))
                     bufs = ws.epilogue_buffers(config, 2, store_pre)
+                    consumer, producer = ws.partition_regs(bm)
                     compiled = ws._gated_fwd_ws_kernel.warmup(
                         d(x, (M, K), (bm, bk)), wd, wd, o, p, o, bias, M, N, K, grid=(1,), ACT=code, HAS_BIAS=True,
                         STORE_PRE=store_pre, STAGES=stages, EPI_BUFS=bufs, GROUP=mgg.GROUP_M,
-                        CONSUMER_REGS=ws.CONSUMER_REGS, PRODUCER_REGS=ws.PRODUCER_REGS, num_warps=4, GATED=False)
+                        CONSUMER_REGS=consumer, PRODUCER_REGS=producer, num_warps=bm // 16, GATED=False)
                     show(f"plain gluon ws {act} {str(dtype)[6:]} pre={int(store_pre)}", (*config, f"epi{bufs}"),
                          compiled)
 
