@@ -49,7 +49,8 @@ def main():
         "CompiledKernel.run(...) direct": lambda: run(2, 1, 1, stream, compiled.function, compiled.packed_metadata,
                                                     None, None, None, *all_args),
         # the same with the 3 tensors as their addresses: Triton's C launcher then skips each tensor's data_ptr()
-        # call and its cuPointerGetAttribute check (as the Gluon launches' remembered lists do, kernels/_launch.launch_memo)
+        # call and its cuPointerGetAttribute check (as the Gluon launches' remembered argument lists do:
+        # kernels/_launch.launch_memo)
         "CompiledKernel.run(...) int pointers": lambda: run(2, 1, 1, stream, compiled.function,
                                                           compiled.packed_metadata, None, None, None, *int_args),
         "torch part.sum(1)": lambda: part.sum(1),
