@@ -58,8 +58,11 @@ SMEM_LIMIT = 232448 - 2048  # the H100's / H200's 227 KB per block, less room fo
 # (285-466) never did and are left out.
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages): the warp-specialized ping-pong kernel of matmul_gated_gluon_ws
 # (BLOCK_M rows per consumer: a warpgroup per 64). Its 3-stage twin (421-558 TFLOP/s against 4 stages' 541-648, H200,
-# 2026-11-27 eleventh session) never led and is left out. The 128-row one (two-warpgroup consumers, 128 x 64 halves):
-# compiled for sm_90a with 8-64 bytes of spills in its epilogue, NOT YET RUN ON A GPU.
+# 2026-11-27 eleventh session) never led and is left out. The 128-row one (two-warpgroup consumers, 128 x 64 halves;
+# 8-64 bytes of spills in its epilogue): fifteenth session, H100, M 16384 (tools/gpu_ffn_gated_gluon.py), the fastest
+# Gluon config at swiglu 2048 -> 5440 with pre (600 TFLOP/s) and at 7 of 8 points without pre (595-644), behind
+# the 64-row one with pre at 768 (1% at H 2048, 9-16% at H 3072); the per-shape timing keeps whichever leads, or the
+# tl kernel.
 CONFIGS = {
     # M up to 1024: one warpgroup of 64 rows, more tiles to spread over the SMs (kernels/matmul.py sends
     # M <= SMALL_M = 1024 to the tl kernel: host time weighs more there)

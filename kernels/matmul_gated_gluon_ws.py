@@ -265,8 +265,9 @@ _fast = FastLaunch(_gated_fwd_ws_kernel)
 # The non-gated forward (relu, gelu, silu, relu2: kernels/matmul.py's persistent `tl` kernel runs it otherwise) on
 # the same kernel with GATED False: a consumer's tile is BLOCK_M rows x 2 BLOCK_N columns, the two BLOCK_N-row boxes
 # of W loaded into the halves of one buffer, one wgmma of N = 2 BLOCK_N; its epilogue takes the halves in turn. The
-# 128 x 128 config (two-warpgroup consumers): compiled for sm_90a without spills in bf16 (4-24 bytes in fp16), NOT YET
-# RUN ON A GPU; timed per shape against the others and the tl kernel like them.
+# 128 x 128 config (two-warpgroup consumers; no spills in bf16, 4-24 bytes in fp16), fifteenth session, H100, M 16384
+# (tools/gpu_ffn_nongated_gluon.py FORWARD_ONLY=1): 1-6% ahead of the 64-row one at every 2048 -> 8192 point (gelu
+# with pre 556 TFLOP/s, 1.04x the tl kernel), behind it at 768 with pre; timed per shape like the others.
 # Twelfth session, H200, M 16384, bf16, pre stored: 457-572 TFLOP/s at 768 -> 3072 (1.13-1.18x the persistent tl
 # kernel), 561-599 at 2048 -> 8192 (0.94-1.05x; kernels/matmul.py times the two per shape).
 PLAIN_CONFIGS = (("ws", 64, 128, 64, 4), ("ws", 128, 64, 64, 4))

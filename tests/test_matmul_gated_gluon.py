@@ -47,22 +47,6 @@ def test_configs_fit_the_wgmma_and_shared_memory(config, store_pre):
     assert stages * (bm + 2 * bn) * bk * 2 + bufs * bm * bn * 2 <= gluon_mod.SMEM_LIMIT
 
 
-@pytest.mark.parametrize("store_pre", [True, False])
-@pytest.mark.parametrize("bias", [True, False])
-def test_gated_addresses_are_the_launch_arguments(store_pre, bias, monkeypatch):
-    """gated_addresses (what launch_memo remembers a gated forward's argument list under) names the data pointers
-    behind launch_args's arguments in order, W's up half and pre's up columns by their offsets; a mismatch would
-    raise at the first remembered launch on a GPU (kernels/_launch.launch_remembered), this finds it on the CPU."""
-    from kernels import _launch
-    monkeypatch.setattr(gluon_mod, "_num_sms", lambda device_index: 132)  # (the grid's: no GPU needed)
-    M, K, H = 40, 64, 136
-    x, w = torch.empty(M, K, dtype=torch.bfloat16), torch.empty(2 * H, K, dtype=torch.bfloat16)
-    out, pre = torch.empty(M, H, dtype=torch.bfloat16), torch.empty(M, 2 * H, dtype=torch.bfloat16)
-    b = torch.empty(2 * H, dtype=torch.bfloat16) if bias else x
-    _, args = gluon_mod.launch_args(x, w, b, store_pre, out, pre, 64, 64, 64)
-    assert _launch._call_values(args) == gluon_mod.gated_addresses(x, w, b, store_pre, out, pre)
-
-
 def test_shape_classes():
     assert gluon_mod.shape_class(1, 768) == gluon_mod.shape_class(1024, 2048) == "small_m"
     assert gluon_mod.shape_class(16384, 768) == "narrow_k"
