@@ -12,7 +12,8 @@ Per point and per mode (pre stored, as in training; pre not stored, as in infere
             (the peer: reference.linear_act)
 and the max |gluon - tl| over max |tl| of out (and pre) at the best config, with the share of elements that
 differ at all. A config that fails to build or run is printed and skipped. About 60-90 s on an H100
-(compiles included); GATED_BUDGET_S (default 130) stops starting new points past it.
+(compiles included); GATED_BUDGET_S (default 130) stops starting new points past it;
+ACTS (say "swiglu") and WIDTHS (say "2048") keep only those activations and model widths K.
 """
 import os
 import sys
@@ -30,6 +31,8 @@ log = ToolLog("ffn_gated_gluon.log")
 M = 16384
 POINTS = [(768, 2048), (2048, 5440), (768, 3072), (2048, 8192)]
 BUDGET = float(os.environ.get("GATED_BUDGET_S", "130"))
+ACTS = set(os.environ.get("ACTS", "").split(",")) - {""}  # empty: swiglu and geglu
+WIDTHS = {int(k) for k in os.environ.get("WIDTHS", "").split(",") if k}  # empty: every model width
 T0 = time.time()
 
 
@@ -97,6 +100,8 @@ def main():
     for store_pre in (True, False):
         for K, H in POINTS:
             for activation in ("swiglu", "geglu"):
+                if (ACTS and activation not in ACTS) or (WIDTHS and K not in WIDTHS):
+                    continue
                 if time.time() - T0 > BUDGET:
                     log(f"budget of {BUDGET:.0f} s spent: {activation} {K}->{H} pre={int(store_pre)} and later skipped")
                     return

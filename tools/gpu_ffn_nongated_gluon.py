@@ -16,7 +16,8 @@ both kernels' TFLOP/s without the bias sums. A config
 that fails to build or run is printed and skipped. Forward: the same per point for act(x @ w.T + b), x (M, D),
 w (H, D), pre stored (training) and not (inference), against matmul._linear_act_fwd_tl (the persistent tl
 kernel), cuBLAS's x @ w.T and eager's F.linear + activation. BUDGET_S (default 150) stops starting new points;
-FORWARD_ONLY=1 times the forward points alone.
+FORWARD_ONLY=1 times the forward points alone; ACTS (say "gelu,silu") and WIDTHS (say "768") keep only those
+activations and model widths D.
 """
 import os
 import sys
@@ -35,6 +36,8 @@ M = 16384
 POINTS = [(768, 3072), (2048, 8192)]
 BUDGET = float(os.environ.get("BUDGET_S", "150"))
 FORWARD_ONLY = os.environ.get("FORWARD_ONLY") == "1"  # the forward points alone (a forward config's trial)
+ACTS = set(os.environ.get("ACTS", "").split(",")) - {""}  # empty: every activation
+WIDTHS = {int(d) for d in os.environ.get("WIDTHS", "").split(",") if d}  # empty: every model width
 T0 = time.time()
 
 
@@ -149,6 +152,7 @@ def main():
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, M = {M}, bf16, TFLOP/s = 2*M*D*H / time")
     runs = [] if FORWARD_ONLY else [(point, (D, H, a)) for D, H in POINTS for a in bw.ACT_CODES]
     runs += [(forward_point, (D, H, a, p)) for p in (True, False) for D, H in POINTS for a in bw.ACT_CODES]
+    runs = [(fn, args) for fn, args in runs if (not ACTS or args[2] in ACTS) and (not WIDTHS or args[0] in WIDTHS)]
     for fn, args in runs:
         if time.time() - T0 > BUDGET:
             log(f"budget of {BUDGET:.0f} s spent: {fn.__name__}{args} and later skipped")
