@@ -52,10 +52,11 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
+from ._activations import GELU_DARG_1, GELU_DARG_3, GELU_EXP2_1, GELU_EXP2_3, SILU_EXP2
 from ._launch import FastLaunch, launch_memo
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, _GL_DTYPES, _descriptor, \
-    _is_hopper, _num_sms, _sigmoid, _tile_origin, _tma_2d
+    _is_hopper, _num_sms, _tile_origin, _tma_2d
 from .matmul_gated_gluon_ws import _invalidate_ring_barriers, _ring_barriers, _tile_main_loop, partition_regs
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (a warpgroup per 64). A 64 x 128 tile
@@ -87,16 +88,16 @@ def shared_bytes(config, dtype_bytes, has_dbias=True):
 
 @gluon.jit
 def _act_grad(h, ACT: gl.constexpr):
-    """act'(h) as kernels/_activations.activation_and_grad computes it, for the non-gated codes."""
+    """act'(h) as kernels/_activations.activation_and_grad computes it (the same expressions, so the same bits), for
+    the non-gated codes."""
     if ACT == 0:
         return (h > 0.0).to(gl.float32)
     elif ACT == 1:
-        inner = 0.7978845608028654 * (h + 0.044715 * h * h * h)
-        t = 2.0 * _sigmoid(2.0 * inner) - 1.0  # tanh via sigmoid, as _activations.tanh_via_sigmoid
-        d_inner = 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * h * h)
-        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * d_inner
+        h2 = h * h
+        s = 1.0 / (1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * h2)))
+        return s + h * s * (1.0 - s) * (GELU_DARG_1 + GELU_DARG_3 * h2)
     elif ACT == 2:
-        s = _sigmoid(h)
+        s = 1.0 / (1.0 + gl.exp2(h * SILU_EXP2))
         return s * (1.0 + h * (1.0 - s))
     else:
         return 2.0 * gl.maximum(h, 0.0)

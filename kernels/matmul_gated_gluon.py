@@ -42,6 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared,
     warpgroup_mma_wait
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from ._activations import GELU_EXP2_1, GELU_EXP2_3, SILU_EXP2
 from ._launch import FastLaunch, descriptor_facts, launch_memo
 from ._runtime import cdiv
 
@@ -90,20 +91,15 @@ def epilogue_buffers(config, dtype_bytes, store_pre):
 
 
 @gluon.jit
-def _sigmoid(x):
-    return 1 / (1 + gl.exp(-x))  # as tl.sigmoid
-
-
-@gluon.jit
 def _activation(h, ACT: gl.constexpr):
-    """kernels/_activations.activation in Gluon: RELU, GELU (tanh form, tanh via sigmoid), SILU, RELU2 (the gated
-    kernels take GELU or SILU)."""
+    """kernels/_activations.activation in Gluon, the same expressions in the same order (so the same bits): RELU,
+    GELU (tanh form, as h * sigmoid(2u) by one exp2), SILU, RELU2 (the gated kernels take GELU or SILU)."""
     if ACT == 0:
         return gl.maximum(h, 0.0)
     elif ACT == 1:
-        return 0.5 * h * (1.0 + (2.0 * _sigmoid(2.0 * (0.7978845608028654 * (h + 0.044715 * h * h * h))) - 1.0))
+        return h * (1.0 / (1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * (h * h)))))
     elif ACT == 2:
-        return h * _sigmoid(h)
+        return h * (1.0 / (1.0 + gl.exp2(h * SILU_EXP2)))
     else:
         r = gl.maximum(h, 0.0)
         return r * r
