@@ -6,8 +6,8 @@ constants. One exp2 and one division per element (Triton's fp32 division is div.
 as h * s in the forward as in the backward's recomputation, so the two agree bit for bit. Why: the GEMMs'
 epilogues, where the other consumer's main loop does not hide them, paid for the tanh-through-sigmoid form's extra
 multiplies and its 1 + (2 s - 1) (which also lost the small values' low bits). The Gluon kernels
-(matmul_gated_gluon._activation, matmul_bwd_gluon_ws._act_grad) compute the same expressions in the same order, so
-their outputs equal these bit for bit.
+(matmul_gated_gluon._activation, matmul_bwd_gluon_ws._act_grad) compute the same expressions in the same order but
+take the reciprocal from the SFU alone (matmul_gated_gluon._rcp), so theirs may differ in the last fp32 bit.
 """
 import triton
 import triton.language as tl

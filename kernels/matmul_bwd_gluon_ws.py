@@ -56,7 +56,7 @@ from ._activations import GELU_DARG_1, GELU_DARG_3, GELU_EXP2_1, GELU_EXP2_3, SI
 from ._launch import FastLaunch, launch_memo
 from ._runtime import cdiv
 from .matmul_gated_gluon import GROUP_M, PLAIN_ACT_CODES as ACT_CODES, _GL_DTYPES, _descriptor, \
-    _is_hopper, _num_sms, _tile_origin, _tma_2d
+    _is_hopper, _num_sms, _rcp, _tile_origin, _tma_2d
 from .matmul_gated_gluon_ws import _invalidate_ring_barriers, _ring_barriers, _tile_main_loop, partition_regs
 
 # ("ws", BLOCK_M, BLOCK_N, BLOCK_K, stages), BLOCK_M the rows of one consumer (a warpgroup per 64). A 64 x 128 tile
@@ -88,16 +88,16 @@ def shared_bytes(config, dtype_bytes, has_dbias=True):
 
 @gluon.jit
 def _act_grad(h, ACT: gl.constexpr):
-    """act'(h) as kernels/_activations.activation_and_grad computes it (the same expressions, so the same bits), for
-    the non-gated codes."""
+    """act'(h) as kernels/_activations.activation_and_grad computes it (the same expressions but for the reciprocal,
+    matmul_gated_gluon._rcp), for the non-gated codes."""
     if ACT == 0:
         return (h > 0.0).to(gl.float32)
     elif ACT == 1:
         h2 = h * h
-        s = 1.0 / (1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * h2)))
+        s = _rcp(1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * h2)))
         return s + h * s * (1.0 - s) * (GELU_DARG_1 + GELU_DARG_3 * h2)
     elif ACT == 2:
-        s = 1.0 / (1.0 + gl.exp2(h * SILU_EXP2))
+        s = _rcp(1.0 + gl.exp2(h * SILU_EXP2))
         return s * (1.0 + h * (1.0 - s))
     else:
         return 2.0 * gl.maximum(h, 0.0)

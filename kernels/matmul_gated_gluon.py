@@ -91,15 +91,24 @@ def epilogue_buffers(config, dtype_bytes, store_pre):
 
 
 @gluon.jit
+def _rcp(x):
+    """1 / x by the SFU's approximate reciprocal alone (rcp.approx.ftz.f32, one ulp): x >= 1 here, where the fp32
+    division's range checks and scalings (div.full.f32: a compare and three multiplies more) buy nothing."""
+    return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
+
+
+@gluon.jit
 def _activation(h, ACT: gl.constexpr):
-    """kernels/_activations.activation in Gluon, the same expressions in the same order (so the same bits): RELU,
-    GELU (tanh form, as h * sigmoid(2u) by one exp2), SILU, RELU2 (the gated kernels take GELU or SILU)."""
+    """kernels/_activations.activation in Gluon, the same expressions but for the reciprocal (_rcp: may differ from
+    the `tl` kernels' in the last fp32 bit): RELU, GELU (tanh form, as h * sigmoid(2u) by one exp2), SILU, RELU2 (the
+    gated kernels take GELU or SILU)."""
     if ACT == 0:
         return gl.maximum(h, 0.0)
     elif ACT == 1:
-        return h * (1.0 / (1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * (h * h)))))
+        return h * _rcp(1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * (h * h))))
     elif ACT == 2:
-        return h * (1.0 / (1.0 + gl.exp2(h * SILU_EXP2)))
+        return h * _rcp(1.0 + gl.exp2(h * SILU_EXP2))
     else:
         r = gl.maximum(h, 0.0)
         return r * r
