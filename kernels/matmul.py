@@ -39,8 +39,8 @@ where TMA applies and M > SMALL_M, the non-gated forward and the gated backward 
 the gated forward) run instead as the persistent kernels of kernels/matmul_persistent.py (one
 program per SM, asynchronous TMA stores). On Hopper, Gluon kernels timed against the tl ones per
 shape may run instead: the gated forward (kernels/matmul_gated_gluon.py, one wgmma for gate and up, or
-its warp-specialized ping-pong), the non-gated forward (on that ping-pong) and the non-gated backward
-GEMM (kernels/matmul_bwd_gluon_ws.py).
+its warp-specialized ping-pong), the non-gated forward (on that ping-pong) and the backward GEMM, gated
+or not (kernels/matmul_bwd_gluon_ws.py).
 Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs share
 B columns in L2. M > 1024 is autotuned per (M bucket, N, K, dtype, activation) over five to eight
 configs (128x256, 128x128 or 128x64 tiles, TMA or pointers; the backward also EPI_FIRST);
@@ -90,12 +90,13 @@ SMALL_M = 1024  # at or below this many rows one small tile config is used (no t
 # kernel's 412-516, without pre it loses at K 2048 (566 against 634; the timing keeps tl there); in the FFN
 # the forward at 768 -> 2048 gains 3-9%. KERNELS_FFN_GLUON_GATED=0 keeps the tl kernel.
 GLUON_GATED_FWD = os.environ.get("KERNELS_FFN_GLUON_GATED", "1") != "0"
-# The non-gated backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong): where it
+# The backward GEMM of kernels/matmul_bwd_gluon_ws.py (Hopper, Gluon, warp-specialized ping-pong): where it
 # applies and M > SMALL_M it is timed per shape on its first call against the tl kernel as the gated forward's
 # configs are. Thirteenth session, H200, M 16384, with the bias sums (tools/gpu_ffn_nongated_gluon.py): its best
 # config 1.06-1.12x the tl kernel at every non-gated suite point (768 -> 3072, 2048 -> 8192); fourteenth session, H100,
-# the pre tile TMA-loaded by the producer: 1.02-1.34x (tools/gpu_ffn_nongated_gluon.py). KERNELS_FFN_GLUON_BWD=0
-# keeps the tl kernel.
+# the pre tile TMA-loaded by the producer: 1.02-1.34x (tools/gpu_ffn_nongated_gluon.py). The gated backward (gate and
+# up tiles in, d_gate and d_up out) runs on the same kernel, timed against the persistent tl one (not yet timed on a
+# GPU). KERNELS_FFN_GLUON_BWD=0 keeps the tl kernels.
 GLUON_BWD = os.environ.get("KERNELS_FFN_GLUON_BWD", "1") != "0"
 # The non-gated forward on the gated ping-pong's kernel (kernels/matmul_gated_gluon_ws.py, GATED False), likewise
 # timed per shape against the tl kernel (the persistent one) on its first call. Twelfth session, H200, pre stored:
@@ -650,7 +651,7 @@ def _gluon_fwd_pick(configs, launch, x, w, b, activation, store_pre, out, pre, w
 
 
 def _bwd_gluon():
-    """kernels.matmul_bwd_gluon_ws (the non-gated backward GEMM), or None without Gluon."""
+    """kernels.matmul_bwd_gluon_ws (the backward GEMM, gated or not), or None without Gluon."""
     return _gluon_module("matmul_bwd_gluon_ws")
 
 
@@ -660,7 +661,7 @@ _GLUON_BWD_PICKS = {}
 
 
 def _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl):
-    """The non-gated backward GEMM's kernel for this shape, as _gluon_gated_pick: each Gluon config and the tl
+    """The backward GEMM's kernel for this shape, as _gluon_gated_pick: each Gluon config and the tl
     kernel (run_tl) timed on the first call. Each timing run starts from a zeroed dbias (its sums are atomic
     adds); dbias is zeroed again after, for the call's own launch."""
     M, K = grad.shape
@@ -676,7 +677,7 @@ def _gluon_bwd_pick(gluon, grad, w_out, pre, d_pre, dbias, activation, run_tl):
             run(*args)
         return go
     pick = _GLUON_BWD_PICKS[key] = _tuning.fastest(
-        gluon.CONFIGS,
+        gluon.configs_for(activation),
         fresh(lambda config: gluon.act_bwd_ws(grad, w_out, pre, d_pre, dbias, activation, config)),
         autotune_enabled(), "the Gluon backward GEMM", fallback=fresh(run_tl))
     dbias.zero_()
@@ -707,7 +708,7 @@ def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
         return d_pre, act, dbias if bias_grad else None
     if from_gemm and K == 0:  # grad @ w_out is an empty sum
         grad, from_gemm = pre.new_zeros(M, N), False
-    if (not gated and from_gemm and not store_act and GLUON_BWD and M > SMALL_M and not _INTERPRETING
+    if (from_gemm and not store_act and GLUON_BWD and M > SMALL_M and not _INTERPRETING
             and _gluon_backward(grad, w_out, pre, d_pre, dbias, activation, bias_grad)):
         return d_pre, act, dbias if bias_grad else None
     _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K)
@@ -721,7 +722,7 @@ _GLUON_BWD_VERDICTS = {}
 
 
 def _gluon_backward(grad, w_out, pre, d_pre, dbias, activation, bias_grad):
-    """Launch the non-gated backward GEMM's Gluon kernel where it applies and its timing picked it for this shape;
+    """Launch the backward GEMM's Gluon kernel where it applies and its timing picked it for this shape;
     False where the tl kernel is to run."""
     aligned = not (grad.data_ptr() | w_out.data_ptr() | pre.data_ptr()) % 16
     key = (activation, bias_grad, grad.shape, grad.stride(), w_out.shape, w_out.stride(), pre.shape, pre.stride(),

@@ -44,13 +44,16 @@ def test_the_ffn_gemms_pass_their_arguments_values(checked, bias):
     dy, w_out, pre, d_pre = _bf16(M, K), _bf16(K, N), _bf16(M, N), _bf16(M, N)
     dbias = torch.zeros(N) if bias else torch.empty(0)
     bw.act_bwd_ws(dy, w_out, pre, d_pre, dbias, "gelu", bw.CONFIGS[0])
+    dbias2 = torch.zeros(2 * N) if bias else torch.empty(0)  # gated: pre and d_pre (M, 2N), gate then up
+    for config in bw.GATED_CONFIGS[::2]:
+        bw.act_bwd_ws(dy, w_out, _bf16(M, 2 * N), _bf16(M, 2 * N), dbias2, "swiglu", config)
     x, w, b = _bf16(M, K), _bf16(N, K), _bf16(N) if bias else None
     for store_pre in (True, False):
         ws.plain_forward_ws(x, w, b, "gelu", store_pre, ws.PLAIN_CONFIGS[0], _bf16(M, N), _bf16(M, N))
         w2, b2 = _bf16(2 * N, K), _bf16(2 * N) if bias else None
         for config in (("ws", 64, 128, 64, 4), (128, 128, 64, 4, 8)):
             gluon_mod.gated_forward_gluon(x, w2, b2, "swiglu", store_pre, config, _bf16(M, N), _bf16(M, 2 * N))
-    assert len(checked) == 1 + 2 * 3
+    assert len(checked) == 1 + 2 + 2 * 3
 
 
 @pytest.mark.parametrize("fused", [False, True])

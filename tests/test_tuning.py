@@ -176,8 +176,9 @@ def _forward_verdicts(monkeypatch, asked, launched):
 
 def _backward_verdicts(monkeypatch, asked, launched):
     """The same for _gluon_backward (dy varies; fact: bias_grad)."""
+    configs = (("ws", 128, 128, 64, 4),)
     bw = types.SimpleNamespace(
-        CONFIGS=(("ws", 128, 128, 64, 4),),
+        CONFIGS=configs, configs_for=lambda activation: configs,
         usable=lambda dy, w_out, pre, d_pre, act: asked.append(dy.shape) or True,
         act_bwd_ws=lambda dy, w_out, pre, d_pre, dbias, act, config: launched.append(config))
     monkeypatch.setattr(matmul, "_bwd_gluon", lambda: bw)

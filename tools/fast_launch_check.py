@@ -4,6 +4,7 @@ through the autotuner (and heuristics), would? Checked on a machine without a GP
 for sm_90a and every launch is recorded instead of run.
 
     python tools/fast_launch_check.py      # prints one line per case and ALL SAME / MISMATCH last
+    python tools/fast_launch_check.py gluon_bwd gluon_gated   # those checks only
 
 Cases: forward and backward GEMM, gelu / relu / swiglu, bf16 / fp16 / fp32, M = 17 (the small-M
 config) and M = 4099 (the first large config) with KERNELS_AUTOTUNE=0, and the autotuned path (the
@@ -336,26 +337,31 @@ def gluon_gated():
 
 
 def gluon_bwd():
-    """The Gluon non-gated backward GEMM (kernels/matmul_bwd_gluon_ws.py), every config, with and without the
-    bias-gradient sums."""
+    """The Gluon backward GEMM (kernels/matmul_bwd_gluon_ws.py), every config, with and without the bias-gradient
+    sums: non-gated (gelu), and gated (swiglu: pre and d_pre (M, 2N), their halves as descriptors) at its configs."""
     from kernels import matmul_bwd_gluon_ws as bw
     bw._num_sms = lambda device_index: 132
     ok = True
     M, K, N = 1000, 768, 1024
     for dtype in (torch.bfloat16, torch.float16):
         dy, w_out = torch.empty(M, K, dtype=dtype), torch.empty(K, N, dtype=dtype)
-        pre, d_pre, dbias = torch.empty(M, N, dtype=dtype), torch.empty(M, N, dtype=dtype), torch.empty(N)
-        for config in bw.CONFIGS:
-            for sums in (dbias, dbias[:0]):
-                def step():
-                    bw.act_bwd_ws(dy, w_out, pre, d_pre, sums, "gelu", config)
-                ok &= _triton_then_direct(f"gluon bwd {str(dtype):14s} {config} dbias={sums.numel() > 0!s:5s}", step)
+        for act, width in (("gelu", N), ("swiglu", 2 * N)):
+            pre, d_pre, dbias = torch.empty(M, width, dtype=dtype), torch.empty(M, width, dtype=dtype), \
+                torch.empty(width)
+            for config in bw.configs_for(act):
+                for sums in (dbias, dbias[:0]):
+                    def step():
+                        bw.act_bwd_ws(dy, w_out, pre, d_pre, sums, act, config)
+                    ok &= _triton_then_direct(f"gluon bwd {act:6s} {str(dtype):14s} {config} "
+                                              f"dbias={sums.numel() > 0!s:5s}", step)
     return ok
 
 
 if __name__ == "__main__":
     print(f"triton {triton.__version__}, target sm_90a (compile only, launches recorded)")
-    same = (fixed_configs() & autotuned() & persistent_kernels() & attention_kernels() & norm_kernels()
-            & gluon_attention() & gluon_attention_bwd() & gluon_gated() & gluon_bwd())
+    checks = (fixed_configs, autotuned, persistent_kernels, attention_kernels, norm_kernels, gluon_attention,
+              gluon_attention_bwd, gluon_gated, gluon_bwd)
+    picked = [c for c in checks if c.__name__ in sys.argv[1:]] or checks  # names on the command line: those only
+    same = all([check() for check in picked])
     print("ALL SAME" if same else "MISMATCH")
     sys.exit(0 if same else 1)

@@ -15,9 +15,11 @@ and the max |ws - tl| over max |tl| of d_pre at the best config, with the share 
 both kernels' TFLOP/s without the bias sums. A config
 that fails to build or run is printed and skipped. Forward: the same per point for act(x @ w.T + b), x (M, D),
 w (H, D), pre stored (training) and not (inference), against matmul._linear_act_fwd_tl (the persistent tl
-kernel), cuBLAS's x @ w.T and eager's F.linear + activation. BUDGET_S (default 150) stops starting new points;
-FORWARD_ONLY=1 times the forward points alone; ACTS (say "gelu,silu") and WIDTHS (say "768") keep only those
-activations and model widths D.
+kernel), cuBLAS's x @ w.T and eager's F.linear + activation. Last, the gated backward (swiglu, geglu at
+768 -> 2048 and 2048 -> 5440: pre and d_pre (M, 2H), TFLOP/s of its dy @ w_out) at matmul_bwd_gluon_ws.GATED_CONFIGS
+against the persistent `tl` kernel. BUDGET_S (default 150) stops starting new points; FORWARD_ONLY=1 times the
+forward points alone, GATED_ONLY=1 the gated backward points alone; ACTS (say "gelu,silu") and WIDTHS (say "768")
+keep only those activations and model widths D.
 """
 import os
 import sys
@@ -36,6 +38,8 @@ M = 16384
 POINTS = [(768, 3072), (2048, 8192)]
 BUDGET = float(os.environ.get("BUDGET_S", "150"))
 FORWARD_ONLY = os.environ.get("FORWARD_ONLY") == "1"  # the forward points alone (a forward config's trial)
+GATED_ONLY = os.environ.get("GATED_ONLY") == "1"  # the gated backward points alone
+GATED_POINTS = [(768, 2048), (2048, 5440)]  # the suite's swiglu / geglu widths (H: the gate's and the up's each)
 ACTS = set(os.environ.get("ACTS", "").split(",")) - {""}  # empty: every activation
 WIDTHS = {int(d) for d in os.environ.get("WIDTHS", "").split(",") if d}  # empty: every model width
 T0 = time.time()
@@ -82,11 +86,12 @@ def best_column(best, times, results, tl_result, tl_ms, eager_ms, what):
 
 def point(D, H, activation):
     dtype = torch.bfloat16
+    width = 2 * H if activation in bw.GATED_ACT_CODES else H  # gated: pre and d_pre are (gate, up)
     dy = torch.randn(M, D, device="cuda", dtype=dtype)
     w_out = (torch.randn(D, H, device="cuda") / D ** 0.5).to(dtype)
-    pre = torch.randn(M, H, device="cuda", dtype=dtype)
+    pre = torch.randn(M, width, device="cuda", dtype=dtype)
     d_pre = torch.empty_like(pre)
-    dbias = torch.zeros(H, device="cuda", dtype=torch.float32)
+    dbias = torch.zeros(width, device="cuda", dtype=torch.float32)
     if not bw.usable(dy, w_out, pre, d_pre, activation):
         log(f"{activation} {D}->{H}: not usable by the Gluon kernel (?)")
         return
@@ -101,7 +106,7 @@ def point(D, H, activation):
     def run_ws(config):
         dbias.zero_()
         bw.act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config)
-    times, results, parts = time_configs(bw.CONFIGS, run_ws, d_pre, D, H, f"{activation} {D}->{H}")
+    times, results, parts = time_configs(bw.configs_for(activation), run_ws, d_pre, D, H, f"{activation} {D}->{H}")
     parts.insert(0, f"tl {tflops(ms, D, H):5.0f}")
     gemm_ms = bench(lambda: dy @ w_out)
     pre_grad = pre.detach().requires_grad_()
@@ -150,8 +155,10 @@ def forward_point(D, H, activation, store_pre):
 
 def main():
     log(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, M = {M}, bf16, TFLOP/s = 2*M*D*H / time")
-    runs = [] if FORWARD_ONLY else [(point, (D, H, a)) for D, H in POINTS for a in bw.ACT_CODES]
-    runs += [(forward_point, (D, H, a, p)) for p in (True, False) for D, H in POINTS for a in bw.ACT_CODES]
+    runs = [] if FORWARD_ONLY or GATED_ONLY else [(point, (D, H, a)) for D, H in POINTS for a in bw.ACT_CODES]
+    runs += [] if GATED_ONLY else [(forward_point, (D, H, a, p)) for p in (True, False) for D, H in POINTS
+                                   for a in bw.ACT_CODES]
+    runs += [] if FORWARD_ONLY else [(point, (D, H, a)) for D, H in GATED_POINTS for a in bw.GATED_ACT_CODES]
     runs = [(fn, args) for fn, args in runs if (not ACTS or args[2] in ACTS) and (not WIDTHS or args[0] in WIDTHS)]
     for fn, args in runs:
         if time.time() - T0 > BUDGET:

@@ -270,24 +270,30 @@ def ffn_plain_gluon_kernels():
 
 
 def ffn_bwd_gluon_kernels():
-    """The Gluon non-gated backward GEMM (kernels/matmul_bwd_gluon_ws.py) at every config, every activation,
-    bf16 and fp16, with and without the bias-gradient sums."""
+    """The Gluon backward GEMM (kernels/matmul_bwd_gluon_ws.py) at every config, every activation (the gated ones at
+    their GATED_CONFIGS), bf16 and fp16, with and without the bias-gradient sums."""
     from kernels import matmul_bwd_gluon_ws as bw
     M, K, N = 16384, 768, 3072
     for dtype in (torch.bfloat16, torch.float16):
         dy, w_out = torch.empty(M, K, dtype=dtype), torch.empty(K, N, dtype=dtype)
-        pre, d_pre, dbias = torch.empty(M, N, dtype=dtype), torch.empty(M, N, dtype=dtype), torch.empty(N)
-        for act, code in bw.ACT_CODES.items():
+        for act in (*bw.ACT_CODES, *bw.GATED_ACT_CODES):
+            gated = act in bw.GATED_ACT_CODES
+            width = 2 * N if gated else N
+            pre, d_pre, dbias = torch.empty(M, width, dtype=dtype), torch.empty(M, width, dtype=dtype), \
+                torch.empty(width)
             for has_dbias in (True, False):
-                for config in bw.CONFIGS:
+                for config in bw.configs_for(act):
                     _, bm, bn, bk, stages = config
                     consumer, producer = bw.partition_regs(bm)
+                    box = (bm, bw.SLICE_N)
+                    p, d = bw._descriptor(pre, (M, N), box), bw._descriptor(d_pre, (M, N), box)
+                    u, du = ((bw._descriptor(pre[:, N:], (M, N), box), bw._descriptor(d_pre[:, N:], (M, N), box))
+                             if gated else (p, d))
                     compiled = bw._act_bwd_ws_kernel.warmup(
-                        bw._descriptor(dy, (M, K), (bm, bk)), bw._descriptor(w_out, (K, N), (bk, bn)),
-                        bw._descriptor(pre, (M, N), (bm, bw.SLICE_N)), bw._descriptor(d_pre, (M, N), (bm, bw.SLICE_N)),
-                        dbias if has_dbias else d_pre, M, N, K, grid=(1,), ACT=code, HAS_DBIAS=has_dbias,
-                        STAGES=stages, GROUP=mgg.GROUP_M, CONSUMER_REGS=consumer, PRODUCER_REGS=producer,
-                        num_warps=bm // 16)
+                        bw._descriptor(dy, (M, K), (bm, bk)), bw._descriptor(w_out, (K, N), (bk, bn)), p, u, d, du,
+                        dbias if has_dbias else d_pre, M, N, K, grid=(1,), ACT=bw._ALL_CODES[act],
+                        HAS_DBIAS=has_dbias, STAGES=stages, GROUP=mgg.GROUP_M, CONSUMER_REGS=consumer,
+                        PRODUCER_REGS=producer, GATED=gated, num_warps=bm // 16)
                     show(f"bwd gluon ws {act} {str(dtype)[6:]} dbias={int(has_dbias)}", config, compiled)
 
 
