@@ -161,17 +161,20 @@ class FastLaunch:
             plan.last = _Repeat(self, device, args, hit)
         return self._run(hit, plan.grid, device, args)
 
-    def launch_known(self, plan, args, aligned):
+    def launch_known(self, plan, args, aligned, pointers=None):
         """`self[plan](*args)` for a call site that keeps one plan per set of argument facts except the
         tensors' 16-byte alignment: the same tensor dtypes and non-tensor values (ints are compared by
         value; a float's value is no fact) at every call with this plan. `aligned`: whether every tensor
-        argument is 16-byte aligned. The binary is then known from the plan and the device alone."""
+        argument is 16-byte aligned. The binary is then known from the plan and the device alone.
+        `pointers`: optionally args with each tensor as its data pointer (a caller that read them for its
+        alignment test): the known binary's launch then takes those, and Triton's C launcher uses each int as
+        the address as it is, skipping the tensor's data_ptr() call and the driver's pointer query."""
         if not self.direct or _hooks_active():
             return self.kernel[plan.grid](*args, **plan.meta)
         device = self._current_device()
         known = plan.known
         if aligned and known is not None and known[0] == device:
-            return self._run(known[1], plan.grid, device, args)
+            return self._run(known[1], plan.grid, device, args if pointers is None else pointers)
         compiled = self.launch_plan(plan, args)
         last = plan.last
         if aligned and last is not None and last.device == device:

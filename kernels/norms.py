@@ -239,10 +239,13 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms, need_stats=True):
         if len(_FWD_PLANS) >= MAX_PLANS:
             _FWD_PLANS.clear()
         plan = _FWD_PLANS[key] = _fwd_plan(n_rows, n_cols, *key[10:])
-    aligned = not (x2.data_ptr() | r2.data_ptr() | w.data_ptr() | b.data_ptr() | y.data_ptr() | s.data_ptr()
-                   | st.data_ptr()) % 16
+    # (the data pointers go to Triton's launcher too: FastLaunch.launch_known's `pointers`)
+    p0, p1, p2, p3, p4, p5, p6 = (x2.data_ptr(), r2.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(),
+                                  s.data_ptr(), st.data_ptr())
+    rest = (stride_xm, stride_rm, n_rows, n_cols, eps)
     (_fwd_launch if n_cols <= MAX_FUSED_N else _fwd_looped_launch).launch_known(
-        plan, (x2, r2, w, b, y, s, st, stride_xm, stride_rm, n_rows, n_cols, eps), aligned)
+        plan, (x2, r2, w, b, y, s, st, *rest), not (p0 | p1 | p2 | p3 | p4 | p5 | p6) % 16,
+        (p0, p1, p2, p3, p4, p5, p6, *rest))
     return y, summed, stats
 
 

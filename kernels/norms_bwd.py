@@ -333,16 +333,19 @@ def norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms):
         if second is not None:  # zeros: the looped kernel adds into its partial rows
             part = saved.new_zeros((has_w + has_b, n_progs, n_cols), dtype=torch.float32)
         launcher = _bwd_looped_launch
-    aligned = not (x2.data_ptr() | w.data_ptr() | dy2.data_ptr() | ds2.data_ptr() | dx.data_ptr() | part.data_ptr()
-                   | stats.data_ptr()) % 16
-    launcher.launch_known(main, (x2, w, dy2, ds2, dx, part, stats, stride_xm, stride_dym, stride_dsm, n_rows,
-                                 n_cols), aligned)
+    # (the data pointers go to Triton's launcher too: FastLaunch.launch_known's `pointers`)
+    p0, p1, p2, p3, p4, p5, p6 = (x2.data_ptr(), w.data_ptr(), dy2.data_ptr(), ds2.data_ptr(), dx.data_ptr(),
+                                  part.data_ptr(), stats.data_ptr())
+    rest = (stride_xm, stride_dym, stride_dsm, n_rows, n_cols)
+    launcher.launch_known(main, (x2, w, dy2, ds2, dx, part, stats, *rest), not (p0 | p1 | p2 | p3 | p4 | p5 | p6) % 16,
+                          (p0, p1, p2, p3, p4, p5, p6, *rest))
     if second is None:
         return dx, None, None
     # (1-D: a parameter's empty_like is contiguous, or has the odd stride of a single element)
     dw = torch.empty_like(weight) if has_w else None
     db = torch.empty_like(bias) if has_b else None
     dw_, db_ = (dw if has_w else db), (db if has_b else dw)
-    _sum_launch.launch_known(second, (part, dw_, db_, n_progs, n_cols),
-                             not (part.data_ptr() | dw_.data_ptr() | db_.data_ptr()) % 16)
+    q1, q2 = dw_.data_ptr(), db_.data_ptr()
+    _sum_launch.launch_known(second, (part, dw_, db_, n_progs, n_cols), not (p5 | q1 | q2) % 16,
+                             (p5, q1, q2, n_progs, n_cols))
     return dx, dw, db

@@ -10,6 +10,6 @@ class LaunchSpy:
         self.launches += 1
         return self.kernel[grid]
 
-    def launch_known(self, plan, args, aligned):
+    def launch_known(self, plan, args, aligned, pointers=None):
         self.launches += 1
-        return self.kernel.launch_known(plan, args, aligned)
+        return self.kernel.launch_known(plan, args, aligned, pointers)

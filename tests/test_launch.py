@@ -176,6 +176,27 @@ def test_known_plan_runs_the_binary_of_its_facts():
     assert plan.known[0] == 1 and kernel.log[-1] == _facts(aligned, plan.meta)
 
 
+def test_known_plan_hands_the_launcher_the_callers_pointers(monkeypatch):
+    # launch_known's `pointers` (the norms pass their tensors' data pointers, read for the alignment test):
+    # the known binary's launch takes them in the tensors' places, so Triton's C launcher uses each int as the
+    # address; the first launches (through Triton, then the checked path) still take the tensors.
+    kernel, driver = _FakeKernel(), _Driver()
+    launch = FastLaunch(kernel)
+    launch.kernel, launch.direct, launch._driver = kernel, True, driver
+    seen = []
+    # (run(gx, gy, gz, stream, function, metadata, 3 hooks, *args, *constexprs))
+    monkeypatch.setattr(_FakeCompiled, "run", lambda self, *launch_args: seen.append(launch_args[9:]))
+    plan = LaunchPlan((8,), BLOCK=128, num_warps=4)
+    buf = torch.zeros(1040)
+    for start in (0, 0, 4, 8):
+        args = (buf[start:start + 1000], buf[16:1016], 1000, 0.5)
+        pointers = (args[0].data_ptr(), args[1].data_ptr(), 1000, 0.5)
+        launch.launch_known(plan, args, True, pointers)
+    assert plan.known is not None
+    assert seen[-1] == (buf[8:].data_ptr(), buf[16:].data_ptr(), 1000, 0.5, 128)  # pointers, then constexprs
+    assert all(isinstance(a, torch.Tensor) for a in seen[0][:2])  # the checked path's launch: the tensors
+
+
 def test_launch_planned_keeps_one_plan_per_key(monkeypatch, device):
     """launch_planned: one LaunchPlan per (launcher, key), built from the first call's grid and meta, every
     launch through launch_known as aligned; the cache starts over past MAX_PLANS."""
