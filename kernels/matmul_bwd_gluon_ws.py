@@ -36,8 +36,10 @@ halves' bases are aligned too). kernels/matmul.py's act_bwd times configs_for(ac
 The gated epilogue (gate and up slices from the producer's TMA loads, d_gate and d_up written over them) follows
 matmul_persistent's gated backward's rounding points; the gate's and up's halves are separate (M, N) descriptors
 over pre's and d_pre's rows, so a tile past N reads zeros, not the up's first columns. sm_90a (Triton 3.6): no
-spills at 64 x 128, 12-44 bytes at 128 x 64; geglu with the bias sums gets its wgmmas serialized by ptxas (C7514),
-which its timing against the `tl` kernel will weigh. Not yet run on a GPU.
+spills at 64 x 128; geglu with the bias sums gets its wgmmas serialized by ptxas (C7514), which its timing against
+the `tl` kernel weighs. Sixteenth session, H100, M 16384 with the bias sums: best config
+1.30x / 1.16x the persistent `tl` kernel at swiglu / geglu 768 -> 2048, 1.07x at swiglu 2048 -> 5440, 0.83x at geglu
+2048 -> 5440 (there the `tl` kernel stays).
 
 Where the time goes (thirteenth session, H200, M 16384, gelu with the bias sums, epilogue parts left out one at a
 time; TFLOP/s): the main loop alone runs 640 (64 x 128) and 760-810 (64 x 256), the whole kernel 320 / 200 at 768 ->
@@ -79,9 +81,11 @@ from .matmul_gated_gluon_ws import _invalidate_ring_barriers, _ring_barriers, _t
 CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 3), ("ws", 128, 128, 64, 4),
            ("ws", 128, 128, 64, 3))
 # The gated activations (swiglu, geglu): pre and d_pre are (M, 2N), gate then up, so a tile's epilogue reads two pre
-# tiles and writes two d_pre tiles, and each consumer's slices double: 128 x 128 no longer fits beside a ring of 3;
-# 128 x 64 (one slice per tile) does, with room for 6 stages. Not yet run on a GPU.
-GATED_CONFIGS = (("ws", 64, 128, 64, 4), ("ws", 64, 128, 64, 6), ("ws", 128, 64, 64, 4), ("ws", 128, 64, 64, 6))
+# tiles and writes two d_pre tiles, and each consumer's slices double: 128 x 128 no longer fits beside a ring of 3.
+# 64 x 128 at 6 stages was the fastest at every gated suite point (H100, sixteenth session: swiglu / geglu 768 -> 2048
+# 311 / 277 TFLOP/s, swiglu 2048 -> 5440 444); 128 x 64 (one slice per tile, 12-56 bytes of spills) never won
+# outright (298 / 277, a tie at geglu 768 / 348) and ran on the GPU in one test case only, so it is not offered.
+GATED_CONFIGS = (("ws", 64, 128, 64, 4), ("ws", 64, 128, 64, 6))
 _ALL_CODES = {**ACT_CODES, **GATED_ACT_CODES}  # name -> the code of f (the gate's, for a gated one)
 
 
