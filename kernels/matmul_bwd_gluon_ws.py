@@ -58,6 +58,9 @@ bitwise equal):
   768 -> 3072:  relu 482 (128 x 128) vs 359, gelu 392 vs 322, silu 428 vs 337, relu2 483 vs 388
   2048 -> 8192: relu 629 vs 537, gelu 590 vs 472, silu 564 vs 472, relu2 599 vs 588
 """
+import functools
+import operator
+
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
@@ -111,26 +114,9 @@ def configs_for(activation):
 
 
 @gluon.jit
-def _act_grad(h, ACT: gl.constexpr):
-    """act'(h) as kernels/_activations.activation_and_grad computes it (the same expressions but for the reciprocal,
-    matmul_gated_gluon._rcp), for the non-gated codes."""
-    if ACT == 0:
-        return (h > 0.0).to(gl.float32)
-    elif ACT == 1:
-        h2 = h * h
-        s = _rcp(1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * h2)))
-        return s + h * s * (1.0 - s) * (GELU_DARG_1 + GELU_DARG_3 * h2)
-    elif ACT == 2:
-        s = _rcp(1.0 + gl.exp2(h * SILU_EXP2))
-        return s * (1.0 + h * (1.0 - s))
-    else:
-        return 2.0 * gl.maximum(h, 0.0)
-
-
-@gluon.jit
 def _gate_act_and_grad(h, ACT: gl.constexpr):
-    """(f(h), f'(h)) of a gated activation's gate as kernels/_activations.activation_and_grad computes them (the
-    same expressions but for the reciprocal, matmul_gated_gluon._rcp): GELU (1) or SILU (2)."""
+    """(f(h), f'(h)) as kernels/_activations.activation_and_grad computes them (the same expressions but for the
+    reciprocal, matmul_gated_gluon._rcp): GELU (1) or SILU (2), a gated activation's gate or the plain one."""
     if ACT == 1:
         h2 = h * h
         s = _rcp(1.0 + gl.exp2(h * (GELU_EXP2_1 + GELU_EXP2_3 * h2)))
@@ -138,6 +124,18 @@ def _gate_act_and_grad(h, ACT: gl.constexpr):
     else:
         s = _rcp(1.0 + gl.exp2(h * SILU_EXP2))
         return h * s, s * (1.0 + h * (1.0 - s))
+
+
+@gluon.jit
+def _act_grad(h, ACT: gl.constexpr):
+    """act'(h) for the non-gated codes (GELU's and SILU's from _gate_act_and_grad; its unused f(h) is dead code)."""
+    if ACT == 0:
+        return (h > 0.0).to(gl.float32)
+    elif ACT == 3:
+        return 2.0 * gl.maximum(h, 0.0)
+    else:
+        _, df = _gate_act_and_grad(h, ACT)
+        return df
 
 
 @gluon.jit
@@ -350,14 +348,13 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
     config = config or configs_for(activation)[0]
     has_dbias = dbias.numel() > 0
     sums = dbias if has_dbias else d_pre  # (an unused pointer without the sums)
-    # the halves' bases (the gate's are pre's and d_pre's own); non-gated kernels take pre's and d_pre's again
-    up, d_up = (pre[:, N:], d_pre[:, N:]) if gated else (pre, d_pre)
     # remembered (kernels/_launch.launch_memo) under what fixes the grid, constexprs and arguments' launch facts,
-    # and the tensors' addresses (in argument order)
-    addresses = (dy.data_ptr(), w_out.data_ptr(), pre.data_ptr(), up.data_ptr(), d_pre.data_ptr(), d_up.data_ptr(),
-                 sums.data_ptr())
-    aligned = not (addresses[0] | addresses[1] | addresses[2] | addresses[3] | addresses[4] | addresses[5]
-                   | addresses[6]) % 16
+    # and the tensors' addresses (in argument order): the up halves' by their offsets, so that a remembered call
+    # builds no views (the gate's are pre's and d_pre's own; non-gated kernels take pre's and d_pre's again)
+    p, d = pre.data_ptr(), d_pre.data_ptr()
+    up_offset = N * pre.element_size() if gated else 0
+    addresses = (dy.data_ptr(), w_out.data_ptr(), p, p + up_offset, d, d + up_offset, sums.data_ptr())
+    aligned = not functools.reduce(operator.or_, addresses) % 16
     key = (config, activation, has_dbias, M, K, N, dy.stride(0), w_out.stride(0), pre.stride(0), dy.dtype,
            dy.get_device())
 
@@ -366,8 +363,8 @@ def act_bwd_ws(dy, w_out, pre, d_pre, dbias, activation, config=None):
         consumer, producer = partition_regs(bm)
         grid = (min(cdiv(M, bm) * cdiv(N, bn), _num_sms(dy.device.index or 0)), 1, 1)
         p_desc, d_desc = _descriptor(pre, (M, N), (bm, SLICE_N)), _descriptor(d_pre, (M, N), (bm, SLICE_N))
-        u_desc, du_desc = ((_descriptor(up, (M, N), (bm, SLICE_N)), _descriptor(d_up, (M, N), (bm, SLICE_N)))
-                           if gated else (p_desc, d_desc))
+        u_desc, du_desc = ((_descriptor(pre[:, N:], (M, N), (bm, SLICE_N)),
+                            _descriptor(d_pre[:, N:], (M, N), (bm, SLICE_N))) if gated else (p_desc, d_desc))
         args = (_descriptor(dy, (M, K), (bm, bk)), _descriptor(w_out, (K, N), (bk, bn)), p_desc, u_desc, d_desc,
                 du_desc, sums, M, N, K)
         return grid, args, dict(ACT=_ALL_CODES[activation], HAS_DBIAS=has_dbias, STAGES=stages, GROUP=GROUP_M,
