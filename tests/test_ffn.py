@@ -438,3 +438,16 @@ def test_too_many_rows_for_int32_indexing_is_a_clear_error(device):
         kernels.linear_act(x, w, None, "relu")
     with pytest.raises(ValueError, match="int32 indexing"):
         kernels.ffn(x, w, None, torch.randn(8, 256, device=device, dtype=torch.float16), None, "gelu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
+def test_column_sums_for_db_out(dtype, device):
+    # db_out by a matrix-vector product with a cached ones vector (fp32: torch's sum): each row count gets its
+    # own vector (a shorter call after a longer one, and back), the same bits on every call, and the error
+    # of torch's own dy.sum(0) in that dtype.
+    for M in (1000, 17, 1000, 1):
+        t = (torch.randn(M, 24, dtype=torch.float64, device=device) + 0.5).to(dtype)
+        ours = ffn_module._column_sums(t)
+        assert ours.dtype == dtype and ours.shape == (24,)
+        assert_close(ours, t.double().sum(0), t.sum(0), name=f"column sums of {M} rows")
+        assert torch.equal(ffn_module._column_sums(t), ours)
