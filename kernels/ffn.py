@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ._checks import GATED_ACTIVATIONS, check_ffn_args, check_linear_args
 from ._runtime import KERNEL_DEVICE, check_device
-from .matmul import ACT_CODES, act_bwd, linear_act_fwd
+from .matmul import ACT_CODES, SMALL_M, act_bwd, linear_act_fwd
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -106,15 +106,16 @@ def _derivative_source(pre, a, activation):
 # db_out = dy.sum(0) as cuBLAS's matrix-vector product dy.T @ ones: on the H100 (tools/gpu_column_sum.py, bench/
 # RESULTS.md) 19.7 us against torch's column reduction's 36.4 at 16384 x 768 bf16 (37 against 50 at 2048 wide),
 # with the same error (the ones and the products are exact, the accumulation fp32) and run-to-run the same bits.
-# fp32 keeps torch's sum: a matrix-vector product would follow the matmul TF32 setting. The ones vector is made
-# once per (rows, dtype, device) and kept (2 bytes a row).
+# fp32 keeps torch's sum: a matrix-vector product would follow the matmul TF32 setting. So do up to SMALL_M rows,
+# where the GPU time is small and the sum's host path is the cheaper (16 against 24 us per call on the H100's host).
+# The ones vector is made once per (rows, dtype, device) and kept (2 bytes a row).
 _ONES = {}
 MAX_ONES = 64  # then the cache starts over (many row counts, as in inference with varying batches)
 
 
 def _column_sums(t):
     """t.sum(0) of a 2-D fp16 / bf16 / fp32 tensor, in its dtype."""
-    if t.dtype == torch.float32:
+    if t.dtype == torch.float32 or t.shape[0] <= SMALL_M:
         return t.sum(0)
     key = (t.shape[0], t.dtype, t.device)
     ones = _ONES.get(key)
