@@ -17,6 +17,9 @@ GELU_EXP2_3 = tl.constexpr(-0.1029432395800235)  # GELU_EXP2_1 * 0.044715
 GELU_DARG_1 = tl.constexpr(1.5957691216057308)  # d(2u)/dh = 2 sqrt(2/pi) (1 + 3 * 0.044715 h^2)
 GELU_DARG_3 = tl.constexpr(0.21406444881780076)  # 2 sqrt(2/pi) * 3 * 0.044715
 SILU_EXP2 = tl.constexpr(-1.4426950408889634)  # -1 / ln 2: e^-h = 2^(h SILU_EXP2)
+# activation_and_grad's code for relu2 when given its output a = relu(pre)^2 instead of pre (kernels/matmul.py,
+# FROM_OUTPUT): act' = 2 relu(pre) = 2 sqrt(a), and "act" is a itself. The other codes are kernels/matmul.py's.
+RELU2_FROM_OUTPUT = 4
 
 
 @triton.jit
@@ -44,6 +47,8 @@ def activation_and_grad(h, ACT: tl.constexpr):
     elif ACT == 2:
         s = 1.0 / (1.0 + tl.exp2(h * SILU_EXP2))
         return h * s, s * (1.0 + h * (1.0 - s))
-    else:
+    elif ACT == 3:
         r = tl.maximum(h, 0.0)
         return r * r, 2.0 * r
+    else:  # RELU2_FROM_OUTPUT: h is relu2's output a = relu(pre)^2, and act'(pre) = 2 relu(pre) = 2 sqrt(a)
+        return h, 2.0 * tl.sqrt(h)

@@ -17,9 +17,10 @@ Saved for backward: x, w_in, w_out, the pre-activation x @ w_in.T + b_in ((M, H)
 gate then up when gated) and the hidden activation a = act(pre) (M, H), in the compute dtype. a is
 the second GEMM's input, in memory anyway: keeping it costs memory (as in eager PyTorch and
 torch.compile, which keep it too), while re-forming it in the backward epilogue would cost one more
-(M, H) write there (measured slower on the H100, bench/RESULTS.md). relu is the exception: its
-derivative is read off a (a > 0 exactly where pre > 0), so its forward writes no pre-activation and
-saves x, w_in, w_out and a only (FROM_OUTPUT). linear_act saves x, w and pre (relu: its output); its
+(M, H) write there (measured slower on the H100, bench/RESULTS.md). relu and relu2 are the exceptions:
+their derivative is read off a (relu's a > 0 exactly where pre > 0; relu2's act' = 2 sqrt(a)), so their
+forward writes no pre-activation and saves x, w_in, w_out and a only (kernels/matmul.py FROM_OUTPUT).
+linear_act saves x, w and pre (relu, relu2: their output); its
 backward has no GEMM producing the upstream gradient, so d_pre comes from one fused elementwise
 Triton pass (with the bias sums), then cuBLAS for dx and dw.
 The pre-activation is only written when autograd will need it (grad enabled and an input
@@ -43,20 +44,13 @@ from torch import Tensor
 
 from ._checks import GATED_ACTIVATIONS, check_ffn_args, check_linear_args
 from ._runtime import KERNEL_DEVICE, check_device
-from .matmul import ACT_CODES, SMALL_M, act_bwd, linear_act_fwd
+from .matmul import ACT_CODES, FROM_OUTPUT, SMALL_M, act_bwd, linear_act_fwd
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-# relu's derivative can be read off its output: a = relu(pre) > 0 exactly where pre > 0 (both are rounded from
-# the same fp32 value, and a is 0 wherever pre <= 0). So for relu the forward writes no pre-activation (one
-# (M, H) store less in the GEMM's epilogue, and that much less memory held for the backward) and the backward
-# takes the output in its place, as PyTorch's own relu does (threshold_backward on the result).
-FROM_OUTPUT = frozenset({"relu"})
-
-
 def _stores_pre(activation, save_pre):
-    """Whether the forward GEMM writes the pre-activation: where the backward needs it (not for relu)."""
+    """Whether the forward GEMM writes the pre-activation: where the backward needs it (not for FROM_OUTPUT's)."""
     return save_pre and activation not in FROM_OUTPUT
 
 
@@ -69,7 +63,7 @@ def _hidden(w, activation):
 
 
 def _check_saved(pre):
-    """pre: what the backward takes the derivative from (the pre-activation, or relu's output)."""
+    """pre: what the backward takes the derivative from (the pre-activation, or FROM_OUTPUT's output)."""
     if pre is None or pre.dim() != 2:
         raise RuntimeError("backward through a Triton FFN forward that ran without saving its pre-activation "
                            "(it was called with grad disabled or no input requiring grad)")
@@ -92,14 +86,14 @@ def _linear_act_bwd(grad, x, w, pre, activation, has_bias):
 
 
 def _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre):
-    """(y, pre, a): pre (empty for relu) and the hidden activation a for the backward, or (y, empty, None)
+    """(y, pre, a): pre (empty for relu, relu2) and the hidden activation a for the backward, or (y, empty, None)
     without save_pre."""
     a, pre = linear_act_fwd(x, w_in, b_in, activation, _stores_pre(activation, save_pre))
     return F.linear(a, w_out, b_out), pre, a if save_pre else None
 
 
 def _derivative_source(pre, a, activation):
-    """The tensor the backward takes act' from: relu's output, else the pre-activation."""
+    """The tensor the backward takes act' from: FROM_OUTPUT's output (relu, relu2), else the pre-activation."""
     return a if activation in FROM_OUTPUT else pre
 
 

@@ -12,6 +12,7 @@ Backward (`act_bwd`):         d_act = dy @ w_out        (M, H) , the GEMM that p
                                                                  gradient inside the FFN, or a given
                                                                  d_act (linear_act alone: no GEMM)
                               d_pre = d_act * act'(pre)           (M, N), in the same epilogue
+                              (relu, relu2: act' from the forward's output instead, FROM_OUTPUT)
   gated:                      d_gate = d_act * up * f'(gate),  d_up = d_act * f(gate)   -> d_pre (M, 2H)
   Optionally the same epilogue re-forms act(pre) (the FFN's dW_out needs it, so the forward need not
   keep it) and adds d_pre's column sums into an fp32 bias-gradient buffer with atomics (so the
@@ -59,7 +60,7 @@ import triton.language as tl
 
 from . import _tuning, matmul_persistent
 from .matmul_persistent import grouped_tile
-from ._activations import activation, activation_and_grad
+from ._activations import RELU2_FROM_OUTPUT, activation, activation_and_grad
 from ._launch import FastLaunch, LaunchPlan, remembered_pick
 from ._runtime import cdiv, interpreting, tma_scratch
 
@@ -67,6 +68,14 @@ RELU, GELU, SILU, RELU2 = 0, 1, 2, 3
 # activation name -> (code of the elementwise function, gated?)
 ACT_CODES = {"relu": (RELU, False), "gelu": (GELU, False), "silu": (SILU, False), "relu2": (RELU2, False),
              "swiglu": (SILU, True), "geglu": (GELU, True)}
+# The activations whose derivative act_bwd reads off the forward's output a instead of the pre-activation, so that
+# their forward writes no pre-activation (one (M, H) store less) and kernels/ffn.py saves a, the second GEMM's input,
+# for both. relu: a > 0 exactly where pre > 0 (both rounded from the same fp32 value; PyTorch's threshold_backward
+# reads its output too). relu2: act' = 2 relu(pre) = 2 sqrt(a) (RELU2_FROM_OUTPUT), whose relative error is half of
+# a's rounding (2^-10 in bf16) where a stored pre's is its whole rounding (2^-9).
+FROM_OUTPUT = frozenset({"relu", "relu2"})
+# activation -> the code of act' in act_bwd's epilogues, for what FROM_OUTPUT says they are given
+BWD_CODES = {name: RELU2_FROM_OUTPUT if name == "relu2" else code for name, (code, _) in ACT_CODES.items()}
 # Where TMA applies and M > SMALL_M, kernels/matmul_persistent.py (one program per SM, TMA stores) runs
 # the non-gated forward and the gated backward GEMM. Alone those kernels measured faster in three
 # sessions (tools/gpu_ffn.py, H200, sixth session: forward 379 -> 405 TFLOP/s for gelu 768 -> 3072; backward
@@ -693,7 +702,8 @@ def _no_dbias(device):
 
 
 def act_bwd(grad, w_out, pre, activation, store_act, bias_grad):
-    """d_pre = (grad @ w_out, or grad itself when w_out is None) * act'(pre), fused.
+    """d_pre = (grad @ w_out, or grad itself when w_out is None) * act'(pre), fused; for the FROM_OUTPUT activations
+    `pre` is the forward's output act(pre) instead (the same shape).
 
     Returns (d_pre like pre, act(pre) (M, H) or None, fp32 column sums of d_pre or None).
     """
@@ -747,7 +757,8 @@ def _gluon_backward(grad, w_out, pre, d_pre, dbias, activation, bias_grad):
 
 def _act_bwd_tl(grad, w_out, pre, activation, store_act, bias_grad, d_pre, act, dbias, from_gemm, K):
     """act_bwd's `tl` kernels (per-tile or persistent) into d_pre, act and dbias."""
-    code, gated = ACT_CODES[activation]
+    _, gated = ACT_CODES[activation]
+    code = BWD_CODES[activation]
     M = pre.shape[0]
     N = pre.shape[1] // 2 if gated else pre.shape[1]
     w = w_out if from_gemm else pre

@@ -65,7 +65,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 
-from ._activations import GELU_DARG_1, GELU_DARG_3, GELU_EXP2_1, GELU_EXP2_3, SILU_EXP2
+from ._activations import GELU_DARG_1, GELU_DARG_3, GELU_EXP2_1, GELU_EXP2_3, RELU2_FROM_OUTPUT, SILU_EXP2
 from ._launch import FastLaunch, launch_memo
 from ._runtime import cdiv
 from .matmul_gated_gluon import ACT_CODES as GATED_ACT_CODES, GROUP_M, PLAIN_ACT_CODES as ACT_CODES, _GL_DTYPES, \
@@ -89,7 +89,8 @@ CONFIGS = (("ws", 64, 128, 64, 6), ("ws", 64, 128, 64, 4), ("ws", 64, 256, 64, 3
 # 311 / 277 TFLOP/s, swiglu 2048 -> 5440 444); 128 x 64 (one slice per tile, 12-56 bytes of spills) never won
 # outright (298 / 277, a tie at geglu 768 / 348) and ran on the GPU in one test case only, so it is not offered.
 GATED_CONFIGS = (("ws", 64, 128, 64, 4), ("ws", 64, 128, 64, 6))
-_ALL_CODES = {**ACT_CODES, **GATED_ACT_CODES}  # name -> the code of f (the gate's, for a gated one)
+# name -> the code of act' (the gate's f, for a gated one): relu2's from its output (kernels/matmul.py FROM_OUTPUT)
+_ALL_CODES = {**ACT_CODES, "relu2": RELU2_FROM_OUTPUT, **GATED_ACT_CODES}
 
 
 SLICE_N = 64  # the pre / d_pre boxes' width: 128 bytes of 16-bit elements, the widest 128-byte-swizzled TMA box
@@ -128,11 +129,12 @@ def _gate_act_and_grad(h, ACT: gl.constexpr):
 
 @gluon.jit
 def _act_grad(h, ACT: gl.constexpr):
-    """act'(h) for the non-gated codes (GELU's and SILU's from _gate_act_and_grad; its unused f(h) is dead code)."""
+    """act'(h) for the non-gated codes (GELU's and SILU's from _gate_act_and_grad; its unused f(h) is dead code); relu's
+    and relu2's h is their output (kernels/matmul.py FROM_OUTPUT), as in kernels/_activations.activation_and_grad."""
     if ACT == 0:
         return (h > 0.0).to(gl.float32)
-    elif ACT == 3:
-        return 2.0 * gl.maximum(h, 0.0)
+    elif ACT > 2:  # RELU2_FROM_OUTPUT, relu2's only code here (a plain int: jitted code reads only constexpr globals)
+        return 2.0 * gl.sqrt(h)
     else:
         _, df = _gate_act_and_grad(h, ACT)
         return df

@@ -290,7 +290,7 @@ def test_custom_ops_trace_fullgraph(activation, device):
     torch.testing.assert_close(la(*tensors[:3], activation), kernels.linear_act(*tensors[:3], activation))
 
 
-@pytest.mark.parametrize("activation", ["gelu", "swiglu", "relu"])
+@pytest.mark.parametrize("activation", ["gelu", "swiglu", "relu", "relu2"])
 def test_eager_grads_equal_the_custom_ops(activation, device):
     """The autograd.Functions return db_in in fp32 and leave its cast to the engine (kernels/ffn.py): the
     gradients are bitwise the custom ops' (which cast it themselves), in the inputs' dtype. bf16 as the GPU
@@ -314,23 +314,24 @@ def test_eager_grads_equal_the_custom_ops(activation, device):
         assert ours.dtype == torch.bfloat16 and torch.equal(ours, theirs), name
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("activation", ["relu", "relu2", "gelu"])
 def test_relu_saves_its_output_not_a_pre_activation(activation, device):
-    """relu's backward reads act' off its output (kernels/ffn.py, FROM_OUTPUT): ffn saves one (M, H) tensor, the
-    activation a, where gelu saves two (pre for act', a for dw_out); linear_act saves its output for relu and the
-    pre-activation (another tensor) otherwise. The gradients are checked against float64 above."""
+    """relu's and relu2's backward reads act' off their output (kernels/matmul.py, FROM_OUTPUT): ffn saves one (M, H)
+    tensor, the activation a, where gelu saves two (pre for act', a for dw_out); linear_act saves its output for
+    them and the pre-activation (another tensor) otherwise. The gradients are checked against float64 above."""
+    from_output = activation in ("relu", "relu2")
     tensors = [t.float().requires_grad_() for t in _params(17, 24, 40, 32, activation, True, device)]
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         kernels.ffn(*tensors, activation)
         hidden = [t for t in saved if tuple(t.shape) == (17, 40)]
-        assert len(hidden) == (1 if activation == "relu" else 2)
+        assert len(hidden) == (1 if from_output else 2)
         saved.clear()
         out = kernels.linear_act(*tensors[:3], activation)
         hidden = [t for t in saved if tuple(t.shape) == (17, 40)]
-        assert len(hidden) == 1 and (hidden[0].data_ptr() == out.data_ptr()) == (activation == "relu")
+        assert len(hidden) == 1 and (hidden[0].data_ptr() == out.data_ptr()) == from_output
     with torch.no_grad():  # and its forward writes no pre-activation at all
-        assert torch.ops.kernels.ffn_fwd(*tensors, activation, True)[1].numel() == (0 if activation == "relu" else 680)
+        assert torch.ops.kernels.ffn_fwd(*tensors, activation, True)[1].numel() == (0 if from_output else 680)
 
 
 def test_backward_without_saved_tensors_is_a_clear_error(device):

@@ -188,7 +188,8 @@ def gemm_detail(p):
     f1, f2 = 2 * x.shape[0] * x.shape[1] * w_in.shape[0], 2 * x.shape[0] * p.D * p.H
     g1 = bench(lambda: matmul.linear_act_fwd(x, w_in, b_in, p.activation, True))
     c1 = bench(lambda: F.linear(x, w_in, b_in))
-    pre = matmul.linear_act_fwd(x, w_in, b_in, p.activation, True)[1]
+    out, pre = matmul.linear_act_fwd(x, w_in, b_in, p.activation, True)
+    pre = out if p.activation in matmul.FROM_OUTPUT else pre  # what act_bwd reads act' off
     dy = p.dy
     tuned = [(matmul._linear_act_fwd_tuned, lambda: matmul.linear_act_fwd(x, w_in, b_in, p.activation, True)),
              (matmul._act_bwd_tuned, lambda: matmul.act_bwd(dy, w_out, pre, p.activation, False, b_in is not None))]

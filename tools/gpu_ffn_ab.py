@@ -36,7 +36,7 @@ def main(label):
         w_out = (torch.randn(D, H, device="cuda", dtype=dt) * H ** -0.5).requires_grad_()
         b_out = (torch.randn(D, device="cuda", dtype=dt) * 0.1).requires_grad_()
         dy = torch.randn(M, D, device="cuda", dtype=dt)
-        pre = torch.randn(M, H, device="cuda", dtype=dt)
+        pre = torch.randn(M, H, device="cuda", dtype=dt).abs()  # also a valid relu / relu2 output (what act_bwd reads)
         leaves = [x, w_in, b_in, w_out, b_out]
 
         def bwd():

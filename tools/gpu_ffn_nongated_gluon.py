@@ -90,6 +90,8 @@ def point(D, H, activation):
     dy = torch.randn(M, D, device="cuda", dtype=dtype)
     w_out = (torch.randn(D, H, device="cuda") / D ** 0.5).to(dtype)
     pre = torch.randn(M, width, device="cuda", dtype=dtype)
+    if activation in matmul.FROM_OUTPUT:  # what act_bwd reads act' off for them: the forward's output
+        pre = reference.activate(pre, activation)
     d_pre = torch.empty_like(pre)
     dbias = torch.zeros(width, device="cuda", dtype=torch.float32)
     if not bw.usable(dy, w_out, pre, d_pre, activation):

@@ -121,6 +121,8 @@ def bwd_configs(act, D, H, g):
     """d_pre = (dy @ w_out) * act'(pre) at each config of the kernel kernels.ffn's backward takes here,
     three interleaved rounds."""
     pre = torch.randn(M, (2 if g else 1) * H, device="cuda", dtype=torch.bfloat16)
+    if not g:  # non-negative: also a valid relu / relu2 output, what act_bwd reads act' off for them
+        pre = pre.abs()
     dy = torch.randn(M, D, device="cuda", dtype=torch.bfloat16)
     w_out = torch.randn(D, H, device="cuda", dtype=torch.bfloat16) * H ** -0.5
     persistent = matmul.PERSISTENT and g

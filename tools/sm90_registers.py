@@ -179,8 +179,8 @@ def ffn_kernels(activations):
             blocks = {k: v for k, v in c.kwargs.items() if k != "TMA"}
             config = (*blocks.values(), c.num_warps, c.num_stages, "tma" if c.kwargs["TMA"] else "ptr")
             compiled = matmul._act_bwd_kernel.warmup(
-                dy, w_out, pre, pre, pre, dbias, M, H, D, D, 1, H, 1, width, width, 0, M, grid=(1,), ACT=code,
-                GATED=gated, FROM_GEMM=True, STORE_ACT=False, HAS_DBIAS=True, PRECISION="tf32",
+                dy, w_out, pre, pre, pre, dbias, M, H, D, D, 1, H, 1, width, width, 0, M, grid=(1,),
+                ACT=matmul.BWD_CODES[act], GATED=gated, FROM_GEMM=True, STORE_ACT=False, HAS_DBIAS=True, PRECISION="tf32",
                 TMA=c.kwargs["TMA"], **blocks, num_warps=c.num_warps, num_stages=c.num_stages)
             show(f"_act_bwd_kernel {act}", config, compiled)
         # the persistent kernels (kernels/matmul_persistent.py): the forward (the gated one is opt-in) and
@@ -194,7 +194,7 @@ def ffn_kernels(activations):
         for c in mp._BWD_CONFIGS:
             config = (*c.kwargs.values(), c.num_warps, c.num_stages)
             compiled = mp._act_bwd_persistent_kernel.warmup(
-                dy, w_out, pre, pre, dbias, M, H, D, D, H, width, width, M, grid=(1,), ACT=code, GATED=gated,
+                dy, w_out, pre, pre, dbias, M, H, D, D, H, width, width, M, grid=(1,), ACT=matmul.BWD_CODES[act], GATED=gated,
                 HAS_DBIAS=True, NUM_PROGRAMS=132, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
             show(f"persistent bwd {act}", config, compiled)
 
