@@ -55,6 +55,11 @@ MAX_FUSED_N = 16384  # widest row the one-pass forward kernel keeps in registers
 LOOP_BLOCK_N = 4096  # chunk width of the looped forward kernel
 
 
+@triton.jit
+def _add_pairs(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
 @triton.jit(do_not_specialize=["n_rows"])
 def _norm_fwd_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_cols, eps,
                      IS_RMS: tl.constexpr, HAS_RES: tl.constexpr, HAS_W: tl.constexpr,
@@ -82,8 +87,10 @@ def _norm_fwd_kernel(X, R, W, B, Y, S, Stats, stride_xm, stride_rm, n_rows, n_co
         d = tl.where(mask, x - mean[:, None], 0.0)
         # Corrected two-pass: rows far from zero (|mean| >> std) lose digits in the first sum; the
         # mean of the residuals d repairs the mean, and var = mean(d^2) - mean(d)^2.
-        corr = tl.sum(d, axis=1) / n_cols
-        var = tl.maximum(tl.sum(d * d, axis=1) / n_cols - corr * corr, 0.0)
+        # Both sums of d in one reduction tree: one exchange between warps instead of two.
+        sum_d, sum_d2 = tl.reduce((d, d * d), 1, _add_pairs)
+        corr = sum_d / n_cols
+        var = tl.maximum(sum_d2 / n_cols - corr * corr, 0.0)
         mean += corr
         if HAS_STATS:
             tl.store(Stats + rows, mean, mask=row_mask)
