@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from bench.report import OURS, add_peer_ratios  # noqa: F401  (re-exported for conftest)
+from bench.report import OURS, add_peer_ratios, is_ours  # noqa: F401  (re-exported for conftest)
 from kernels.testing import assert_close
 
 ON_CUDA = torch.cuda.is_available()
@@ -347,7 +347,7 @@ def run_case(benchmark, case, provider, build, reference, make_inputs, leaves, *
 
 def skip_or_raise(provider, case, error, doing):
     """A peer that errors on a configuration it does not support is skipped, never fatal; ours fails."""
-    if provider in (OURS, "eager"):
+    if is_ours(provider) or provider == "eager":
         raise error
     if ON_CUDA:
         torch.cuda.empty_cache()   # e.g. after an out-of-memory error

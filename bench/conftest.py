@@ -83,9 +83,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(f"ceilings on {common.device_name()}: bf16 matmul {ceil['matmul_tflops']:.0f} TFLOP/s, "
                       f"copy {ceil['copy_gbps']:.0f} GB/s")
     for group, infos in groups.items():
-        ours = [i for i in infos if i["provider"] == common.OURS]
         best = infos[0]["best_peer"]
-        if ours and best:
-            o = ours[0]
-            tr.write_line(f"{group:58s} ours {o['median_ms']:8.3f} ms  best peer {best:16s} "
-                          f"{o['best_peer_ms']:8.3f} ms  speed-up {o['ratio_to_best_peer']:5.2f}x")
+        for o in (i for i in infos if common.is_ours(i["provider"])):
+            if best:
+                tr.write_line(f"{group:58s} {o['provider']:12s} {o['median_ms']:8.3f} ms  best peer {best:16s} "
+                              f"{o['best_peer_ms']:8.3f} ms  speed-up {o['ratio_to_best_peer']:5.2f}x")

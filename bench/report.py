@@ -18,11 +18,16 @@ from pathlib import Path
 OURS = "ours"
 
 
+def is_ours(provider):
+    """Ours, or a variant of ours ("ours-compile": our kernels inside a torch.compile'd model): never a peer."""
+    return provider == OURS or provider.startswith(OURS + "-")
+
+
 def add_peer_ratios(benchmarks):
     """ratio_to_best_peer = best peer's median / this median (> 1: faster than every peer) per group.
 
     `benchmarks` are pytest-benchmark JSON entries (dicts with "group" and "extra_info"); peers are
-    all providers but ours, the best the one with the smallest median. Returns {group: [extra_info]}.
+    all providers but ours and its variants, the best the one with the smallest median. Returns {group: [extra_info]}.
     """
     groups = {}
     for b in benchmarks:
@@ -30,7 +35,7 @@ def add_peer_ratios(benchmarks):
         if "median_ms" in info:
             groups.setdefault(b.get("group") or info.get("group"), []).append(info)
     for infos in groups.values():
-        peers = [i for i in infos if i["provider"] != OURS]
+        peers = [i for i in infos if not is_ours(i["provider"])]
         best = min(peers, key=lambda i: i["median_ms"]) if peers else None
         for i in infos:
             i["best_peer"] = best["provider"] if best else None
@@ -93,15 +98,16 @@ def table(entries, machine=None, when=None, images=()):
             "| group | ours ms | ours rate | best peer | peer ms | peer rate | vs best peer |",
             "|---|---|---|---|---|---|---|"]
     for group, items in groups.items():
-        ours = next((i for i in items if i["provider"] == OURS), None)
         best = next((i for i in items if i["provider"] == items[0]["best_peer"]), None)
-        if ours is None or best is None:
-            continue
-        (ov, unit), (bv, _) = rate(ours), rate(best)
-        speed = ours["ratio_to_best_peer"]
-        mark = "**" if speed >= 1 else ""
-        out.append(f"| {group} | {ours['median_ms']:.3f} | {_fmt(ov, '.0f')} {unit} | {best['provider']} | "
-                   f"{best['median_ms']:.3f} | {_fmt(bv, '.0f')} {unit} | {mark}{speed:.2f}x{mark} |")
+        for ours in (i for i in items if is_ours(i["provider"])):
+            if best is None:
+                continue
+            (ov, unit), (bv, _) = rate(ours), rate(best)
+            speed = ours["ratio_to_best_peer"]
+            mark = "**" if speed >= 1 else ""
+            label = group if ours["provider"] == OURS else f"{group} ({ours['provider']})"
+            out.append(f"| {label} | {ours['median_ms']:.3f} | {_fmt(ov, '.0f')} {unit} | {best['provider']} | "
+                       f"{best['median_ms']:.3f} | {_fmt(bv, '.0f')} {unit} | {mark}{speed:.2f}x{mark} |")
     sections = {}
     for group, items in groups.items():
         graph = "/graph" if group.endswith("/graph") else ""  # --bench-timing graph: its own sections
@@ -116,7 +122,7 @@ def table(entries, machine=None, when=None, images=()):
                 value, unit = rate(i)
                 frac = i.get("fraction_of_ceiling")
                 name = i["provider"]
-                if name == OURS:
+                if is_ours(name):
                     name = f"**{name}**"
                 elif name == i["best_peer"]:
                     name = f"_{name}_ (best peer)"
@@ -158,13 +164,13 @@ def plots(entries, out_dir):
         if len({x for pts in by_provider.values() for x, _ in pts}) == 1:   # one shape: bars
             names = sorted(by_provider)
             ax.bar(names, [by_provider[n][0][1] for n in names],
-                   color=["tab:red" if n == OURS else "tab:blue" for n in names])
+                   color=["tab:red" if is_ours(n) else "tab:blue" for n in names])
             ax.tick_params(axis="x", rotation=30)
         else:
             for name, pts in sorted(by_provider.items()):
                 pts.sort()
                 ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=name,
-                        linewidth=2.5 if name == OURS else 1.2, color="black" if name == OURS else None)
+                        linewidth=2.5 if is_ours(name) else 1.2, color="black" if name == OURS else None)
             ax.set_xscale("log", base=2)
             ax.set_xticks(sorted({x for pts in by_provider.values() for x, _ in pts}))
             ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())

@@ -1,7 +1,7 @@
 """One training step of the whole model: forward, backward and a fused AdamW step.
 
-gpt2-124m at B=16, T=1024 under bf16 autocast (PEERS.md): backend "triton" (ours) against backend
-"torch" eager and backend "torch" under torch.compile. Recorded: tokens/s, model TFLOP/s
+gpt2-124m at B=16, T=1024 under bf16 autocast (PEERS.md): backend "triton" (ours), eager and under
+torch.compile ("ours-compile"), against backend "torch" eager and under torch.compile. Recorded: tokens/s, model TFLOP/s
 (slm.model_utils.flops_per_token: 6N + the attention term, per token), MFU against the measured
 bf16 matmul ceiling, and peak memory. On the CPU a 2-layer "tiny" model in fp32 is only checked.
 
@@ -20,8 +20,11 @@ from bench import common
 from bench.common import Case, Unsupported
 from kernels.testing import assert_close, floor_for
 
-PROVIDERS = ["ours", "eager", "compile"]
-BACKEND = {"ours": "triton", "eager": "torch", "compile": "torch"}
+# "ours-compile": our kernels inside a torch.compile'd model (they are custom ops Inductor calls), the way
+# to train with them; the peers are the torch backend eager and compiled.
+PROVIDERS = ["ours", "ours-compile", "eager", "compile"]
+BACKEND = {"ours": "triton", "ours-compile": "triton", "eager": "torch", "compile": "torch"}
+COMPILED = ("ours-compile", "compile")
 WARMUP_STEPS, TIMED_STEPS, PEDANTIC_STEPS = 3, 20, 5
 _STATE = {}   # the shared initial weights, batches, and the truth / baseline results
 
@@ -114,15 +117,15 @@ def check_step(case, provider, model, state):
 
 
 def test_train_step(benchmark, case, provider):
-    if provider == "compile" and not common.ON_CUDA:
-        pytest.skip("compile: torch.compile providers are benchmarked on CUDA only")
+    if provider in COMPILED and not common.ON_CUDA:
+        pytest.skip(f"{provider}: torch.compile providers are benchmarked on CUDA only")
     try:
         state = shared_state(case)
         model = new_model(case, BACKEND[provider])
     except Unsupported as e:
         pytest.skip(str(e))
     model.load_state_dict(state["init"])
-    if provider == "compile":
+    if provider in COMPILED:
         model = torch.compile(model, dynamic=False)
     try:
         check_step(case, provider, model, state)
@@ -180,7 +183,7 @@ def time_step(benchmark, case, provider, model, state):
     info = common.record(benchmark, case, provider, median_ms, flops=per_token * B * T, extra={
         "tokens_per_s": B * T / (median_ms * 1e-3), "flops_per_token": per_token,
         "n_params": count_parameters(unwrap(model)), "peak_memory_gb": peak / 1e9,
-        "backend": BACKEND[provider], "compiled": provider == "compile", "optimizer": "AdamW(fused=True)",
+        "backend": BACKEND[provider], "compiled": provider in COMPILED, "optimizer": "AdamW(fused=True)",
         "timing": f"CUDA events around each of {TIMED_STEPS} steps after {WARMUP_STEPS} warm-up steps, "
                   f"median; {common.NSETS} batches rotated"})
     info["mfu"] = info["fraction_of_ceiling"]

@@ -49,6 +49,17 @@ def test_peer_ratios():
     assert ln["best_peer"] == "liger" and ln["ratio_to_best_peer"] == pytest.approx(1.6)
 
 
+def test_a_variant_of_ours_is_never_the_best_peer():
+    # "ours-compile" (our kernels in a compiled model) is faster than every peer here: it gets its own
+    # ratio to the best real peer, and ours is not compared with it.
+    entries = [_entry("train_step", "fwd+bwd+adamw", "B16-T1024", p, ms, 1024, flops=1e13)
+               for p, ms in (("ours", 50.0), ("ours-compile", 30.0), ("eager", 55.0), ("compile", 40.0))]
+    infos = {i["provider"]: i for i in report.add_peer_ratios(entries)["train_step/fwd+bwd+adamw/B16-T1024/bf16"]}
+    assert infos["ours"]["best_peer"] == "compile" and infos["ours"]["ratio_to_best_peer"] == pytest.approx(0.8)
+    assert infos["ours-compile"]["ratio_to_best_peer"] == pytest.approx(40 / 30)
+    assert report.is_ours("ours-compile") and not report.is_ours("compile")
+
+
 def test_report_writes_table_and_plots(tmp_path, capsys):
     data = {"machine_info": {"slm_bench": {"device": "Test GPU", "bench_size": "small",
                                            "ceilings": {"matmul_tflops": 800.0, "copy_gbps": 3000.0}}},
