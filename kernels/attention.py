@@ -29,9 +29,9 @@ position S - T + i (bottom-right alignment, as when decoding against a KV cache)
   128, fp16 / bf16, q, k, v contiguous or views of a fused QKV projection. KERNELS_ATTN_GLUON=0 (or
   USE_GLUON = False) keeps every call on the `tl` kernel.
 - `attention` goes through `AttentionFn` (autograd) where a gradient is wanted, else to the forward
-  alone (no autograd.Function: host time). Under torch.compile its forward and backward call the custom
-  ops `torch.ops.kernels.attention_fwd` / `attention_bwd` (with fake implementations), so `torch.compile`
-  traces through without graph breaks; in eager mode they call the same launchers
+  alone (no autograd.Function: host time). Under torch.compile its forward and backward call the torch
+  ops `torch.ops.kernels.attention_fwd` / `attention_bwd` (kernels/_ops.py, with fake implementations), so
+  `torch.compile` traces through without graph breaks; in eager mode they call the same launchers
   directly (the op dispatcher costs more host time per call than the rest of the launch).
 """
 import math
@@ -43,6 +43,7 @@ import triton.language as tl
 
 from ._checks import check_attention_args
 from ._launch import FastLaunch
+from ._ops import define
 from ._runtime import KERNEL_DEVICE, cdiv, check_device, tma_scratch
 from .attention_bwd import FWD_TABLE, INTERPRET_FWD, LOG2E, NO_SPECIALIZE, _launch, attention_bwd, autotuned, \
     load_tile, plan, unit_last_stride
@@ -235,27 +236,19 @@ def _fwd(q, k, v, causal, scale, config=None, use_tma=None):
     return out, lse
 
 
-@torch.library.custom_op("kernels::attention_fwd", mutates_args=())
-def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return attention_fwd(q, k, v, causal, scale)
-
-
-@_attention_fwd_op.register_fake
-def _(q, k, v, causal, scale):
+def _attention_fwd_fake(q, k, v, causal, scale):
     B, H, T, _ = q.shape
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty((B, H, T), dtype=torch.float32)
 
 
-@torch.library.custom_op("kernels::attention_bwd", mutates_args=())
-def _attention_bwd_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                      lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return attention_bwd(dout, q, k, v, out, lse, causal, scale)
-
-
-@_attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, causal, scale):
+def _attention_bwd_fake(dout, q, k, v, out, lse, causal, scale):
     return tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
+
+
+_attention_fwd_op = define("attention_fwd(Tensor q, Tensor k, Tensor v, bool causal, float scale) -> (Tensor, Tensor)",
+                           attention_fwd, _attention_fwd_fake)
+_attention_bwd_op = define("attention_bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, "
+                           "bool causal, float scale) -> (Tensor, Tensor, Tensor)", attention_bwd, _attention_bwd_fake)
 
 
 class AttentionFn(torch.autograd.Function):
@@ -265,7 +258,7 @@ class AttentionFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, causal, scale):
         if torch.compiler.is_compiling():
-            out, lse = torch.ops.kernels.attention_fwd(q, k, v, causal, scale)
+            out, lse = _attention_fwd_op(q, k, v, causal, scale)
         else:
             out, lse = _fwd(q, k, v, causal, scale)  # attention() validated the arguments
         ctx.save_for_backward(q, k, v, out, lse)
@@ -276,7 +269,7 @@ class AttentionFn(torch.autograd.Function):
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
         if torch.compiler.is_compiling():
-            dq, dk, dv = torch.ops.kernels.attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
+            dq, dk, dv = _attention_bwd_op(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
         else:
             dq, dk, dv = attention_bwd(dout, q, k, v, out, lse, ctx.causal, ctx.scale)
         return dq, dk, dv, None, None

@@ -31,18 +31,17 @@ dtype, or the autocast dtype when autocast is on for x's device. Weights and bia
 dtype (fp32 master weights with bf16 x) are cast to the compute dtype before the kernels, like
 autocast does for F.linear; the cast is differentiable, so their gradients come back in their own
 dtype. float64 is not supported by the Triton path (TypeError; use kernels.reference).
-Registered as torch custom ops (kernels::ffn_fwd, ffn_bwd, linear_act_fwd, linear_act_bwd) with
-fake implementations and autograd, so torch.compile(fullgraph=True) traces ffn and linear_act. In
-eager mode the public functions call the autograd.Functions FFNFn / LinearActFn instead, which run
-the same launchers without the custom-op dispatcher's per-call cost.
+Registered as torch ops (kernels::ffn_fwd, ffn_bwd, linear_act_fwd, linear_act_bwd; kernels/_ops.py) with
+fake implementations, so torch.compile(fullgraph=True) traces ffn and linear_act: the autograd.Functions
+FFNFn / LinearActFn call the ops under torch.compile (Dynamo traces them, forward and backward) and the
+same launchers directly in eager mode, without the op dispatcher's per-call cost.
 """
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import GATED_ACTIVATIONS, check_ffn_args, check_linear_args
+from ._ops import define
 from ._runtime import KERNEL_DEVICE, check_device
 from .matmul import ACT_CODES, FROM_OUTPUT, SMALL_M, act_bwd, linear_act_fwd
 
@@ -69,11 +68,11 @@ def _check_saved(pre):
                            "(it was called with grad disabled or no input requiring grad)")
 
 
-# ---- the math, shared by the eager autograd.Functions and the registered custom ops ---------------
+# ---- the math, shared by the eager autograd.Functions and the torch ops ----------------------------
 
-# The backward functions return None for a bias gradient not asked for (the custom ops put an empty tensor
-# there, as their schemas return tensors; the autograd.Functions return the None: no allocation per call),
-# and db_in as act_bwd summed it, in fp32: the custom ops cast it to x's dtype, the autograd.Functions leave
+# The backward functions return None for a bias gradient not asked for (the ops put an empty tensor there,
+# as their schemas return tensors; the eager autograd.Functions return the None: no allocation per call),
+# and db_in as act_bwd summed it, in fp32: the ops cast it to x's dtype, the eager autograd.Functions leave
 # that to the autograd engine, which casts every gradient to its input's dtype (the same aten cast as
 # .to(x.dtype), without a call from Python).
 
@@ -130,16 +129,73 @@ def _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
 
 
 def _or_empty(t, like):
-    """A custom op's result for an optional one: t in like's dtype (db_in comes in fp32), or an empty tensor."""
+    """An op's result for an optional one: t in like's dtype (db_in comes in fp32), or an empty tensor."""
     return like.new_empty(0) if t is None else t.to(like.dtype)
 
 
-# ---- eager path: autograd.Functions (no custom-op dispatch on every call) ---------------------------
+# ---- torch ops, what torch.compile traces (kernels/_ops.py) ----------------------------------------
+
+def _linear_act_fwd_impl(x, w, b, activation, save_pre):
+    return linear_act_fwd(x, w, b, activation, _stores_pre(activation, save_pre))
+
+
+def _linear_act_fwd_fake(x, w, b, activation, save_pre):
+    return x.new_empty(x.shape[0], _hidden(w, activation)), x.new_empty(_pre_shape(x, w, activation, save_pre))
+
+
+def _linear_act_bwd_impl(grad, x, w, pre, activation, has_bias):
+    dx, dw, db = _linear_act_bwd(grad, x, w, pre, activation, has_bias)
+    return dx, dw, _or_empty(db, x)
+
+
+def _linear_act_bwd_fake(grad, x, w, pre, activation, has_bias):
+    return torch.empty_like(x), torch.empty_like(w), x.new_empty(w.shape[0] if has_bias else 0)
+
+
+def _ffn_fwd_impl(x, w_in, b_in, w_out, b_out, activation, save_pre):
+    y, pre, a = _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
+    return y, pre, _or_empty(a, x)
+
+
+def _ffn_fwd_fake(x, w_in, b_in, w_out, b_out, activation, save_pre):
+    hidden = (x.shape[0], _hidden(w_in, activation)) if save_pre else (0,)
+    return (x.new_empty(x.shape[0], w_out.shape[0]), x.new_empty(_pre_shape(x, w_in, activation, save_pre)),
+            x.new_empty(hidden))
+
+
+def _ffn_bwd_impl(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
+    dx, dw_in, db_in, dw_out, db_out = _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out)
+    return dx, dw_in, _or_empty(db_in, x), dw_out, _or_empty(db_out, x)
+
+
+def _ffn_bwd_fake(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
+    return (torch.empty_like(x), torch.empty_like(w_in), x.new_empty(w_in.shape[0] if has_b_in else 0),
+            torch.empty_like(w_out), x.new_empty(w_out.shape[0] if has_b_out else 0))
+
+
+_linear_act_fwd_op = define("linear_act_fwd(Tensor x, Tensor w, Tensor? b, str activation, bool save_pre) "
+                            "-> (Tensor, Tensor)", _linear_act_fwd_impl, _linear_act_fwd_fake)
+_linear_act_bwd_op = define("linear_act_bwd(Tensor grad, Tensor x, Tensor w, Tensor pre, str activation, "
+                            "bool has_bias) -> (Tensor, Tensor, Tensor)", _linear_act_bwd_impl, _linear_act_bwd_fake)
+_ffn_fwd_op = define("ffn_fwd(Tensor x, Tensor w_in, Tensor? b_in, Tensor w_out, Tensor? b_out, str activation, "
+                     "bool save_pre) -> (Tensor, Tensor, Tensor)", _ffn_fwd_impl, _ffn_fwd_fake)
+_ffn_bwd_op = define("ffn_bwd(Tensor dy, Tensor x, Tensor w_in, Tensor w_out, Tensor pre, Tensor a, str activation, "
+                     "bool has_b_in, bool has_b_out) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+                     _ffn_bwd_impl, _ffn_bwd_fake)
+
+
+# ---- autograd: the launchers directly in eager mode, the ops under torch.compile -------------------
+# (Dynamo traces these Functions, forward and backward, into the graph; in eager mode the op dispatcher's
+# per-call cost is skipped.) Under torch.compile the backward's gradients come from the ops, db_in cast
+# to x's dtype there; in eager mode db_in stays fp32 (see above).
 
 class LinearActFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, activation, save_pre):
-        out, pre = linear_act_fwd(x, w, b, activation, _stores_pre(activation, save_pre))
+        if torch.compiler.is_compiling():
+            out, pre = _linear_act_fwd_op(x, w, b, activation, save_pre)
+        else:
+            out, pre = linear_act_fwd(x, w, b, activation, _stores_pre(activation, save_pre))
         ctx.save_for_backward(x, w, out if save_pre and activation in FROM_OUTPUT else pre)
         ctx.activation, ctx.has_bias = activation, b is not None
         return out
@@ -148,6 +204,9 @@ class LinearActFn(torch.autograd.Function):
     def backward(ctx, grad):
         x, w, pre = ctx.saved_tensors
         _check_saved(pre)
+        if torch.compiler.is_compiling():
+            dx, dw, db = _linear_act_bwd_op(grad, x, w, pre, ctx.activation, ctx.has_bias)
+            return dx, dw, db if ctx.has_bias else None, None, None
         dx, dw, db = _linear_act_bwd(grad, x, w, pre, ctx.activation, ctx.has_bias)
         return dx, dw, db, None, None
 
@@ -155,7 +214,10 @@ class LinearActFn(torch.autograd.Function):
 class FFNFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_in, b_in, w_out, b_out, activation, save_pre):
-        y, pre, a = _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
+        if torch.compiler.is_compiling():
+            y, pre, a = _ffn_fwd_op(x, w_in, b_in, w_out, b_out, activation, save_pre)
+        else:
+            y, pre, a = _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
         ctx.save_for_backward(x, w_in, w_out, pre, a)
         ctx.activation, ctx.has_b_in, ctx.has_b_out = activation, b_in is not None, b_out is not None
         return y
@@ -164,93 +226,12 @@ class FFNFn(torch.autograd.Function):
     def backward(ctx, dy):
         x, w_in, w_out, pre, a = ctx.saved_tensors
         _check_saved(_derivative_source(pre, a, ctx.activation))
+        if torch.compiler.is_compiling():
+            dx, dw_in, db_in, dw_out, db_out = _ffn_bwd_op(dy, x, w_in, w_out, pre, a, ctx.activation,
+                                                           ctx.has_b_in, ctx.has_b_out)
+            return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,
+                    None, None)
         return (*_ffn_bwd(dy, x, w_in, w_out, pre, a, ctx.activation, ctx.has_b_in, ctx.has_b_out), None, None)
-
-
-# ---- custom ops, for torch.compile ------------------------------------------------------------------
-
-@torch.library.custom_op("kernels::linear_act_fwd", mutates_args=())
-def _linear_act_fwd_op(x: Tensor, w: Tensor, b: Optional[Tensor], activation: str,
-                       save_pre: bool) -> tuple[Tensor, Tensor]:
-    return linear_act_fwd(x, w, b, activation, _stores_pre(activation, save_pre))
-
-
-@_linear_act_fwd_op.register_fake
-def _(x, w, b, activation, save_pre):
-    return x.new_empty(x.shape[0], _hidden(w, activation)), x.new_empty(_pre_shape(x, w, activation, save_pre))
-
-
-@torch.library.custom_op("kernels::linear_act_bwd", mutates_args=())
-def _linear_act_bwd_op(grad: Tensor, x: Tensor, w: Tensor, pre: Tensor, activation: str,
-                       has_bias: bool) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _linear_act_bwd(grad, x, w, pre, activation, has_bias)
-    return dx, dw, _or_empty(db, x)
-
-
-@_linear_act_bwd_op.register_fake
-def _(grad, x, w, pre, activation, has_bias):
-    return torch.empty_like(x), torch.empty_like(w), x.new_empty(w.shape[0] if has_bias else 0)
-
-
-def _linear_act_setup(ctx, inputs, output):
-    x, w, b, activation, save_pre = inputs
-    ctx.save_for_backward(x, w, output[0] if save_pre and activation in FROM_OUTPUT else output[1])
-    ctx.activation, ctx.has_bias = activation, b is not None
-
-
-def _linear_act_backward(ctx, grad, _grad_pre):
-    x, w, pre = ctx.saved_tensors
-    _check_saved(pre)
-    dx, dw, db = torch.ops.kernels.linear_act_bwd(grad, x, w, pre, ctx.activation, ctx.has_bias)
-    return dx, dw, db if ctx.has_bias else None, None, None
-
-
-_linear_act_fwd_op.register_autograd(_linear_act_backward, setup_context=_linear_act_setup)
-
-
-@torch.library.custom_op("kernels::ffn_fwd", mutates_args=())
-def _ffn_fwd_op(x: Tensor, w_in: Tensor, b_in: Optional[Tensor], w_out: Tensor, b_out: Optional[Tensor],
-                activation: str, save_pre: bool) -> tuple[Tensor, Tensor, Tensor]:
-    y, pre, a = _ffn_fwd(x, w_in, b_in, w_out, b_out, activation, save_pre)
-    return y, pre, _or_empty(a, x)
-
-
-@_ffn_fwd_op.register_fake
-def _(x, w_in, b_in, w_out, b_out, activation, save_pre):
-    hidden = (x.shape[0], _hidden(w_in, activation)) if save_pre else (0,)
-    return (x.new_empty(x.shape[0], w_out.shape[0]), x.new_empty(_pre_shape(x, w_in, activation, save_pre)),
-            x.new_empty(hidden))
-
-
-@torch.library.custom_op("kernels::ffn_bwd", mutates_args=())
-def _ffn_bwd_op(dy: Tensor, x: Tensor, w_in: Tensor, w_out: Tensor, pre: Tensor, a: Tensor, activation: str,
-                has_b_in: bool, has_b_out: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    dx, dw_in, db_in, dw_out, db_out = _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out)
-    return dx, dw_in, _or_empty(db_in, x), dw_out, _or_empty(db_out, x)
-
-
-@_ffn_bwd_op.register_fake
-def _(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):
-    return (torch.empty_like(x), torch.empty_like(w_in), x.new_empty(w_in.shape[0] if has_b_in else 0),
-            torch.empty_like(w_out), x.new_empty(w_out.shape[0] if has_b_out else 0))
-
-
-def _ffn_setup(ctx, inputs, output):
-    x, w_in, b_in, w_out, b_out, activation, _ = inputs
-    ctx.save_for_backward(x, w_in, w_out, output[1], output[2])
-    ctx.activation, ctx.has_b_in, ctx.has_b_out = activation, b_in is not None, b_out is not None
-
-
-def _ffn_backward(ctx, dy, _grad_pre, _grad_a):
-    x, w_in, w_out, pre, a = ctx.saved_tensors
-    _check_saved(_derivative_source(pre, a, ctx.activation))
-    dx, dw_in, db_in, dw_out, db_out = torch.ops.kernels.ffn_bwd(
-        dy, x, w_in, w_out, pre, a, ctx.activation, ctx.has_b_in, ctx.has_b_out)
-    return (dx, dw_in, db_in if ctx.has_b_in else None, dw_out, db_out if ctx.has_b_out else None,
-            None, None)
-
-
-_ffn_fwd_op.register_autograd(_ffn_backward, setup_context=_ffn_setup)
 
 
 # ---- public functions --------------------------------------------------------------------------------
@@ -310,8 +291,9 @@ def linear_act(x, w, b=None, activation="gelu"):
     flat = x.dim() == 2  # as it is, as in ffn
     x2, save_pre = x if flat else x.reshape(-1, x.shape[-1]), _needs_pre(x, w, b)
     _check_index_range(x2, w)
-    if torch.compiler.is_compiling():
-        out, _ = torch.ops.kernels.linear_act_fwd(x2, w, b, activation, save_pre)
+    if not save_pre:  # nothing to differentiate: no autograd.Function
+        out = (_linear_act_fwd_op(x2, w, b, activation, False) if torch.compiler.is_compiling()
+               else linear_act_fwd(x2, w, b, activation, False))[0]
     else:
         out = LinearActFn.apply(x2, w, b, activation, save_pre)
     return out if flat else out.reshape(*x.shape[:-1], out.shape[-1])
@@ -331,10 +313,9 @@ def ffn(x, w_in, b_in, w_out, b_out, activation):
                                             or (b_in is not None and b_in.requires_grad)
                                             or (b_out is not None and b_out.requires_grad))
     _check_index_range(x2, w_in, w_out)
-    if torch.compiler.is_compiling():
-        y, _, _ = torch.ops.kernels.ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, save_pre)
-    elif not save_pre:  # nothing to differentiate: no autograd.Function
-        y = _ffn_fwd(x2, w_in, b_in, w_out, b_out, activation, False)[0]
+    if not save_pre:  # nothing to differentiate: no autograd.Function
+        y = (_ffn_fwd_op if torch.compiler.is_compiling() else _ffn_fwd)(x2, w_in, b_in, w_out, b_out, activation,
+                                                                          False)[0]
     else:
         y = FFNFn.apply(x2, w_in, b_in, w_out, b_out, activation, save_pre)
     return y if flat else y.reshape(*x.shape[:-1], y.shape[-1])

@@ -23,11 +23,12 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
   one wave of programs, each accumulating its rows in registers), summed by a second small
   reduction: no atomics, deterministic. For the add variants d(residual) = d(x) = d(sum), which is
   the gradient through the norm plus the gradient arriving on the returned sum.
-- torch.compile: the forward and backward launches are torch.library custom ops (`kernels::norm_fwd`,
-  `kernels::norm_bwd`) with fake implementations and a registered autograd formula, so
-  `torch.compile(fullgraph=True)` traces the public functions without graph breaks.
-- host overhead: in eager mode the public functions skip the custom-op dispatcher (an
-  autograd.Function calling the same launchers; no autograd at all when nothing needs a gradient,
+- torch.compile: the forward and backward launches are torch ops (`kernels::norm_fwd`,
+  `kernels::norm_bwd`; kernels/_ops.py) with fake implementations, which the autograd.Function NormFn
+  calls under torch.compile (Dynamo traces it, forward and backward), so `torch.compile(fullgraph=True)`
+  traces the public functions without graph breaks.
+- host overhead: in eager mode the public functions skip the op dispatcher (NormFn calling the
+  launchers directly; no autograd at all when nothing needs a gradient,
   and then no statistics allocated or stored),
   check the common case in one cheap test (the full checker and its messages run when it fails),
   launch plans (grid, constexprs, the binary) are cached under every fact of their arguments but the
@@ -39,7 +40,6 @@ Over the last dim (n_cols = N) of x viewed as (n_rows, N):
 """
 import functools
 import math
-from typing import Optional
 
 import torch
 import triton
@@ -48,6 +48,7 @@ import triton.language as tl
 from . import reference
 from ._checks import check_norm_args, norm_args_ok
 from ._launch import FastLaunch, LaunchPlan
+from ._ops import define
 from ._runtime import KERNEL_DEVICE, cdiv, check_device, next_power_of_2
 from .norms_bwd import n_cols_rows, norm_bwd, rows_of
 
@@ -256,7 +257,44 @@ def norm_fwd(x, residual, weight, bias, eps, is_rms, need_stats=True):
     return y, summed, stats
 
 
-# ---- autograd: one backward for the eager Function and the custom op ---------------------------
+# ---- torch ops, what torch.compile traces (kernels/_ops.py) ----------------------------------------
+
+def _norm_fwd_impl(x, residual, weight, bias, eps, is_rms):
+    y, summed, stats = norm_fwd(x, residual, weight, bias, eps, is_rms)
+    return y, summed if summed is not None else y.new_empty((0,)), stats
+
+
+def _norm_fwd_fake(x, residual, weight, bias, eps, is_rms):
+    n_rows = math.prod(x.shape[:-1])
+    sum_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
+    return (x.new_empty(x.shape),
+            x.new_empty(x.shape if residual is not None else (0,), dtype=sum_dtype),
+            x.new_empty((1 if is_rms else 2, n_rows), dtype=torch.float32))
+
+
+def _norm_bwd_impl(dy, saved, dsum, weight, bias, stats, is_rms):
+    dx, dw, db = norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms)
+    return dx, dw if dw is not None else dx.new_empty((0,)), db if db is not None else dx.new_empty((0,))
+
+
+def _norm_bwd_fake(dy, saved, dsum, weight, bias, stats, is_rms):
+    return (saved.new_empty(saved.shape),
+            weight.new_empty(weight.shape) if weight is not None else saved.new_empty((0,)),
+            bias.new_empty(bias.shape) if bias is not None else saved.new_empty((0,)))
+
+
+_norm_fwd_op = define("norm_fwd(Tensor x, Tensor? residual, Tensor? weight, Tensor? bias, float eps, bool is_rms) "
+                      "-> (Tensor, Tensor, Tensor)", _norm_fwd_impl, _norm_fwd_fake)
+_norm_bwd_op = define("norm_bwd(Tensor dy, Tensor saved, Tensor? dsum, Tensor? weight, Tensor? bias, Tensor stats, "
+                      "bool is_rms) -> (Tensor, Tensor, Tensor)", _norm_bwd_impl, _norm_bwd_fake)
+
+
+def _norm_bwd_via_op(dy, saved, dsum, weight, bias, stats, is_rms):
+    dx, dw, db = _norm_bwd_op(dy, saved, dsum, weight, bias, stats, is_rms)
+    return dx, dw if weight is not None else None, db if bias is not None else None
+
+
+# ---- autograd: the launchers directly in eager mode, the ops under torch.compile -------------------
 
 def _save(ctx, x, residual, weight, bias, summed, stats, is_rms):
     # The backward needs the normalized input (x, or the stored sum) and the fp32 statistics only
@@ -264,7 +302,6 @@ def _save(ctx, x, residual, weight, bias, summed, stats, is_rms):
     ctx.save_for_backward(summed if residual is not None else x, weight, bias, stats)
     ctx.is_rms = is_rms
     ctx.dtypes = (x.dtype, residual.dtype) if residual is not None else None
-    ctx.set_materialize_grads(False)  # no zero tensors for outputs that got no gradient
 
 
 def _backward(ctx, dy, dsum, bwd):
@@ -286,71 +323,29 @@ def _cast(t, dtype):
 
 
 class NormFn(torch.autograd.Function):
-    """The eager path: the launchers called directly, without the custom op dispatcher's overhead.
+    """The launchers directly in eager mode (no op dispatcher per call), the torch ops under torch.compile
+    (Dynamo traces this Function, forward and backward, into the graph).
 
     Returns y for the plain norms and (y, sum) for the add variants.
     """
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps, is_rms):
-        y, summed, stats = norm_fwd(x, residual, weight, bias, eps, is_rms)
-        _save(ctx, x, residual, weight, bias, summed, stats, is_rms)
-        return y if summed is None else (y, summed)
+        if torch.compiler.is_compiling():
+            y, summed, stats = _norm_fwd_op(x, residual, weight, bias, eps, is_rms)
+            _save(ctx, x, residual, weight, bias, summed, stats, is_rms)
+        else:
+            y, summed, stats = norm_fwd(x, residual, weight, bias, eps, is_rms)
+            _save(ctx, x, residual, weight, bias, summed, stats, is_rms)
+            # No zero tensors for outputs that got no gradient (Dynamo cannot trace this: compiled
+            # backwards get zeros, which the kernels take as well).
+            ctx.set_materialize_grads(False)
+        return y if residual is None else (y, summed)
 
     @staticmethod
     def backward(ctx, dy, dsum=None):
-        return (*_backward(ctx, dy, dsum, norm_bwd), None, None)
-
-
-# ---- torch custom ops: what torch.compile sees ---------------------------------------------------
-
-@torch.library.custom_op("kernels::norm_fwd", mutates_args=())
-def _norm_fwd_op(x: torch.Tensor, residual: Optional[torch.Tensor], weight: Optional[torch.Tensor],
-                 bias: Optional[torch.Tensor], eps: float, is_rms: bool
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    y, summed, stats = norm_fwd(x, residual, weight, bias, eps, is_rms)
-    return y, summed if summed is not None else y.new_empty((0,)), stats
-
-
-@_norm_fwd_op.register_fake
-def _norm_fwd_fake(x, residual, weight, bias, eps, is_rms):
-    n_rows = math.prod(x.shape[:-1])
-    sum_dtype = torch.promote_types(x.dtype, residual.dtype) if residual is not None else x.dtype
-    return (x.new_empty(x.shape),
-            x.new_empty(x.shape if residual is not None else (0,), dtype=sum_dtype),
-            x.new_empty((1 if is_rms else 2, n_rows), dtype=torch.float32))
-
-
-@torch.library.custom_op("kernels::norm_bwd", mutates_args=())
-def _norm_bwd_op(dy: torch.Tensor, saved: torch.Tensor, dsum: Optional[torch.Tensor],
-                 weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], stats: torch.Tensor,
-                 is_rms: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    dx, dw, db = norm_bwd(dy, saved, dsum, weight, bias, stats, is_rms)
-    return dx, dw if dw is not None else dx.new_empty((0,)), db if db is not None else dx.new_empty((0,))
-
-
-@_norm_bwd_op.register_fake
-def _norm_bwd_fake(dy, saved, dsum, weight, bias, stats, is_rms):
-    return (saved.new_empty(saved.shape),
-            weight.new_empty(weight.shape) if weight is not None else saved.new_empty((0,)),
-            bias.new_empty(bias.shape) if bias is not None else saved.new_empty((0,)))
-
-
-def _norm_bwd_via_op(dy, saved, dsum, weight, bias, stats, is_rms):
-    dx, dw, db = _norm_bwd_op(dy, saved, dsum, weight, bias, stats, is_rms)
-    return dx, dw if weight is not None else None, db if bias is not None else None
-
-
-def _op_setup_context(ctx, inputs, output):
-    x, residual, weight, bias, eps, is_rms = inputs
-    _save(ctx, x, residual, weight, bias, output[1], output[2], is_rms)
-
-
-def _op_backward(ctx, dy, dsum, dstats):
-    return (*_backward(ctx, dy, dsum if ctx.dtypes is not None else None, _norm_bwd_via_op), None, None)
-
-
-_norm_fwd_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+        bwd = _norm_bwd_via_op if torch.compiler.is_compiling() else norm_bwd
+        return (*_backward(ctx, dy, dsum if ctx.dtypes is not None else None, bwd), None, None)
 
 
 # ---- public API ----------------------------------------------------------------------------------
@@ -372,16 +367,16 @@ def _check_kernel_device(x):
 
 
 def _norm(x, residual, weight, bias, eps, is_rms):
-    """y, or (y, sum) with a residual: the custom op under torch.compile, else the launchers directly."""
+    """y, or (y, sum) with a residual: the torch op under torch.compile, else the launchers directly."""
     eps = float(eps)
-    if torch.compiler.is_compiling():
-        y, summed, _ = _norm_fwd_op(x, residual, weight, bias, eps, is_rms)
-        return y if residual is None else (y, summed)
     if torch.is_grad_enabled() and (x.requires_grad or (residual is not None and residual.requires_grad)
                                     or (weight is not None and weight.requires_grad)
                                     or (bias is not None and bias.requires_grad)):
         return NormFn.apply(x, residual, weight, bias, eps, is_rms)
-    y, summed, _ = norm_fwd(x, residual, weight, bias, eps, is_rms, False)  # nothing to differentiate: no stats
+    if torch.compiler.is_compiling():
+        y, summed, _ = _norm_fwd_op(x, residual, weight, bias, eps, is_rms)
+    else:
+        y, summed, _ = norm_fwd(x, residual, weight, bias, eps, is_rms, False)  # nothing to differentiate: no stats
     return y if residual is None else (y, summed)
 
 

@@ -342,7 +342,7 @@ def test_backward_without_saved_tensors_is_a_clear_error(device):
         ctx = type("Ctx", (), {"saved_tensors": (tensors[0], tensors[1], tensors[3], pre, a),
                                "activation": activation, "has_b_in": True, "has_b_out": True})()
         with pytest.raises(RuntimeError, match="without saving"):
-            ffn_module._ffn_backward(ctx, torch.ones(5, 32, device=device), None, None)
+            ffn_module.FFNFn.backward(ctx, torch.ones(5, 32, device=device))
 
 
 # ---- GPU only ------------------------------------------------------------------------------------

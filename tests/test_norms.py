@@ -231,22 +231,31 @@ def test_triton_path_executes(device, monkeypatch):
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_custom_op_matches_eager_path(op, device):
-    # torch.compile sees the custom ops kernels::norm_fwd / kernels::norm_bwd and their registered
-    # autograd formula; eager calls skip the dispatcher. Same kernels: the same bits everywhere.
-    add = op.startswith("add_")
+def test_torch_ops_match_eager_path(op, device):
+    # torch.compile goes through the ops kernels::norm_fwd / kernels::norm_bwd (NormFn calls them there);
+    # eager calls skip the dispatcher. Same kernels: the same bits everywhere.
+    add, is_rms = op.startswith("add_"), "rms" in op
     x = make_x((13, W), torch.float32, device).requires_grad_()
     r = make_x((13, W), torch.float32, device).requires_grad_() if add else None
     w = torch.randn(W, device=device, requires_grad=True)
     b = torch.randn(W, device=device, requires_grad=True) if HAS_BIAS[op] else None
     leaves = [t for t in (x, r, w, b) if t is not None]
-    y, s, _ = torch.ops.kernels.norm_fwd(x, r, w, b, 1e-5, "rms" in op)
-    via_op = (y, s) if add else (y,)
     eager = call(kernels, op, x, r, w, b, 1e-5)
     grads = [torch.randn_like(o) for o in eager]
-    for a, e in zip((*via_op, *torch.autograd.grad(via_op, leaves, grads)),
-                    (*eager, *torch.autograd.grad(eager, leaves, grads))):
+    expected = (*eager, *torch.autograd.grad(eager, leaves, grads))
+    with torch.no_grad():
+        y, s, stats = torch.ops.kernels.norm_fwd(x, r, w, b, 1e-5, is_rms)
+        bwd_args = (grads[0], s if add else x, grads[1] if add else None, w, b, stats, is_rms)
+        dx, dw, db = torch.ops.kernels.norm_bwd(*bwd_args)
+    got = (y, s, dx, dx, dw, db) if add else (y, dx, dw, db)
+    got = got if b is not None else got[:-1]
+    assert len(got) == len(expected)
+    for a, e in zip(got, expected):
         assert torch.equal(a, e)
+    torch.library.opcheck(torch.ops.kernels.norm_fwd.default, (x.detach(), r if r is None else r.detach(),
+                                                              w.detach(), b if b is None else b.detach(), 1e-5, is_rms),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.kernels.norm_bwd.default, bwd_args, test_utils=("test_schema", "test_faketensor"))
 
 
 def test_bad_input(device):

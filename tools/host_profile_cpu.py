@@ -77,13 +77,20 @@ def measure():
     out["F.layer_norm fwd+grad"] = per_call(
         lambda: torch.autograd.grad(F.layer_norm(xl, (768,), wl, bl), [xl, wl, bl], [g]))
     out["torch.empty_like(x)"] = per_call(lambda: torch.empty_like(x))
+    # What a compiled graph pays per norm: the op through the dispatcher (grad off, a weight that requires
+    # grad, as inside a compiled training step), against the launcher it wraps.
+    with torch.no_grad():
+        out["kernels::norm_fwd op (compiled graphs)"] = per_call(
+            lambda: torch.ops.kernels.norm_fwd.default(x, None, wl, b, 1e-5, False))
+        out["norms.norm_fwd launcher"] = per_call(lambda: norms.norm_fwd(x, None, wl, b, 1e-5, False))
     return out
 
 
 def table(us):
     host_timing.print_rows("us per call, 4 x 768 bf16, launches stubbed (ours) / CPU compute (reference, F.*)",
                            "op", OPS, ("ours", "ref"), us,
-                           ("empty autograd.Function fwd+grad", "F.layer_norm fwd+grad", "torch.empty_like(x)"), 16)
+                           ("empty autograd.Function fwd+grad", "F.layer_norm fwd+grad", "torch.empty_like(x)",
+                            "kernels::norm_fwd op (compiled graphs)", "norms.norm_fwd launcher"), 16)
 
 
 if __name__ == "__main__":
