@@ -34,6 +34,8 @@ from kernels import attention_gluon_persistent, attention_gluon_ws  # noqa: E402
 import host_timing  # noqa: E402 (tools/, this script's directory)
 from host_timing import Ident  # noqa: E402
 
+attention = sys.modules["kernels.attention"]  # (the package exports a function of the same name)
+
 CASES = {"causal": True, "full": False}
 B, H, T, D, DTYPE = 1, 2, 128, 128, torch.bfloat16
 
@@ -85,13 +87,30 @@ def measure():
     x = torch.randn(B, H, T, D, dtype=DTYPE).requires_grad_()
     g = torch.randn_like(x)
     out["empty autograd.Function fwd+grad"] = per_call(lambda: torch.autograd.grad(Ident.apply(x), [x], [g]))
+    # What a compiled graph pays per attention: the ops through the dispatcher (grad off, inputs that require
+    # grad, as inside a compiled training step), against the launch paths they wrap.
+    (q, k, v), dout = tensors()
+    scale = D ** -0.5
+    with torch.no_grad():
+        o, lse = attention._fwd(q, k, v, True, scale)
+        out["kernels::attention_fwd op (compiled graphs)"] = per_call(
+            lambda: torch.ops.kernels.attention_fwd.default(q, k, v, True, scale))
+        out["attention._fwd"] = per_call(lambda: attention._fwd(q, k, v, True, scale))
+        out["kernels::attention_bwd op (compiled graphs)"] = per_call(
+            lambda: torch.ops.kernels.attention_bwd.default(dout, q, k, v, o, lse, True, scale))
+        out["attention_bwd.attention_bwd"] = per_call(
+            lambda: attention_bwd.attention_bwd(dout, q, k, v, o, lse, True, scale))
     return out
+
+
+OP_ROWS = ("kernels::attention_fwd op (compiled graphs)", "attention._fwd",
+           "kernels::attention_bwd op (compiled graphs)", "attention_bwd.attention_bwd")
 
 
 def table(us):
     host_timing.print_rows(f"us per call, q k v ({B}, {H}, {T}, {D}) {str(DTYPE)[6:]}, Hopper's route, launches "
                            "stubbed (ours) / CPU compute (sdpa)",
-                           "case", CASES, ("ours", "sdpa"), us, ("empty autograd.Function fwd+grad",), 8)
+                           "case", CASES, ("ours", "sdpa"), us, ("empty autograd.Function fwd+grad", *OP_ROWS), 8)
 
 
 if __name__ == "__main__":

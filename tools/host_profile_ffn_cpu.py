@@ -51,6 +51,8 @@ from kernels import matmul_bwd_gluon_ws, matmul_gated_gluon, matmul_gated_gluon_
 import host_timing  # noqa: E402 (tools/, this script's directory)
 from host_timing import Ident  # noqa: E402
 
+ffn = sys.modules["kernels.ffn"]  # (the package exports a function of the same name)
+
 CASES = {"gelu": ("gelu", True, 8), "swiglu": ("swiglu", False, 8)}  # activation, biases, hidden width
 ROWS, WIDTH, DTYPE = 8, 8, torch.bfloat16
 
@@ -112,13 +114,28 @@ def measure():
     x = torch.randn(ROWS, WIDTH, dtype=DTYPE).requires_grad_()
     g = torch.randn_like(x)
     out["empty autograd.Function fwd+grad"] = per_call(lambda: torch.autograd.grad(Ident.apply(x), [x], [g]))
+    # What a compiled graph pays per FFN: the ops through the dispatcher (grad off, weights that require grad,
+    # as inside a compiled training step), against the functions they wrap.
+    (x, w_in, b_in, w_out, b_out), dy = tensors("gelu")
+    with torch.no_grad():
+        _, pre, a = torch.ops.kernels.ffn_fwd(x, w_in, b_in, w_out, b_out, "gelu", True)
+        out["kernels::ffn_fwd op, gelu (compiled graphs)"] = per_call(
+            lambda: torch.ops.kernels.ffn_fwd.default(x, w_in, b_in, w_out, b_out, "gelu", True))
+        out["ffn._ffn_fwd, gelu"] = per_call(lambda: ffn._ffn_fwd(x, w_in, b_in, w_out, b_out, "gelu", True))
+        out["kernels::ffn_bwd op, gelu (compiled graphs)"] = per_call(
+            lambda: torch.ops.kernels.ffn_bwd.default(dy, x, w_in, w_out, pre, a, "gelu", True, True))
+        out["ffn._ffn_bwd, gelu"] = per_call(lambda: ffn._ffn_bwd(dy, x, w_in, w_out, pre, a, "gelu", True, True))
     return out
+
+
+OP_ROWS = ("kernels::ffn_fwd op, gelu (compiled graphs)", "ffn._ffn_fwd, gelu",
+           "kernels::ffn_bwd op, gelu (compiled graphs)", "ffn._ffn_bwd, gelu")
 
 
 def table(us):
     host_timing.print_rows(f"us per call, x {ROWS} x {WIDTH} -> hidden 8 {str(DTYPE)[6:]}, GPU's large-M path, "
                            "launches stubbed (ours) / CPU compute (reference)",
-                           "case", CASES, ("ours", "ref"), us, ("empty autograd.Function fwd+grad",), 8)
+                           "case", CASES, ("ours", "ref"), us, ("empty autograd.Function fwd+grad", *OP_ROWS), 8)
 
 
 if __name__ == "__main__":
