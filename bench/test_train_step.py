@@ -1,9 +1,10 @@
 """One training step of the whole model: forward, backward and a fused AdamW step.
 
 gpt2-124m at B=16, T=1024 under bf16 autocast (PEERS.md): backend "triton" (ours), eager and under
-torch.compile ("ours-compile"), against backend "torch" eager and under torch.compile. Recorded: tokens/s, model TFLOP/s
-(slm.model_utils.flops_per_token: 6N + the attention term, per token), MFU against the measured
-bf16 matmul ceiling, and peak memory. On the CPU a 2-layer "tiny" model in fp32 is only checked.
+torch.compile ("ours-compile"), against backend "torch" eager and under torch.compile. Recorded:
+tokens/s, model TFLOP/s (slm.model_utils.flops_per_token: 6N + the attention term, per token), MFU
+against the measured bf16 matmul ceiling, and peak memory. On the CPU a 2-layer "tiny" model in fp32
+is only checked.
 
 The check: the loss and every parameter's gradient of each provider, from the same weights and
 batch, against the torch backend in float32 (CUDA; float64 on the CPU) without autocast, judged
@@ -20,8 +21,8 @@ from bench import common
 from bench.common import Case, Unsupported
 from kernels.testing import assert_close, floor_for
 
-# "ours-compile": our kernels inside a torch.compile'd model (they are custom ops Inductor calls), the way
-# to train with them; the peers are the torch backend eager and compiled.
+# "ours-compile": our kernels inside a torch.compile'd model (torch ops that Inductor calls), the way to
+# train with them; the peers are the torch backend eager and compiled.
 PROVIDERS = ["ours", "ours-compile", "eager", "compile"]
 BACKEND = {"ours": "triton", "ours-compile": "triton", "eager": "torch", "compile": "torch"}
 COMPILED = ("ours-compile", "compile")
