@@ -333,13 +333,12 @@ class NormFn(torch.autograd.Function):
     def forward(ctx, x, residual, weight, bias, eps, is_rms):
         if torch.compiler.is_compiling():
             y, summed, stats = _norm_fwd_op(x, residual, weight, bias, eps, is_rms)
-            _save(ctx, x, residual, weight, bias, summed, stats, is_rms)
         else:
             y, summed, stats = norm_fwd(x, residual, weight, bias, eps, is_rms)
-            _save(ctx, x, residual, weight, bias, summed, stats, is_rms)
             # No zero tensors for outputs that got no gradient (Dynamo cannot trace this: compiled
             # backwards get zeros, which the kernels take as well).
             ctx.set_materialize_grads(False)
+        _save(ctx, x, residual, weight, bias, summed, stats, is_rms)
         return y if residual is None else (y, summed)
 
     @staticmethod
