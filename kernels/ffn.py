@@ -101,24 +101,16 @@ def _derivative_source(pre, a, activation):
 # with the same error (the ones and the products are exact, the accumulation fp32) and run-to-run the same bits.
 # fp32 keeps torch's sum: a matrix-vector product would follow the matmul TF32 setting. So do up to SMALL_M rows,
 # where the GPU time is small and the sum's host path is the cheaper (16 against 24 us per call on the H100's host).
-# The ones vector is made once per (rows, dtype, device) and kept (2 bytes a row).
-_ONES = {}
-MAX_ONES = 64  # then the cache starts over (many row counts, as in inference with varying batches)
+# The ones vector is made per call (2 bytes a row, one small fill): a vector kept between calls would be a tensor
+# the op holds on to, which torch.compile's CUDA graphs (mode="reduce-overhead") refuse when it was allocated from
+# their memory pool during their warm-up run.
 
 
 def _column_sums(t):
     """t.sum(0) of a 2-D fp16 / bf16 / fp32 tensor, in its dtype."""
     if t.dtype == torch.float32 or t.shape[0] <= SMALL_M:
         return t.sum(0)
-    key = (t.shape[0], t.dtype, t.device)
-    ones = _ONES.get(key)
-    if ones is None:
-        if t.is_cuda and torch.cuda.is_current_stream_capturing():
-            return t.sum(0)  # a vector made during a CUDA graph capture would be filled only at its replays
-        if len(_ONES) >= MAX_ONES:
-            _ONES.clear()
-        ones = _ONES[key] = t.new_ones(t.shape[0])
-    return torch.mv(t.t(), ones)
+    return torch.mv(t.t(), t.new_ones(t.shape[0]))
 
 
 def _ffn_bwd(dy, x, w_in, w_out, pre, a, activation, has_b_in, has_b_out):

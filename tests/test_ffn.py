@@ -443,9 +443,9 @@ def test_too_many_rows_for_int32_indexing_is_a_clear_error(device):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 def test_column_sums_for_db_out(dtype, device):
-    # db_out by a matrix-vector product with a cached ones vector past SMALL_M rows (fp32, and up to SMALL_M rows:
-    # torch's sum): each row count gets its own vector (a shorter call after a longer one, and back), the same bits
-    # on every call, and the error of torch's own dy.sum(0) in that dtype.
+    # db_out by a matrix-vector product with a ones vector past SMALL_M rows (fp32, and up to SMALL_M rows: torch's
+    # sum): several row counts (a shorter call after a longer one, and back), the same bits on every call, and the
+    # error of torch's own dy.sum(0) in that dtype (nothing kept between calls: tests/test_kept_tensors.py).
     big = ffn_module.SMALL_M + 77
     for M in (big, big + 8, big, 17, 1):
         t = (torch.randn(M, 24, dtype=torch.float64, device=device) + 0.5).to(dtype)
