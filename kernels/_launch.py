@@ -93,8 +93,18 @@ def _picker(positions):
     return lambda args: tuple(args[i] for i in positions)
 
 
+# Stands in for a host TMA descriptor among a _Repeat's recorded values: equal to nothing (a fresh descriptor copy
+# was never equal to an earlier one either), and it holds no tensor where the descriptor held its base.
+_NEVER_EQUAL = object()
+
+
 class _Repeat:
-    """A launch's binary and what its arguments looked like, to recognize a call with the same facts."""
+    """A launch's binary and what its arguments looked like, to recognize a call with the same facts.
+
+    It keeps no tensor alive: tensors are recorded by dtype, descriptors not at all. (A kept tensor holds its
+    memory for as long as the plan lives, and torch.compile(mode="reduce-overhead") refuses a graph whose warm-up
+    run left one alive: the Gluon attention forward's output, through its descriptor, did.)
+    """
 
     __slots__ = ("launcher", "device", "types", "tensors_of", "dtypes", "values_of", "values", "entry")
 
@@ -105,7 +115,7 @@ class _Repeat:
         self.tensors_of = _picker([i for i, t in enumerate(is_tensor) if t])
         self.values_of = _picker([i for i, t in enumerate(is_tensor) if not t])
         self.dtypes = tuple(map(_dtype_of, self.tensors_of(args)))
-        self.values = self.values_of(args)
+        self.values = tuple(_NEVER_EQUAL if hasattr(v, "block_shape") else v for v in self.values_of(args))
 
     def matches(self, launcher, device, args):
         # types first: they make the other passes safe (tensors where tensors were, True is not 1)

@@ -197,6 +197,36 @@ def test_known_plan_hands_the_launcher_the_callers_pointers(monkeypatch):
     assert all(isinstance(a, torch.Tensor) for a in seen[0][:2])  # the checked path's launch: the tensors
 
 
+class _FakeDescriptor:
+    """A host TMA descriptor's shape for FastLaunch (`block_shape`, `base`, precomputed `launch_facts`)."""
+
+    def __init__(self, base):
+        self.base, self.block_shape, self.launch_facts = base, (64, 64), ("facts",)
+
+
+def test_a_plans_last_launch_keeps_no_tensor_alive():
+    # A plan records its last launch to recognize the next with the same facts. The record must not hold the
+    # launch's tensors, directly or through a descriptor's base: a kept output holds its memory for the plan's life,
+    # and torch.compile(mode="reduce-overhead") refuses a graph whose warm-up run left a tensor alive (the Gluon
+    # attention forward's output did, through its descriptor).
+    import gc
+    import weakref
+    kernel, driver = _FakeKernel(), _Driver()
+    launch = FastLaunch(kernel)
+    launch.kernel, launch.direct, launch._driver = kernel, True, driver
+    plan = LaunchPlan((8,), BLOCK=128, num_warps=4)
+    refs = []
+    for _ in range(3):  # through Triton, then recorded by the plan, then recognized (or not) by the record
+        x, out = torch.zeros(1024), torch.zeros(1024)
+        refs += [weakref.ref(x), weakref.ref(out)]
+        launch.launch_known(plan, (_FakeDescriptor(out), x, 1000, 0.5), True)
+        assert kernel.log[-1] == _facts((_FakeDescriptor(out), x, 1000, 0.5), plan.meta)
+    assert plan.last is not None and plan.known is not None
+    del x, out
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * len(refs)
+
+
 def test_launch_planned_keeps_one_plan_per_key(monkeypatch, device):
     """launch_planned: one LaunchPlan per (launcher, key), built from the first call's grid and meta, every
     launch through launch_known as aligned; the cache starts over past MAX_PLANS."""
