@@ -1,7 +1,8 @@
 """One training step of the whole model: forward, backward and a fused AdamW step.
 
 gpt2-124m at B=16, T=1024 under bf16 autocast (PEERS.md): backend "triton" (ours), eager and under
-torch.compile ("ours-compile"), against backend "torch" eager and under torch.compile. Recorded:
+torch.compile ("ours-compile", and "ours-compile-graphs" with mode="reduce-overhead"), against backend "torch"
+eager and under torch.compile in both modes. Recorded:
 tokens/s, model TFLOP/s (slm.model_utils.flops_per_token: 6N + the attention term, per token), MFU
 against the measured bf16 matmul ceiling, and peak memory. On the CPU a 2-layer "tiny" model in fp32
 is only checked.
@@ -22,10 +23,14 @@ from bench.common import Case, Unsupported
 from kernels.testing import assert_close, floor_for
 
 # "ours-compile": our kernels inside a torch.compile'd model (torch ops that Inductor calls), the way to
-# train with them; the peers are the torch backend eager and compiled.
-PROVIDERS = ["ours", "ours-compile", "eager", "compile"]
-BACKEND = {"ours": "triton", "ours-compile": "triton", "eager": "torch", "compile": "torch"}
-COMPILED = ("ours-compile", "compile")
+# train with them; the peers are the torch backend eager and compiled. "-graphs": compiled with
+# mode="reduce-overhead" (CUDA graphs: the step's kernels replayed without the host between them).
+PROVIDERS = ["ours", "ours-compile", "ours-compile-graphs", "eager", "compile", "compile-graphs"]
+BACKEND = {"ours": "triton", "ours-compile": "triton", "ours-compile-graphs": "triton", "eager": "torch",
+           "compile": "torch", "compile-graphs": "torch"}
+COMPILE_MODE = {"ours-compile": "default", "compile": "default", "ours-compile-graphs": "reduce-overhead",
+                "compile-graphs": "reduce-overhead"}
+COMPILED = tuple(COMPILE_MODE)
 WARMUP_STEPS, TIMED_STEPS, PEDANTIC_STEPS = 3, 20, 5
 _STATE = {}   # the shared initial weights, batches, and the truth / baseline results
 
@@ -127,7 +132,7 @@ def test_train_step(benchmark, case, provider):
         pytest.skip(str(e))
     model.load_state_dict(state["init"])
     if provider in COMPILED:
-        model = torch.compile(model, dynamic=False)
+        model = torch.compile(model, dynamic=False, mode=COMPILE_MODE[provider])
     try:
         check_step(case, provider, model, state)
     except AssertionError:
@@ -184,7 +189,7 @@ def time_step(benchmark, case, provider, model, state):
     info = common.record(benchmark, case, provider, median_ms, flops=per_token * B * T, extra={
         "tokens_per_s": B * T / (median_ms * 1e-3), "flops_per_token": per_token,
         "n_params": count_parameters(unwrap(model)), "peak_memory_gb": peak / 1e9,
-        "backend": BACKEND[provider], "compiled": provider in COMPILED, "optimizer": "AdamW(fused=True)",
+        "backend": BACKEND[provider], "compiled": COMPILE_MODE.get(provider, False), "optimizer": "AdamW(fused=True)",
         "timing": f"CUDA events around each of {TIMED_STEPS} steps after {WARMUP_STEPS} warm-up steps, "
                   f"median; {common.NSETS} batches rotated"})
     info["mfu"] = info["fraction_of_ceiling"]

@@ -21,11 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
+from bench.test_train_step import BACKEND, COMPILE_MODE  # noqa: E402
 from slm.gpt import GPT  # noqa: E402
 
 PROVIDERS = os.environ.get("STEP_PROVIDERS", "ours,ours-compile,eager,compile").split(",")
-BACKEND = {"ours": "triton", "ours-compile": "triton", "eager": "torch", "compile": "torch",
-           "ours-compile-graphs": "triton", "compile-graphs": "torch"}
 B, T, STEPS = 16, 1024, 3
 TOP = int(os.environ.get("STEP_TOP", "25"))
 # Kernel name -> family, first match wins (Inductor names fused kernels after their ops).
@@ -44,10 +43,8 @@ def family(name):
 def build(provider):
     torch.manual_seed(0)
     model = GPT.from_preset("gpt2-124m", backend=BACKEND[provider]).cuda()
-    if provider.endswith("compile"):
-        model = torch.compile(model, dynamic=False)
-    elif provider.endswith("compile-graphs"):
-        model = torch.compile(model, dynamic=False, mode="reduce-overhead")
+    if provider in COMPILE_MODE:
+        model = torch.compile(model, dynamic=False, mode=COMPILE_MODE[provider])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), fused=True)
     gen = torch.Generator(device="cuda").manual_seed(1)
     idx = torch.randint(50257, (B, T + 1), device="cuda", generator=gen)
