@@ -6,7 +6,7 @@ the gated forward of kernels/matmul_gated_gluon_ws.py.
     gated (swiglu, geglu): pre = (gate, up) (M, 2N), out = f(gate) * up, and d_pre = (d_gate, d_up) with
     d_gate = (d_act * up) * f'(gate), d_up = d_act * f(gate): two pre tiles in and two d_pre tiles out per tile
 
-Why: the `tl` per-tile kernel (kernels/matmul.py, `_act_bwd_kernel`) takes 216-226 us for relu 768 -> 3072 at
+Why: the `tl` per-tile kernel (kernels/matmul_tl.py, `_act_bwd_kernel`) takes 216-226 us for relu 768 -> 3072 at
 M 16384 on an H100 (eleventh session, tools/gpu_ffn_pick_stability.py), where cuBLAS runs a GEMM of that
 size in about 100 us and the epilogue's memory (pre in, d_pre out: 200 MB) needs 67 us at the copy ceiling:
 its epilogue runs while the tensor cores idle, and the persistent `tl` kernel measured no faster. Here a
@@ -212,7 +212,7 @@ def _d_pre_slice(d_act, off_m, off_n, cols, DBias, N, d_desc, du_desc, buf, up_b
         fence_async_shared()
         tma.async_copy_shared_to_global(d_desc, [off_m, off_n], buf)
         if HAS_DBIAS:
-            # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul.py's _act_bwd_kernel)
+            # relaxed: acq_rel (the default) fences each of these atomics (kernels/matmul_tl.py's _act_bwd_kernel)
             offs_n = off_n + cols
             gl.atomic_add(DBias + offs_n, gl.sum(d_pre.to(gl.float32), axis=0), mask=offs_n < N, sem="relaxed")
 

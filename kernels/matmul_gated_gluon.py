@@ -3,7 +3,7 @@
     pre  = x @ w.T + b                       (M, 2H), w = cat([w_gate, w_up]) of shape (2H, K)
     out  = f(pre[:, :H]) * pre[:, H:]        (M, H), f = silu (swiglu) or tanh-GELU (geglu)
 
-Same outputs, saved tensors and rounding points as the gated path of kernels/matmul.py's forward
+Same outputs, saved tensors and rounding points as the gated path of the `tl` forward (kernels/matmul_tl.py)
 (`linear_act_fwd`): gate and up are rounded to x's dtype after the bias (that is `pre`, written when
 store_pre), f(gate) is computed in fp32 from the rounded gate and rounded before the product with the
 rounded up, and the product is rounded once more. The activation formulas are those of
@@ -162,7 +162,7 @@ def _store_tile(desc, off_m, off_n, value, c_smem, count, EPI_BUFS: gl.constexpr
 def _gated_values(acc, off_n, cols, Bias, H, half_layout: gl.constexpr, dtype: gl.constexpr, ACT: gl.constexpr,
                   HAS_BIAS: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
     """(out, pre_gate, pre_up) of an accumulator tile [gate | up] in dtype: the halves, the bias, PyTorch's
-    rounding points (kernels/matmul.py). Both gated kernels' epilogues (this module's and the ping-pong's)."""
+    rounding points (kernels/matmul_tl.py). Both gated kernels' epilogues (this module's and the ping-pong's)."""
     gate, up = gl.split(gl.permute(gl.reshape(acc, [BLOCK_M, 2, BLOCK_N]), (0, 2, 1)))
     gate = gl.convert_layout(gate, half_layout)
     up = gl.convert_layout(up, half_layout)
@@ -231,7 +231,7 @@ def _gated_fwd_kernel(x_desc, wg_desc, wu_desc, out_desc, pg_desc, pu_desc, Bias
             consumed += 1
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
 
-        # Epilogue: the halves, bias, PyTorch's rounding points (kernels/matmul.py), the stores.
+        # Epilogue: the halves, bias, PyTorch's rounding points (kernels/matmul_tl.py), the stores.
         out, pre_gate, pre_up = _gated_values(acc, off_n, cols, Bias, H, half_layout, dtype, ACT, HAS_BIAS, BLOCK_M,
                                               BLOCK_N)
         _store_tile(out_desc, off_m, off_n, out, c_smem, t * n_stores, EPI_BUFS)

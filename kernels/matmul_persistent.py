@@ -116,7 +116,7 @@ def _act_bwd_persistent_kernel(G, W, Pre, DPre, DBias, M, N, K, stride_gm, strid
             d_desc.store([start_m, start_n], d_h)
             d_up_desc.store([start_m, start_n], d_up)
             if HAS_DBIAS:
-                # relaxed: no barrier before each atomic (kernels/matmul.py's _act_bwd_kernel says why)
+                # relaxed: no barrier before each atomic (kernels/matmul_tl.py's _act_bwd_kernel says why)
                 tl.atomic_add(DBias + N + offs_n, tl.sum(d_up.to(tl.float32), axis=0), mask=offs_n < N,
                               sem="relaxed")
         else:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import matmul, matmul_persistent, reference
+from kernels import matmul, matmul_persistent, matmul_tl, reference
 from kernels._checks import ACTIVATIONS, GATED_ACTIVATIONS
 from kernels.testing import assert_close
 
@@ -129,9 +129,9 @@ def test_tma_and_pointer_paths(device):
     x_misaligned.copy_(x)
     args = dict(TMA=True, stride_xm=x_misaligned.stride(0), stride_xk=1, W=w_in.half(), stride_wn=24,
                 stride_wk=1)
-    assert not matmul._fwd_tma(dict(args, X=x_misaligned))
-    assert matmul._fwd_tma(dict(args, X=x.half().contiguous(), stride_xm=24))
-    assert not matmul._fwd_tma(dict(args, X=x.float().contiguous(), stride_xm=24, W=w_in.float()))
+    assert not matmul_tl._fwd_tma(dict(args, X=x_misaligned))
+    assert matmul_tl._fwd_tma(dict(args, X=x.half().contiguous(), stride_xm=24))
+    assert not matmul_tl._fwd_tma(dict(args, X=x.float().contiguous(), stride_xm=24, W=w_in.float()))
     params16 = [t.half() for t in (w_in, b_in, w_out, b_out)]
     y_tma = kernels.ffn(x.half(), *params16, "swiglu")
     y_ptr = kernels.ffn(x_misaligned, *params16, "swiglu")

@@ -5,7 +5,7 @@ without a GPU: a register-pressure check that costs no device time.
     python tools/sm90_registers.py attention_fwd [D]
     python tools/sm90_registers.py attention_bwd_gluon [D,...]  # kernels/attention_bwd_gluon.py, every config
     python tools/sm90_registers.py attention_fwd_gluon [D,...]  # the Gluon forwards, every CONFIGS entry (+ more)
-    python tools/sm90_registers.py ffn [ACT,...]          # the fused GEMMs of kernels/matmul.py
+    python tools/sm90_registers.py ffn [ACT,...]          # the fused `tl` GEMMs of kernels/matmul_tl.py
     python tools/sm90_registers.py ffn_gated_gluon        # kernels/matmul_gated_gluon.py, every config
     python tools/sm90_registers.py ffn_bwd_gluon          # kernels/matmul_bwd_gluon_ws.py, every config
     python tools/sm90_registers.py ffn_plain_gluon        # the non-gated forward of matmul_gated_gluon_ws.py
