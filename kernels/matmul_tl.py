@@ -22,8 +22,8 @@ Two load paths for the main loop, chosen per launch (USE_TMA, from the config's 
   leading stride and a unit last stride): edges and the K tail are zero-filled by the hardware;
 - plain pointers (any strides, fp32 too): tile rows and columns past the edge read wrapped-around
   indices and are masked on store; K is masked only when it is not a multiple of BLOCK_K.
-The epilogue stores through masked pointers either way. Tiles are visited in grouped (swizzled) order, 8 row-tiles per group, so consecutive programs share
-B columns in L2.
+The epilogue stores through masked pointers either way. Tiles are visited in grouped (swizzled) order, 8 row-tiles
+per group, so consecutive programs share B columns in L2.
 """
 import triton
 import triton.language as tl

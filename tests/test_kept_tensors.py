@@ -5,7 +5,7 @@ memory pool, then refuses the graph if any tensor from that run is still alive a
 ("tensor(s) in the cudagraph pool not tracked as outputs"). A cache of tensors in our modules (a ones vector,
 a workspace) is such a tensor. This runs every kernel family forward and backward (fp16 where the interpreter
 takes it, the FFN past SMALL_M rows for its db_out path) and walks what the kernels package's modules
-reference for tensors.
+reference for tensors; on a GPU a second test compiles a small model with mode="reduce-overhead" and trains it.
 """
 import copy
 import math
