@@ -169,15 +169,7 @@ def time_step(benchmark, case, provider, model, state):
         step()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(TIMED_STEPS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    median_ms = statistics.median(times)
+    median_ms = statistics.median(step_times(step, TIMED_STEPS))
     peak = torch.cuda.max_memory_allocated()
     common.prepare(benchmark, case)
     benchmark.pedantic(step, rounds=PEDANTIC_STEPS, iterations=1, warmup_rounds=0)
@@ -194,6 +186,19 @@ def time_step(benchmark, case, provider, model, state):
                   f"median; {common.NSETS} batches rotated"})
     info["mfu"] = info["fraction_of_ceiling"]
     benchmark.extra_info["mfu"] = info["mfu"]
+
+
+def step_times(step, n):
+    """ms of each of n calls of step, by CUDA events around it (each waited for before the next)."""
+    times = []
+    for _ in range(n):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return times
 
 
 def unwrap(model):

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from bench.test_train_step import BACKEND, COMPILE_MODE  # noqa: E402
+from bench.test_train_step import BACKEND, COMPILE_MODE, step_times  # noqa: E402
 from slm.gpt import GPT  # noqa: E402
 
 PROVIDERS = os.environ.get("STEP_PROVIDERS", "ours,ours-compile,eager,compile").split(",")
@@ -72,14 +72,7 @@ def main():
             print(f"\n== {provider}: failed: {type(e).__name__}: {str(e)[:500]}")
             continue
         torch.cuda.synchronize()
-        events = []
-        for _ in range(5):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            events.append(start.elapsed_time(end))
+        events = step_times(step, 5)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(STEPS):
                 step()
